@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the pytest suite against the installed package (source scripts/env.sh first; make test does).
+# Each run gets a ROS domain id of its own so that parallel runs on one machine do not see each other.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${CKD_TEST_DOMAIN_FIXED:-}" ]; then
+  export ROS_DOMAIN_ID=$(( (RANDOM % 100) + 101 ))   # 101..200, away from the usual 0..100
+fi
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+cd "$root"
+echo "[test] ROS_DOMAIN_ID=$ROS_DOMAIN_ID"
+exec pytest "$@"

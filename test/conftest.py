@@ -1,0 +1,53 @@
+"""Shared test fixtures: separate ROS processes and a per-process rclpy context."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEST_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TEST_DIR.parent
+PEERS_DIR = TEST_DIR / 'peers'
+
+
+def ros_subprocess_env(**extra):
+    """Environment for a child ROS process: the same domain, loopback discovery, unbuffered output."""
+    env = dict(os.environ)
+    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+    env['PYTHONUNBUFFERED'] = '1'
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def spawn_process():
+    """Start Python programs in separate processes; terminate them (then kill) at teardown."""
+    procs = []
+
+    def spawn(args, **env_extra):
+        proc = subprocess.Popen([sys.executable, *map(str, args)], env=ros_subprocess_env(**env_extra),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def rclpy_context():
+    """An initialised rclpy context of this test's own (shut down afterwards)."""
+    import rclpy
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.try_shutdown(context=context)

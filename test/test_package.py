@@ -1,0 +1,76 @@
+"""Package structure: the ROS-free core imports without ROS; the package builds with colcon from the wheels."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO_ROOT
+
+# Import every module of ckd_ros.core with every ROS Python package made unimportable, then check that
+# no ROS module was loaded. Runs in a fresh interpreter so that nothing imported by other tests counts.
+_CORE_WITHOUT_ROS = textwrap.dedent('''
+    import importlib, pkgutil, sys
+    ROS_PREFIXES = ('rclpy', 'rcl_interfaces', 'rosidl', 'sensor_msgs', 'std_msgs', 'builtin_interfaces',
+                    'diagnostic_msgs', 'lifecycle_msgs', 'std_srvs', 'vision_msgs', 'message_filters',
+                    'cv_bridge', 'launch', 'launch_ros', 'ament_index_python', 'ckd_ros.msg', 'ckd_ros.srv',
+                    'ckd_ros.ros', 'ckd_train')
+
+    class BlockRos:
+        def find_spec(self, name, path=None, target=None):
+            if name.startswith(ROS_PREFIXES):
+                raise ImportError(f'{name} is blocked: the core must not import ROS')
+            return None
+
+    sys.meta_path.insert(0, BlockRos())
+    import ckd_ros
+    assert 'torch' not in sys.modules, 'import ckd_ros must stay light (lazy exports)'
+    import ckd_ros.core
+    names = [m.name for m in pkgutil.walk_packages(ckd_ros.core.__path__, 'ckd_ros.core.')]
+    for name in names:
+        importlib.import_module(name)
+    loaded = sorted(m for m in sys.modules if m.startswith(ROS_PREFIXES))
+    assert not loaded, loaded
+    print(len(names), 'core modules imported without ROS')
+''')
+
+
+def test_core_imports_without_ros():
+    out = subprocess.run([sys.executable, '-c', _CORE_WITHOUT_ROS], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert 'core modules imported without ROS' in out.stdout
+
+
+@pytest.mark.slow
+def test_colcon_build_from_pip_wheels(tmp_path):
+    """A clean colcon build of a copy of the package (not the tree make test built) succeeds, and the
+    generated interfaces and the hand-written package import from the new install prefix."""
+    src = tmp_path / 'ws' / 'src' / 'ckd_ros'
+    ignore = shutil.ignore_patterns('.venv', 'build', 'install', 'log', '.git', '__pycache__', 'demo_output',
+                                    '*.pth.tar', 'test')
+    shutil.copytree(REPO_ROOT, src, ignore=ignore)
+    venv = os.environ['VIRTUAL_ENV']
+    env = dict(os.environ, AMENT_PREFIX_PATH=venv, CMAKE_PREFIX_PATH=venv)
+    ws = tmp_path / 'ws'
+    build = subprocess.run(
+        ['colcon', '--log-base', str(ws / 'log'), 'build', '--base-paths', str(ws / 'src'),
+         '--build-base', str(ws / 'build'), '--install-base', str(ws / 'install'),
+         '--cmake-args', f'-DPython3_EXECUTABLE={sys.executable}', '-DBUILD_TESTING=OFF',
+         f'-DCMAKE_PROJECT_INCLUDE={src / "cmake" / "fix_wheel_python_paths.cmake"}'],
+        cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    prefix = ws / 'install' / 'ckd_ros'
+    site = prefix / 'lib' / 'python3.11' / 'site-packages'
+    assert (prefix / 'lib' / 'ckd_ros' / 'ckd_tracker_node').exists()
+    assert (prefix / 'share' / 'ckd_ros' / 'package.xml').exists()
+    check = subprocess.run(
+        [sys.executable, '-c', 'import ckd_ros, ckd_ros.core; from ckd_ros.msg import TrackedTarget, TrackerStatus; '
+         'from ckd_ros.srv import SetTarget; print(ckd_ros.__file__)'],
+        env=dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=f'{prefix / "lib"}:{os.environ.get("LD_LIBRARY_PATH", "")}',
+                 AMENT_PREFIX_PATH=f'{prefix}:{venv}'),
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert check.returncode == 0, check.stderr
+    assert str(site) in check.stdout
