@@ -15,7 +15,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 echo "[setup] installing pinned dependencies (first run: about 2 minutes)"
-"$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -r "$root/requirements.txt"
-"$venv/bin/python" -m pip install -q --no-deps -r "$root/requirements-nodeps.txt"
+# pip's notes about this machine's unused local index locations are noise: keep real errors only.
+quiet_pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+quiet_pip install -q --upgrade pip
+quiet_pip install -q -r "$root/requirements.txt"
+quiet_pip install -q --no-deps -r "$root/requirements-nodeps.txt"
 echo "$want" > "$stamp"
