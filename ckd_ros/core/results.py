@@ -1,0 +1,166 @@
+"""Result files in the official layout, written atomically.
+
+Layout (CKD.md sec. 3, ``lib/test/evaluation/running.py``): one folder per run and dataset holding
+``<seq>.txt`` (one ``x y w h`` line per frame including frame 0, tab-separated, boxes cast to int
+with truncation like the official ``astype(int)``) and ``<seq>_time.txt`` (per-frame seconds, ``%f``).
+The toolkit takes the sequence list from the ``*_time.txt`` files, so the time file is written last:
+a sequence counts as finished only when both exist.
+
+Every file is written to a temporary file in the same folder and moved into place (``os.link`` for
+"create only", ``os.replace`` with ``overwrite=True``), so a crash never leaves a partial file
+under the final name, and an existing result is never replaced unless asked.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from ckd_ros.core.datasets import AnnotationError, read_box_file
+
+TIME_SUFFIX = '_time.txt'
+
+
+class ResultExistsError(FileExistsError):
+    """A result file exists and overwriting was not requested."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder.
+
+    Without ``overwrite`` an existing ``path`` raises :class:`ResultExistsError` and is left untouched
+    (the final move is ``os.link``, which refuses an existing target atomically).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and path.exists():
+        raise ResultExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if overwrite:
+            os.replace(tmp_name, path)
+        else:
+            try:
+                os.link(tmp_name, path)
+            except FileExistsError:
+                raise ResultExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it') from None
+            except OSError:
+                # file systems without hard links: fall back to check-then-replace
+                if path.exists():
+                    raise ResultExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')
+                os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
+
+
+def format_boxes(boxes, integer: bool = True) -> str:
+    """Tab-separated ``x y w h`` lines; ``integer`` truncates like the official ``astype(int)``."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f'boxes must be an (N, 4) array of x, y, w, h, got shape {boxes.shape}')
+    if integer:
+        if not np.isfinite(boxes).all():
+            bad = int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
+            raise ValueError(f'box {bad} is not finite ({boxes[bad].tolist()}); integer result files cannot '
+                             'hold NaN/inf (write with integer=False to keep them)')
+        return ''.join('\t'.join(str(int(v)) for v in row) + '\n' for row in boxes.astype(np.int64))
+    return ''.join('\t'.join(f'{v:.4f}' if np.isfinite(v) else 'nan' for v in row) + '\n' for row in boxes)
+
+
+def result_paths(result_dir: str | os.PathLike, sequence: str) -> tuple[Path, Path]:
+    result_dir = Path(result_dir)
+    return result_dir / f'{sequence}.txt', result_dir / f'{sequence}{TIME_SUFFIX}'
+
+
+def write_sequence_result(result_dir: str | os.PathLike, sequence: str, boxes, times=None,
+                          overwrite: bool = False, integer: bool = True) -> tuple[Path, Path]:
+    """Write ``<seq>.txt`` and then ``<seq>_time.txt`` (``times``: per-frame seconds; zeros when
+    not measured). Refuses to replace either file unless ``overwrite``."""
+    box_path, time_path = result_paths(result_dir, sequence)
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if times is None:
+        times = np.zeros(len(boxes))
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    if len(times) != len(boxes):
+        raise ValueError(f'sequence {sequence!r}: {len(times)} times for {len(boxes)} boxes')
+    if not overwrite:
+        for p in (box_path, time_path):
+            if p.exists():
+                raise ResultExistsError(f'{p} exists; pass overwrite=True (--overwrite) to replace it')
+    box_text = format_boxes(boxes, integer)
+    time_text = ''.join(f'{t:f}\n' for t in times)
+    atomic_write_text(box_path, box_text, overwrite)
+    atomic_write_text(time_path, time_text, overwrite)
+    return box_path, time_path
+
+
+def read_result_boxes(path: str | os.PathLike) -> np.ndarray:
+    """``(N, 4)`` float64 boxes of a result file (delimiters ',', ' ' or tab)."""
+    return read_box_file(path)
+
+
+def read_result_times(path: str | os.PathLike) -> np.ndarray:
+    path = Path(path)
+    values = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            values.append(float(line.strip()))
+        except ValueError:
+            raise AnnotationError(f'{path}:{lineno}: expected one number (seconds), got {line.strip()!r}') from None
+    return np.array(values)
+
+
+def is_finished(result_dir: str | os.PathLike, sequence: str) -> bool:
+    """Both files of a sequence exist (the time file is written last)."""
+    return all(p.is_file() for p in result_paths(result_dir, sequence))
+
+
+def list_result_sequences(result_dir: str | os.PathLike) -> list[str]:
+    """Finished sequences of a result folder (those with ``<seq>_time.txt`` and ``<seq>.txt``), sorted."""
+    result_dir = Path(result_dir)
+    if not result_dir.is_dir():
+        raise FileNotFoundError(f'result folder not found: {result_dir}')
+    names = (p.name[:-len(TIME_SUFFIX)] for p in result_dir.iterdir()
+             if p.name.endswith(TIME_SUFFIX) and not p.name.startswith('.'))
+    return sorted(n for n in names if (result_dir / f'{n}.txt').is_file())
+
+
+def load_results(result_dir: str | os.PathLike, sequences: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Sequence -> boxes for a result folder (all finished sequences, or the given ones)."""
+    result_dir = Path(result_dir)
+    names = list(sequences) if sequences is not None else list_result_sequences(result_dir)
+    out = {}
+    for name in names:
+        path = result_dir / f'{name}.txt'
+        if not path.is_file():
+            raise FileNotFoundError(f'no result file for sequence {name!r}: {path}')
+        out[name] = read_result_boxes(path)
+    return out
+
+
+def load_times(result_dir: str | os.PathLike, sequences: Iterable[str]) -> dict[str, np.ndarray]:
+    result_dir = Path(result_dir)
+    return {n: read_result_times(result_dir / f'{n}{TIME_SUFFIX}') for n in sequences
+            if (result_dir / f'{n}{TIME_SUFFIX}').is_file()}
+
+
+def write_results(result_dir: str | os.PathLike, results: Mapping[str, np.ndarray],
+                  times: Mapping[str, np.ndarray] | None = None, overwrite: bool = False,
+                  integer: bool = True) -> list[Path]:
+    """Write several sequences; returns the box file paths."""
+    written = []
+    for name, boxes in results.items():
+        written.append(write_sequence_result(result_dir, name, boxes, (times or {}).get(name), overwrite,
+                                             integer)[0])
+    return written
