@@ -1,0 +1,137 @@
+"""Crop placement, box mapping and clipping of the official tracker (OSTrack ``sample_target``,
+``map_box_back``, ``clip_box``, ``hann2d``), reproduced to the letter, quirks included.
+
+Boxes are ``(x, y, w, h)`` in pixels of the full frame, x/y the top-left corner.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class CropWindow:
+    """A square crop of side ``size`` with its top-left corner at ``(x1, y1)`` (may lie outside the
+    image) and the zero padding added on each side (``pad_right``/``pad_bottom`` include the
+    official +1 quirk, see :func:`crop_window`)."""
+    x1: int
+    y1: int
+    size: int
+    pad_left: int
+    pad_top: int
+    pad_right: int
+    pad_bottom: int
+
+    @property
+    def x2(self) -> int:
+        return self.x1 + self.size
+
+    @property
+    def y2(self) -> int:
+        return self.y1 + self.size
+
+
+def validate_box(box: Sequence[float], name: str = "box") -> tuple[float, float, float, float]:
+    """``box`` as 4 finite floats with positive width and height, else ValueError."""
+    try:
+        values = tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be 4 numbers (x, y, w, h), got {box!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must be 4 finite numbers (x, y, w, h), got {box!r}")
+    if values[2] <= 0 or values[3] <= 0:
+        raise ValueError(f"{name} must have positive width and height, got {box!r}")
+    return values
+
+
+def crop_window(box: Sequence[float], factor: float, image_height: int, image_width: int) -> CropWindow:
+    """Placement of the square crop around ``box`` (official ``sample_target``).
+
+    ``size = ceil(sqrt(w*h) * factor)``; ``x1 = round(x + w/2 - size/2)`` with Python's ``round``
+    (half to even); ``x2 = x1 + size``.  Padding: ``pad_left = max(0, -x1)``,
+    ``pad_right = max(x2 - W + 1, 0)``: the official +1 means that a crop touching or passing the
+    right (bottom) edge drops the last image column (row) and pads one more zero column (row).
+    """
+    x, y, w, h = validate_box(box)
+    size = math.ceil(math.sqrt(w * h) * factor)
+    if size < 1:
+        raise ValueError(f"box {tuple(box)} is too small for a crop (factor {factor})")
+    x1 = round(x + 0.5 * w - size * 0.5)
+    y1 = round(y + 0.5 * h - size * 0.5)
+    return CropWindow(x1=x1, y1=y1, size=size,
+                      pad_left=max(0, -x1), pad_top=max(0, -y1),
+                      pad_right=max(x1 + size - image_width + 1, 0), pad_bottom=max(y1 + size - image_height + 1, 0))
+
+
+def sample_target(image: np.ndarray, box: Sequence[float], factor: float, output_size: int
+                  ) -> tuple[np.ndarray, float]:
+    """Crop ``image`` (H, W, C) around ``box``, zero-pad, resize (cv2 INTER_LINEAR) to
+    ``output_size``; returns the crop and ``resize_factor = output_size / crop size``.
+
+    Same pixels as the official function (which also builds a padding mask that the network never
+    uses; it is not computed here).
+    """
+    height, width = image.shape[:2]
+    win = crop_window(box, factor, height, width)
+    top, bottom = win.y1 + win.pad_top, win.y2 - win.pad_bottom
+    left, right = win.x1 + win.pad_left, win.x2 - win.pad_right
+    if bottom <= top or right <= left or bottom <= 0 or right <= 0:
+        raise ValueError(f"the crop around box {tuple(box)} does not overlap the {width}x{height} image")
+    crop = image[top:bottom, left:right]
+    if win.pad_top or win.pad_bottom or win.pad_left or win.pad_right:
+        crop = cv2.copyMakeBorder(crop, win.pad_top, win.pad_bottom, win.pad_left, win.pad_right,
+                                  cv2.BORDER_CONSTANT)
+    patch = cv2.resize(crop, (output_size, output_size))
+    if patch.ndim == 2:  # cv2 drops a trailing channel axis of 1
+        patch = patch[:, :, None]
+    return patch, output_size / win.size
+
+
+def map_box_back(pred_box: Sequence[float], previous_box: Sequence[float], search_size: int,
+                 resize_factor: float) -> list[float]:
+    """Official ``map_box_back``: a (cx, cy, w, h) box in crop pixels (already divided by
+    ``resize_factor``) -> (x, y, w, h) in the frame, relative to the previous box centre.
+
+    ``cx' = cx + (cx_prev - half)`` with ``half = 0.5 * search_size / resize_factor``; this ignores
+    the rounding of the crop corner, exactly like the official tracker.
+    """
+    cx_prev = previous_box[0] + 0.5 * previous_box[2]
+    cy_prev = previous_box[1] + 0.5 * previous_box[3]
+    cx, cy, w, h = pred_box
+    half_side = 0.5 * search_size / resize_factor
+    cx_real = cx + (cx_prev - half_side)
+    cy_real = cy + (cy_prev - half_side)
+    return [cx_real - 0.5 * w, cy_real - 0.5 * h, w, h]
+
+
+def clip_box(box: Sequence[float], height: int, width: int, margin: float = 0) -> list[float]:
+    """Official ``clip_box``: keep at least ``margin`` pixels of the box inside the frame.
+
+    ``x2 = x1 + w`` from the unclamped box; ``x1 := min(max(0, x1), W - margin)``,
+    ``x2 := min(max(margin, x2), W)``, ``w = max(margin, x2 - x1)``; same for y.
+    """
+    x1, y1, w, h = box
+    x2, y2 = x1 + w, y1 + h
+    x1 = min(max(0, x1), width - margin)
+    x2 = min(max(margin, x2), width)
+    y1 = min(max(0, y1), height - margin)
+    y2 = min(max(margin, y2), height)
+    w = max(margin, x2 - x1)
+    h = max(margin, y2 - y1)
+    return [x1, y1, w, h]
+
+
+def hann1d(size: int) -> torch.Tensor:
+    """``0.5 * (1 - cos(2 pi k / (size + 1)))`` for k = 1..size (never 0 at the border; float32)."""
+    return 0.5 * (1 - torch.cos((2 * math.pi / (size + 1)) * torch.arange(1, size + 1).float()))
+
+
+def hann2d(size: int) -> torch.Tensor:
+    """(1, 1, size, size) outer product of :func:`hann1d`, the tracker's output window."""
+    w = hann1d(size)
+    return w.reshape(1, 1, -1, 1) * w.reshape(1, 1, 1, -1)
