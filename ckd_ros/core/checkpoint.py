@@ -1,0 +1,396 @@
+"""CKD checkpoints: restricted loading, key mapping onto the inference model, writing, and import of
+ViT / OSTrack / DropTrack weights for training initialisation (spec sections 4.6 and 6).
+
+Official files (``OSTrack_CKD_ep0030.pth.tar``) are ``torch.save`` of a dict with ``net`` (the
+training-mode state dict: students, fused head, teachers, teacher heads), ``epoch``,
+``optimizer``, ``stats`` (``lib.train.admin.stats.AverageMeter`` / ``StatValue`` objects),
+``settings`` (``lib.train.admin.settings.Settings`` with ``lib.train.admin.local.EnvironmentSettings``)
+and a few plain entries.  They are read with ``torch.load(weights_only=True)``, whose unpickler only
+rebuilds tensors and plain containers; the ``lib.train.admin.*`` names (and ``argparse.Namespace`` of
+MAE files) are mapped to inert stand-in classes that store attributes and run no code.  Anything
+else a pickle names (``os.system``, ``subprocess.Popen`` ...) is refused with :class:`CheckpointError`
+before it can run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INFERENCE_PREFIXES = ("rgb_branch.", "tir_branch.", "box_head.")
+# training-only parts of a CKD checkpoint's ``net`` that the tracker ignores
+TRAINING_ONLY_PREFIXES = ("teacher_rgb.", "teacher_tir.", "box_head_v.", "box_head_i.")
+# never read at inference: taken from the file when present, zero-filled when absent
+OPTIONAL_SUFFIXES = (".cls_token", ".pos_embed", "num_batches_tracked")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: unsafe pickle, truncated file, wrong keys, shapes or dtypes."""
+
+
+class PickledTrainingObject:
+    """Inert stand-in for a training-time class pickled in official checkpoints: keeps the pickled
+    attributes (``vars(obj)``), runs no code."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):  # (dict, slots)
+            state = {**(state[0] or {}), **state[1]}
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+        else:
+            self.__dict__["state"] = state
+
+    def __repr__(self) -> str:
+        return f"<stand-in {self.official_name}: {sorted(self.__dict__)}>"
+
+    def to_dict(self) -> dict:
+        return {k: v.to_dict() if isinstance(v, PickledTrainingObject) else v for k, v in self.__dict__.items()}
+
+
+def _stand_in(official_name: str) -> type:
+    cls = type(official_name.rsplit(".", 1)[1], (PickledTrainingObject,), {"official_name": official_name})
+    cls.__module__ = __name__
+    return cls
+
+
+# Official pickled names -> stand-in classes (the only non-tensor classes a checkpoint may name).
+STAND_IN_CLASSES: dict[str, type] = {name: _stand_in(name) for name in (
+    "lib.train.admin.settings.Settings",
+    "lib.train.admin.stats.AverageMeter",
+    "lib.train.admin.stats.StatValue",
+    "lib.train.admin.local.EnvironmentSettings",
+)}
+STAND_IN_CLASSES["argparse.Namespace"] = _stand_in("argparse.Namespace")  # MAE pretraining files store args
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load`` of ``path`` on the CPU with the restricted unpickler described above."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    allowed = [(cls, name) for name, cls in STAND_IN_CLASSES.items()]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unsafe_reason(str(exc))
+        if reason is None:
+            raise _corrupt(path, exc) from None
+        raise CheckpointError(
+            f"refusing to load {path}: its pickle names something other than tensors, plain containers and the "
+            f"known training classes ({', '.join(STAND_IN_CLASSES)}), and loading it could run arbitrary code "
+            f"({reason})") from None
+    except Exception as exc:  # zip/EOF/legacy-format errors of torch.load on damaged or foreign files
+        raise _corrupt(path, exc) from None
+
+
+# Lines of torch's weights-only unpickler errors that mean "this pickle wants to run/instantiate code".
+_UNSAFE_MARKERS = ("Unsupported global", "unrecognized function", "Can only", "blocked", "was not an allowed global")
+
+
+def _unsafe_reason(message: str) -> str | None:
+    for line in message.splitlines():
+        if any(marker in line for marker in _UNSAFE_MARKERS):
+            return line.strip()
+    return None
+
+
+def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return CheckpointError(f"{path} ({path.stat().st_size} bytes) is truncated or not a torch checkpoint: "
+                           f"{type(exc).__name__}: {detail}")
+
+
+def _as_state_dict(obj: Any, source: str) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and "net" in obj:
+        obj = obj["net"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{source}: expected a checkpoint dict with 'net' or a state dict, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: not a state dict (non-tensor entries: {bad[:8]})")
+    return obj
+
+
+def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    # DDP wrappers prefix "module."; the official trainer unwraps before saving, but other tools may not
+    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+
+
+def _is_optional(key: str) -> bool:
+    return key.endswith(OPTIONAL_SUFFIXES)
+
+
+def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+    """Map a checkpoint object (``{'net': ...}`` or a plain state dict) onto ``model``'s keys.
+
+    Keeps ``rgb_branch.*``, ``tir_branch.*``, ``box_head.*`` (an optional ``module.`` prefix is
+    stripped); ignores ``teacher_rgb/teacher_tir/box_head_v/box_head_i.*``.  ``cls_token``,
+    ``pos_embed`` and ``num_batches_tracked`` (never read at inference) may be absent: they are then
+    zero.  Raises :class:`CheckpointError` listing missing or unexpected keys, naming keys whose shape
+    differs or whose dtype is not a float (integer for ``num_batches_tracked``) or that hold NaN/inf.
+    Floating tensors of another precision are converted to the model's dtype.  For a shared-student
+    model the ``rgb_branch.*`` and ``tir_branch.*`` entries must be equal.
+    """
+    state = _strip_module_prefix(_as_state_dict(raw, source))
+    expected = model.state_dict()
+    kept = OrderedDict((k, v) for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES))
+    unexpected = [k for k in kept if k not in expected]
+    missing = [k for k in expected if k not in kept and not _is_optional(k)]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {missing[:12]}{' ...' if len(missing) > 12 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
+        raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)})")
+    out = OrderedDict()
+    problems = []
+    for key, target in expected.items():
+        value = kept.get(key)
+        if value is None:
+            out[key] = torch.zeros_like(target, device="cpu")
+            continue
+        if tuple(value.shape) != tuple(target.shape):
+            problems.append(f"{key}: shape {tuple(value.shape)} in the file, model needs {tuple(target.shape)}")
+            continue
+        if target.is_floating_point():
+            if not value.is_floating_point():
+                problems.append(f"{key}: dtype {value.dtype} in the file, model needs a floating tensor ({target.dtype})")
+                continue
+            if not bool(torch.isfinite(value).all()):
+                problems.append(f"{key}: contains NaN or infinite values")
+                continue
+            value = value.to(target.dtype)
+        elif value.is_floating_point() or value.is_complex():
+            problems.append(f"{key}: dtype {value.dtype} in the file, model needs {target.dtype}")
+            continue
+        out[key] = value.to(target.dtype)
+    if problems:
+        raise CheckpointError(f"{source}: {len(problems)} tensor(s) unusable: " + "; ".join(problems[:8])
+                              + (" ..." if len(problems) > 8 else ""))
+    if getattr(model, "shares_student", False):
+        differ = [k for k in out if k.startswith("rgb_branch.") and not _is_optional(k)
+                  and not torch.equal(out[k], out["tir_branch." + k[len("rgb_branch."):]])]
+        if differ:
+            raise CheckpointError(f"{source}: the config shares one student for RGB and TIR, but the file's "
+                                  f"rgb_branch/tir_branch weights differ ({len(differ)} keys, e.g. {differ[0]}); "
+                                  "use a two-student config for this file")
+    return out
+
+
+def load_model_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> nn.Module:
+    """Load a CKD checkpoint file (or an already loaded object) into ``model`` in place; returns it."""
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    state = inference_state_dict(raw, model, source)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _plain(obj: Any) -> Any:
+    """Stand-in objects -> dicts, recursively, so a written file needs no classes at all."""
+    if isinstance(obj, PickledTrainingObject):
+        return _plain(obj.to_dict())
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, _plain(v)) for k, v in obj.items())
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(path: str | os.PathLike, net_state_dict: Mapping[str, torch.Tensor], epoch: int = 0,
+                    optimizer: Mapping[str, Any] | None = None, stats: Mapping[str, Any] | None = None,
+                    settings: Mapping[str, Any] | None = None, actor_type: str = "OSTrack_CKD_Actor",
+                    net_type: str = "OSTrack_CKD") -> Path:
+    """Write a checkpoint in the official layout, atomically (temporary file + rename).
+
+    Top-level keys as ``BaseTrainer.save_checkpoint``: ``epoch``, ``actor_type``, ``net_type``,
+    ``net`` (tensors moved to the CPU, ``module.`` prefixes removed, shared storage kept),
+    ``net_info`` (None), ``constructor`` (None), ``optimizer``, ``stats``, ``settings``.  ``stats`` and
+    ``settings`` are written as plain dicts (not the official classes), so the file loads with
+    ``weights_only=True`` everywhere.
+    """
+    path = Path(path)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+    net = _strip_module_prefix(_as_state_dict(net_state_dict, "net_state_dict"))
+    payload = {
+        "epoch": epoch, "actor_type": actor_type, "net_type": net_type,
+        "net": OrderedDict((k, v.detach().cpu()) for k, v in net.items()),
+        "net_info": None, "constructor": None,
+        "optimizer": _plain(optimizer), "stats": _plain(stats), "settings": _plain(settings),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+# ---- ViT / tracker weights for training initialisation (spec 4.6) --------------------------------
+
+@dataclass
+class WeightImport:
+    """What :func:`load_vit_weights` / :func:`load_tracker_head` did."""
+    layout: str
+    loaded: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def resize_token_grid(table: torch.Tensor, grid: int, mode: str) -> torch.Tensor:
+    """Resize a (1, N, C) positional table of a square grid to (1, grid*grid, C) (align_corners False)."""
+    side = math.isqrt(table.shape[1])
+    if side * side != table.shape[1]:
+        raise CheckpointError(f"positional table with {table.shape[1]} tokens is not a square grid")
+    if side == grid:
+        return table
+    channels = table.shape[2]
+    image = table.reshape(1, side, side, channels).permute(0, 3, 1, 2)
+    image = F.interpolate(image.float(), size=(grid, grid), mode=mode, align_corners=False)
+    return image.permute(0, 2, 3, 1).reshape(1, grid * grid, channels).to(table.dtype)
+
+
+def _unwrap_vit(obj: Any, source: str) -> tuple[str, "OrderedDict[str, torch.Tensor]"]:
+    """Detect the layout and return ViT-branch keys without prefixes."""
+    if isinstance(obj, Mapping):
+        for wrapper in ("net", "model", "state_dict"):
+            if wrapper in obj and isinstance(obj[wrapper], Mapping):
+                obj = obj[wrapper]
+                break
+    state = _strip_module_prefix(_as_state_dict(obj, source))
+    if any(k.startswith("backbone.") for k in state):
+        layout = "dropmae_track" if any(k.startswith("backbone.temporal_pos_embed") for k in state) else "ostrack"
+        return layout, OrderedDict((k[len("backbone."):], v) for k, v in state.items() if k.startswith("backbone."))
+    if any(k.startswith(("rgb_branch.", "tir_branch.")) for k in state):
+        raise CheckpointError(f"{source} is a CKD checkpoint; load it with load_model_weights")
+    layout = "mae" if any(k.startswith(("decoder_", "mask_token")) for k in state) else "timm"
+    return layout, state
+
+
+def load_vit_weights(branch: nn.Module, source: str | os.PathLike | Mapping[str, Any]) -> WeightImport:
+    """Initialise one :class:`~ckd_ros.core.model.VisionTransformerCE` from ViT-B weights.
+
+    Layouts (detected from the keys):
+
+    * ``timm`` / ``mae``: ImageNet ViT (``pos_embed`` (1, 1+14*14, C)); ``pos_embed_z`` / ``pos_embed_x``
+      are the 14x14 grid without its cls entry resized bicubically (align_corners False) to the
+      template / search grids (official ``finetune_track``).  MAE's ``decoder_*``, ``mask_token`` and
+      any classifier ``head.*`` are ignored; a fine-tuned MAE file without ``norm`` uses ``fc_norm``.
+    * ``ostrack`` / ``dropmae_track``: tracker files (``net`` -> ``backbone.*``) with their own
+      ``pos_embed_z/x``, resized bilinearly if the grid differs; DropTrack files'
+      ``temporal_pos_embed_z/x`` are added to them (spec 4.6; the official code decides this by the
+      file name containing "DropTrack", here by the presence of those keys).
+
+    Every branch parameter except ``cls_token``/``pos_embed`` must be filled, else CheckpointError.
+    """
+    src = str(source) if isinstance(source, (str, os.PathLike)) else "ViT weights"
+    raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    layout, state = _unwrap_vit(raw, src)
+    report = WeightImport(layout=layout)
+    target = branch.state_dict()
+    new: dict[str, torch.Tensor] = {}
+    if "norm.weight" not in state and "fc_norm.weight" in state:
+        state["norm.weight"], state["norm.bias"] = state.pop("fc_norm.weight"), state.pop("fc_norm.bias")
+    z_grid, x_grid = branch.template_feat_size, branch.search_feat_size
+    if layout in ("timm", "mae"):
+        if "pos_embed" not in state:
+            raise CheckpointError(f"{src}: no pos_embed in a {layout} ViT file")
+        grid_table = state["pos_embed"][:, 1:]
+        new["pos_embed_z"] = resize_token_grid(grid_table, z_grid, "bicubic")
+        new["pos_embed_x"] = resize_token_grid(grid_table, x_grid, "bicubic")
+        report.resized += ["pos_embed_z", "pos_embed_x"]
+    else:
+        for name, grid in (("pos_embed_z", z_grid), ("pos_embed_x", x_grid)):
+            if name not in state:
+                raise CheckpointError(f"{src}: tracker file without backbone.{name}")
+            table = state[name]
+            if table.shape[1] != grid * grid:
+                table = resize_token_grid(table, grid, "bilinear")
+                report.resized.append(name)
+            temporal = state.get("temporal_" + name)
+            if temporal is not None:
+                table = table + (resize_token_grid(temporal, grid, "bilinear") if temporal.shape[1] != grid * grid
+                                 else temporal)
+            new[name] = table
+    for key, value in state.items():
+        if key in ("pos_embed_z", "pos_embed_x") or key.startswith("temporal_pos_embed"):
+            continue
+        if key in target:
+            new[key] = value
+        else:
+            report.ignored.append(key)
+    problems = [f"{k}: {tuple(v.shape)} vs model {tuple(target[k].shape)}" for k, v in new.items()
+                if tuple(v.shape) != tuple(target[k].shape)]
+    if problems:
+        raise CheckpointError(f"{src}: shapes do not fit this branch (different ViT size?): {problems[:6]}")
+    report.missing = [k for k in target if k not in new]
+    required_missing = [k for k in report.missing if k not in ("cls_token", "pos_embed")]
+    if required_missing:
+        raise CheckpointError(f"{src} ({layout} layout) lacks {len(required_missing)} branch key(s): {required_missing[:10]}")
+    with torch.no_grad():
+        for key, value in new.items():
+            target[key].copy_(value.to(target[key].dtype))
+    report.loaded = sorted(new)
+    return report
+
+
+def load_tracker_head(head: nn.Module, source: str | os.PathLike | Mapping[str, Any],
+                      duplicate_inputs: bool | None = None) -> WeightImport:
+    """Initialise a CENTER head from a single-modality tracker's ``box_head.*`` (spec 4.6).
+
+    For the fused head (input channels = 2x the file's) each tower's first conv
+    ``conv1_*.0.weight`` (256, 768, 3, 3) is duplicated along input channels to (256, 1536, 3, 3)
+    (not halved, as the official code); teacher heads take the file unchanged.  ``duplicate_inputs``
+    defaults to "when the channel counts say so".
+    """
+    src = str(source) if isinstance(source, (str, os.PathLike)) else "tracker weights"
+    raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    if isinstance(raw, Mapping) and "net" in raw:
+        raw = raw["net"]
+    state = _strip_module_prefix(_as_state_dict(raw, src))
+    head_state = OrderedDict((k[len("box_head."):], v) for k, v in state.items() if k.startswith("box_head."))
+    if not head_state:
+        raise CheckpointError(f"{src}: no box_head.* keys")
+    target = head.state_dict()
+    missing = [k for k in target if k not in head_state]
+    if missing:
+        raise CheckpointError(f"{src}: box_head lacks {missing[:10]}")
+    report = WeightImport(layout="ostrack_head", ignored=[k for k in head_state if k not in target])
+    new = {}
+    for key, want in target.items():
+        value = head_state[key]
+        if tuple(value.shape) != tuple(want.shape):
+            doubled = (value.ndim == 4 and want.ndim == 4 and want.shape[1] == 2 * value.shape[1]
+                       and want.shape[0] == value.shape[0] and duplicate_inputs is not False)
+            if not doubled:
+                raise CheckpointError(f"{src}: box_head.{key} {tuple(value.shape)} does not fit {tuple(want.shape)}")
+            value = torch.cat([value, value], dim=1)
+            report.resized.append(key)
+        new[key] = value
+    with torch.no_grad():
+        for key, value in new.items():
+            target[key].copy_(value.to(target[key].dtype))
+    report.loaded = sorted(new)
+    return report
