@@ -1,0 +1,82 @@
+"""Training checkpoints in the official layout (written by the core's ``save_checkpoint``).
+
+``net`` holds the training-mode state dict (students, fused head, teachers, teacher heads),
+``optimizer`` the AdamW state, ``stats`` the last epoch's means per split and ``settings`` a plain
+dict: the configuration, run options, per-epoch history and the torch RNG state (so a resumed run
+draws the same DropPath masks as an uninterrupted one). Files load with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ckd_ros.core.checkpoint import (INFERENCE_PREFIXES, TRAINING_ONLY_PREFIXES, CheckpointError, read_checkpoint,
+                                     save_checkpoint)
+
+
+def _plain_options(options: Any) -> dict:
+    if options is None:
+        return {}
+    data = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+    data.pop("config", None)
+    return {k: (str(v) if isinstance(v, Path) else dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+
+
+def save_training_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                             epoch: int, history: list[dict], train_config, options=None,
+                             torch_rng_state: torch.Tensor | None = None) -> Path:
+    last = history[-1] if history else {}
+    stats = {split: {f"Loss/{k}" if k not in ("iou",) else "IoU": v for k, v in last[split].items()}
+             for split in ("train", "val") if split in last}
+    settings = {
+        "config": train_config.cfg.to_dict(),
+        "config_name": train_config.name,
+        "synthetic": train_config.synthetic.to_dict(),
+        "options": _plain_options(options),
+        "history": history,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    if torch_rng_state is not None:
+        settings["torch_rng_state"] = torch_rng_state
+    return save_checkpoint(path, model.state_dict(), epoch=epoch,
+                           optimizer=optimizer.state_dict() if optimizer is not None else None,
+                           stats=stats, settings=settings)
+
+
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint for resuming: must carry ``net`` and ``epoch``."""
+    raw = read_checkpoint(path)
+    if not isinstance(raw, Mapping) or "net" not in raw or "epoch" not in raw:
+        raise CheckpointError(f"{path} is not a training checkpoint (needs 'net' and 'epoch'; a stripped "
+                              "inference file cannot resume training)")
+    state = dict(raw)
+    if not isinstance(state.get("settings"), Mapping):
+        state["settings"] = {}  # official files pickle a Settings object: nothing to resume from it
+    missing = [p for p in TRAINING_ONLY_PREFIXES if not any(k.startswith(p) for k in state["net"])]
+    if missing:
+        raise CheckpointError(f"{path} has no {', '.join(p.rstrip('.') for p in missing)} weights: it was stripped "
+                              "for inference and cannot resume training")
+    return state
+
+
+def export_inference_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
+                                keep_teachers: bool = False) -> Path:
+    """Strip a training checkpoint for shipping: same top-level structure, ``optimizer`` None,
+    ``net`` reduced to the inference keys (unless ``keep_teachers``), history kept, RNG state dropped."""
+    raw = read_checkpoint(source)
+    if not isinstance(raw, Mapping) or "net" not in raw:
+        raise CheckpointError(f"{source} has no 'net' entry")
+    net = {k: v for k, v in raw["net"].items() if keep_teachers or k.startswith(INFERENCE_PREFIXES)}
+    settings = dict(raw["settings"]) if isinstance(raw.get("settings"), Mapping) else {}
+    settings.pop("torch_rng_state", None)
+    settings["stripped"] = {"optimizer": True, "teachers": not keep_teachers, "source": os.path.basename(str(source))}
+    return save_checkpoint(destination, net, epoch=int(raw.get("epoch", 0)), optimizer=None,
+                           stats=raw.get("stats") if isinstance(raw.get("stats"), Mapping) else None,
+                           settings=settings, actor_type=raw.get("actor_type", "OSTrack_CKD_Actor"),
+                           net_type=raw.get("net_type", "OSTrack_CKD"))

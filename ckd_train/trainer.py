@@ -1,0 +1,400 @@
+"""The training loop: data, model, optimiser, DDP, logging, checkpoints, resume (CKD.md sec. 4).
+
+One process trains on ``TRAIN.BATCH_SIZE`` samples per step; under ``torchrun`` every process does
+(gloo on CPU, NCCL on GPU), DDP averages the gradients (``find_unused_parameters=True`` like the
+official trainer: the ViT ``cls_token``/``pos_embed`` tables never take part), and process ``r`` of
+``W`` takes the samples ``r, r + W, r + 2W, ...`` of the epoch (DistributedSampler split, no
+padding). ``DATA.TRAIN.SAMPLE_PER_EPOCH`` samples per epoch in all, incomplete batches dropped.
+
+Per step: forward of the four-branch graph, total CKD loss, backward, gradient clipping to a total
+norm of ``TRAIN.GRAD_CLIP_NORM`` over all parameters, AdamW step (constant learning rate).
+
+Outputs under ``--output`` (default ``./output``), official layout for checkpoints:
+``checkpoints/train/ckd/<name>/OSTrack_CKD_ep<epoch:04d>.pth.tar``; ``logs/<name>/train.csv``
+(every ``TRAIN.PRINT_INTERVAL`` steps), ``logs/<name>/epochs.csv`` (epoch means, train and
+validation) and TensorBoard event files when ``torch.utils.tensorboard`` imports.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ckd_ros.core.synthetic import SyntheticScene
+
+from .checkpoints import load_training_checkpoint, save_training_checkpoint
+from .data import CKDProcessing, CKDTrainingDataset, ProcessingSettings, TrackingSampler, worker_count
+from .init import initialise_from_config
+from .losses import CKDLossWeights, ckd_loss
+from .model import CKDTrainingNet, build_training_model, ce_keep_rate_for_epoch
+from .optim import build_optimizer, trainable_parameters
+from .settings import DATASET_KINDS, SYNTHETIC_NAMES, SyntheticSettings, TrainConfig, load_train_config
+
+
+@dataclass
+class TrainOptions:
+    """Run-time options (everything that is not in the configuration)."""
+
+    config: str | Path | TrainConfig
+    output_dir: Path = Path("output")
+    resume: Path | None = None
+    epochs: int | None = None  # overrides TRAIN.EPOCH
+    device: str = "auto"
+    workers: int | None = None  # DataLoader workers (default: TRAIN.NUM_WORKER capped by the CPUs)
+    threads: int | None = None  # torch intra-op threads
+    seed: int = 42
+    data_roots: Mapping[str, str] = field(default_factory=dict)
+    samples_per_epoch: int | None = None  # overrides DATA.TRAIN.SAMPLE_PER_EPOCH
+    batch_size: int | None = None  # overrides TRAIN.BATCH_SIZE
+    batchnorm: str = "train"  # "train" (official: batch statistics) or "frozen" (running statistics)
+    sync_batchnorm: bool = False  # SyncBatchNorm across GPUs (CUDA only; not in the official code)
+    progress: bool = True
+    validate: bool = True
+    log_interval: int | None = None  # overrides TRAIN.PRINT_INTERVAL
+
+
+@dataclass
+class TrainResult:
+    checkpoints: list[Path]
+    epoch_stats: list[dict[str, Any]]
+    step_losses: list[float]
+    output_dir: Path
+
+
+# ----------------------------------------------------------------------------- sources
+def open_sequences(name: str, synthetic: SyntheticSettings, data_roots: Mapping[str, str]) -> list:
+    """The training sequences a dataset name stands for."""
+    if name in SYNTHETIC_NAMES:
+        lo, hi = synthetic.val_seeds if name == "SYNTHETIC_VAL" else synthetic.seeds
+        return [SyntheticScene(seed, synthetic.length, synthetic.size, failure_fraction=synthetic.failure_fraction,
+                               noise=synthetic.noise) for seed in range(lo, hi)]
+    if name not in DATASET_KINDS:
+        raise ValueError(f"unknown training dataset {name!r}; known: {', '.join([*SYNTHETIC_NAMES, *DATASET_KINDS])}")
+    root = data_roots.get(name)
+    if root is None:
+        raise ValueError(f"dataset {name} needs its folder: pass --data-root {name}=PATH")
+    from ckd_ros.core.datasets import open_dataset
+    options = {"split": "train"} if name == "VTUAV" else {}
+    return list(open_dataset(DATASET_KINDS[name], root, **options))
+
+
+def build_dataset(tc: TrainConfig, split: str, data_roots: Mapping[str, str], seed: int,
+                  samples: int | None = None) -> CKDTrainingDataset:
+    cfg = tc.cfg
+    section = cfg.DATA.TRAIN if split == "train" else cfg.DATA.VAL
+    names, ratios = list(section.DATASETS_NAME), list(section.DATASETS_RATIO)
+    if len(names) != len(ratios):
+        raise ValueError(f"DATA.{split.upper()}.DATASETS_NAME and DATASETS_RATIO differ in length ({names}, {ratios})")
+    datasets = [open_sequences(n, tc.synthetic, data_roots) for n in names]
+    sampler = TrackingSampler(datasets, ratios, cfg.DATA.MAX_SAMPLE_INTERVAL)
+    processing = CKDProcessing(ProcessingSettings.from_config(cfg, train=split == "train"))
+    count = samples if samples is not None else section.SAMPLE_PER_EPOCH
+    # validation draws its own samples (offset seed), never the training ones
+    return CKDTrainingDataset(sampler, processing, count, seed=seed if split == "train" else seed + 1_000_003)
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """torchrun environment -> process group (NCCL for CUDA devices, gloo otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local_rank)
+
+
+def resolve_training_device(requested: str, local_rank: int) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+# ----------------------------------------------------------------------------- logging
+class MetricLog:
+    """CSV files (and TensorBoard when importable) on the main process."""
+
+    def __init__(self, directory: Path, tensorboard_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self._files: dict[str, tuple[Any, csv.DictWriter]] = {}
+        self.directory = directory
+        self._tb = None
+        if enabled:
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(tensorboard_dir))
+            except Exception:  # tensorboard is optional; CSV is always written
+                self._tb = None
+
+    def write(self, table: str, row: Mapping[str, Any], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        if table not in self._files:
+            path = self.directory / f"{table}.csv"
+            existing = path.is_file() and path.stat().st_size > 0
+            handle = open(path, "a", newline="")
+            if existing:
+                with open(path) as f:
+                    fields = next(csv.reader(f))
+            else:
+                fields = list(row)
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            if not existing:
+                writer.writeheader()
+            self._files[table] = (handle, writer)
+        handle, writer = self._files[table]
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        handle.flush()
+        if self._tb is not None and step is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self._tb.add_scalar(f"{table}/{k}", v, step)
+
+    def close(self) -> None:
+        for handle, _ in self._files.values():
+            handle.close()
+        self._files.clear()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _mean_logs(logs: list[dict[str, float]], dist_info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Mean of every logged value over the steps (and over processes under DDP)."""
+    if not logs:
+        return {}
+    keys = sorted(logs[0])
+    sums = torch.tensor([[sum(l[k] for l in logs) for k in keys] + [len(logs)]], dtype=torch.float64)
+    if dist_info.enabled:
+        sums = sums.to(device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    total = sums[0, :-1] / sums[0, -1]
+    return {k: float(v) for k, v in zip(keys, total)}
+
+
+# ----------------------------------------------------------------------------- loop
+def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _forward_loss(model: nn.Module, batch: Mapping[str, torch.Tensor], cfg, weights: CKDLossWeights,
+                  keep_rate: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+    out = model(batch["template_rgb"], batch["template_tir"], batch["search_rgb"], batch["search_tir"],
+                search_token_keep=batch["search_token_keep"], ce_keep_rate=keep_rate)
+    return ckd_loss(out, batch["search_anno"], cfg.DATA.SEARCH.SIZE, cfg.MODEL.BACKBONE.STRIDE, weights)
+
+
+def set_batchnorm_mode(model: nn.Module, mode: str) -> None:
+    """``frozen``: every BatchNorm uses (and keeps) its running statistics even in training mode."""
+    if mode == "frozen":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    elif mode != "train":
+        raise ValueError(f"batchnorm mode must be 'train' (official) or 'frozen', got {mode!r}")
+
+
+def _loader(dataset, indices, batch_size: int, workers: int, device: torch.device):
+    subset = torch.utils.data.Subset(dataset, indices)
+    return torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, drop_last=True,
+                                       num_workers=workers, pin_memory=device.type == "cuda",
+                                       persistent_workers=False)
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Run (or resume) a training; returns the checkpoints written and the per-epoch statistics."""
+    tc = options.config if isinstance(options.config, TrainConfig) else load_train_config(options.config)
+    overrides: dict[str, Any] = {}
+    if options.epochs is not None:
+        overrides.setdefault("TRAIN", {})["EPOCH"] = int(options.epochs)
+    if options.batch_size is not None:
+        overrides.setdefault("TRAIN", {})["BATCH_SIZE"] = int(options.batch_size)
+    if options.samples_per_epoch is not None:
+        overrides.setdefault("DATA", {}).setdefault("TRAIN", {})["SAMPLE_PER_EPOCH"] = int(options.samples_per_epoch)
+    if overrides:
+        tc = tc.with_overrides(overrides)
+    cfg = tc.cfg
+    if options.threads:
+        torch.set_num_threads(int(options.threads))
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_training_device(options.device, local_rank)
+    dist_info = init_distributed(device)
+    # official seeding: base seed + local rank + 1 (DropPath draws); model init is broadcast by DDP
+    torch.manual_seed(options.seed + dist_info.rank + 1)
+    np.random.seed(options.seed + dist_info.rank + 1)
+
+    batch_size = cfg.TRAIN.BATCH_SIZE
+    total_epochs = cfg.TRAIN.EPOCH
+    if batch_size < 1 or total_epochs < 1:
+        raise ValueError(f"TRAIN.BATCH_SIZE and TRAIN.EPOCH must be >= 1, got {batch_size} and {total_epochs}")
+    train_set = build_dataset(tc, "train", options.data_roots, options.seed)
+    steps_per_epoch = len(train_set) // (batch_size * dist_info.world_size)
+    if steps_per_epoch < 1:
+        raise ValueError(f"DATA.TRAIN.SAMPLE_PER_EPOCH ({len(train_set)}) is smaller than one step "
+                         f"(batch {batch_size} x {dist_info.world_size} processes)")
+    val_set = None
+    if options.validate and cfg.TRAIN.VAL_EPOCH_INTERVAL > 0:
+        try:
+            val_set = build_dataset(tc, "val", options.data_roots, options.seed)
+        except ValueError as exc:
+            if dist_info.is_main:
+                print(f"[ckd-train] validation disabled: {exc}")
+
+    model: CKDTrainingNet = build_training_model(cfg)
+    start_epoch = 1
+    history: list[dict[str, Any]] = []
+    resume_state = None
+    if options.resume is not None:
+        resume_state = load_training_checkpoint(options.resume)
+        model.load_state_dict(resume_state["net"], strict=True)
+        start_epoch = int(resume_state["epoch"]) + 1
+        history = list((resume_state.get("settings") or {}).get("history", []))
+    else:
+        initialise_from_config(model, cfg, log=print if dist_info.is_main else None)
+    model.to(device)
+    if options.sync_batchnorm:
+        if device.type != "cuda":
+            raise ValueError("--sync-batchnorm needs CUDA devices (torch's SyncBatchNorm is GPU-only)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg)
+    if resume_state is not None and resume_state.get("optimizer") is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+    if resume_state is not None and (resume_state.get("settings") or {}).get("torch_rng_state") is not None:
+        torch.set_rng_state(resume_state["settings"]["torch_rng_state"])
+    net: nn.Module = model
+    if dist_info.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+
+    weights = CKDLossWeights.from_config(cfg)
+    name = tc.name or cfg.name
+    out_dir = Path(options.output_dir)
+    ckpt_dir = out_dir / "checkpoints" / "train" / "ckd" / name
+    log = MetricLog(out_dir / "logs" / name, out_dir / "tensorboard" / name, dist_info.is_main)
+    workers = worker_count(options.workers if options.workers is not None else cfg.TRAIN.NUM_WORKER)
+    interval = options.log_interval or cfg.TRAIN.PRINT_INTERVAL
+    params = trainable_parameters(model)
+    checkpoints: list[Path] = []
+    step_losses: list[float] = []
+    global_step = (start_epoch - 1) * steps_per_epoch
+
+    progress_bar = None
+    if options.progress and dist_info.is_main:
+        try:
+            from tqdm import tqdm as progress_bar
+        except ImportError:
+            progress_bar = None
+    try:
+        for epoch in range(start_epoch, total_epochs + 1):
+            train_set.set_epoch(epoch)
+            net.train()
+            set_batchnorm_mode(model, options.batchnorm)
+            keep_rate = ce_keep_rate_for_epoch(cfg, epoch)
+            # every process gets the same number of whole batches (DistributedSampler split without padding)
+            indices = list(range(dist_info.rank, steps_per_epoch * batch_size * dist_info.world_size,
+                                 dist_info.world_size))
+            loader = _loader(train_set, indices, batch_size, workers, device)
+            iterator = loader if progress_bar is None else progress_bar(
+                loader, total=len(loader), desc=f"epoch {epoch}/{total_epochs}", leave=False)
+            epoch_logs: list[dict[str, float]] = []
+            window: list[dict[str, float]] = []
+            tic = time.perf_counter()
+            for step, batch in enumerate(iterator, start=1):
+                batch = _to_device(batch, device)
+                loss, values = _forward_loss(net, batch, cfg, weights, keep_rate)
+                if not math.isfinite(values["total"]):
+                    raise FloatingPointError(f"loss became {values['total']} at epoch {epoch} step {step}; "
+                                             "lower the learning rate or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.TRAIN.GRAD_CLIP_NORM))
+                optimizer.step()
+                global_step += 1
+                epoch_logs.append(values)
+                window.append(values)
+                step_losses.append(values["total"])
+                if progress_bar is not None:
+                    iterator.set_postfix(loss=f"{values['total']:.3f}", iou=f"{values['iou']:.3f}")
+                if step % interval == 0 or step == len(loader):
+                    means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    elapsed = time.perf_counter() - tic
+                    log.write("train", {"epoch": epoch, "step": step, "global_step": global_step,
+                                        "samples": global_step * batch_size * dist_info.world_size,
+                                        "seconds_per_step": elapsed / len(window), **means}, global_step)
+                    window, tic = [], time.perf_counter()
+            stats: dict[str, Any] = {"epoch": epoch, "train": _mean_logs(epoch_logs, dist_info, device)}
+            if val_set is not None and epoch % cfg.TRAIN.VAL_EPOCH_INTERVAL == 0:
+                stats["val"] = validate(net, model, val_set, cfg, weights, keep_rate, batch_size, workers, device,
+                                        dist_info)
+            history.append(stats)
+            for split in ("train", "val"):
+                if split in stats:
+                    log.write("epochs", {"epoch": epoch, "split": split, **stats[split]}, epoch)
+            if dist_info.is_main:
+                path = ckpt_dir / f"OSTrack_CKD_ep{epoch:04d}.pth.tar"
+                save_training_checkpoint(path, model, optimizer, epoch, history, tc, options,
+                                         torch_rng_state=torch.get_rng_state())
+                checkpoints.append(path)
+                summary = " ".join(f"{k}={v:.4f}" for k, v in stats["train"].items()
+                                   if k in ("total", "loss_fused", "iou", "style", "content"))
+                print(f"[ckd-train] epoch {epoch}/{total_epochs}: {summary} -> {path}", flush=True)
+            if dist_info.enabled:
+                dist.barrier()
+    finally:
+        log.close()
+    return TrainResult(checkpoints, history, step_losses, out_dir)
+
+
+@torch.no_grad()
+def validate(net: nn.Module, model: nn.Module, dataset: CKDTrainingDataset, cfg, weights: CKDLossWeights,
+             keep_rate: float | None, batch_size: int, workers: int, device: torch.device,
+             dist_info: DistInfo) -> dict[str, float]:
+    """Loss and IoU on the validation samples (official validation pipeline, network in eval mode)."""
+    steps = len(dataset) // (batch_size * dist_info.world_size)
+    if steps < 1:
+        return {}
+    net.eval()
+    indices = list(range(dist_info.rank, steps * batch_size * dist_info.world_size, dist_info.world_size))
+    logs = []
+    for batch in _loader(dataset, indices, batch_size, workers, device):
+        batch = _to_device(batch, device)
+        # call the wrapped module: evaluation needs no gradient synchronisation
+        _, values = _forward_loss(model, batch, cfg, weights, keep_rate)
+        logs.append(values)
+    net.train()
+    return _mean_logs(logs, dist_info, device)
