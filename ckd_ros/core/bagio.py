@@ -1,0 +1,621 @@
+"""rosbag2 reading and writing with the pure-Python ``rosbags`` library (no ROS install needed).
+
+Bags written here (``write_sequence_bag`` / ``convert_dataset``):
+
+* storage MCAP (default) or sqlite3, metadata version 9 with a ``type_description_hash`` (RIHS01) per
+  topic, as ``rosbags`` writes it (the hashes equal the ones rosidl generates for the same types);
+* ``sensor_msgs/msg/Image`` RGB frames (``rgb8``, frame id ``camera_rgb``) and thermal frames
+  (``mono8``; ``mono16`` when the source file is 16-bit; ``rgb8`` only for a colour thermal file
+  whose channels differ; frame id ``camera_thermal``), both with ``header.stamp`` = the frame time
+  ``start + index / fps`` and the same stamp for the two images of a pair;
+* ground truth as ``ckd_ros/msg/TrackedTarget`` (the package's own output type, registered from
+  ``msg/TrackedTarget.msg``, so outputs and ground truth compare field by field): ``state`` is
+  ``STATE_TRACKING`` for a valid box and ``STATE_LOST`` for an invalid or missing one (fields kept as
+  annotated, NaN for "not annotated"), ``score`` 1 / NaN. Per-modality ground truth (RGBT234, GTOT)
+  goes to ``<ground_truth>/rgb`` and ``<ground_truth>/thermal``.
+
+Readers decode images with :func:`ckd_ros.core.image.decode_image_buffer` and pair RGB and thermal
+frames by header stamp (exactly, or with :class:`ckd_ros.core.pairing.ApproximateTimePairer` when a
+slop is given). A corrupt or truncated bag raises :class:`BagReadError` naming the file and the
+position (messages read, last time stamp); everything yielded before stays valid.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence as SequenceType
+
+import numpy as np
+
+from ckd_ros.core.datasets import Dataset, Sequence, valid_box_mask
+from ckd_ros.core.image import decode_image_buffer, encode_image_buffer
+from ckd_ros.core.pairing import ApproximateTimePairer
+
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+TARGET_TYPE = 'ckd_ros/msg/TrackedTarget'
+STATUS_TYPE = 'ckd_ros/msg/TrackerStatus'
+RGB_FRAME_ID = 'camera_rgb'
+THERMAL_FRAME_ID = 'camera_thermal'
+STORAGES = ('mcap', 'sqlite3')
+
+# TrackedTarget.STATE_* (msg/TrackedTarget.msg)
+STATE_IDLE, STATE_TRACKING, STATE_LOST = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class BagTopics:
+    """Topic names of a converted bag (absolute: a bag records resolved names)."""
+
+    rgb: str = '/rgb/image_raw'
+    thermal: str = '/thermal/image_raw'
+    ground_truth: str = '/ground_truth'
+
+    @property
+    def ground_truth_rgb(self) -> str:
+        return self.ground_truth + '/rgb'
+
+    @property
+    def ground_truth_thermal(self) -> str:
+        return self.ground_truth + '/thermal'
+
+
+DEFAULT_TOPICS = BagTopics()
+
+
+class BagReadError(RuntimeError):
+    """A bag cannot be read (missing, corrupt or truncated); ``position`` says how far reading got."""
+
+    def __init__(self, path, message: str, messages_read: int = 0, last_stamp_ns: int | None = None):
+        position = f'after {messages_read} messages'
+        if last_stamp_ns is not None:
+            position += f' (last log time {last_stamp_ns} ns)'
+        super().__init__(f'{path}: {message} [{position}]')
+        self.path = Path(path)
+        self.messages_read = messages_read
+        self.last_stamp_ns = last_stamp_ns
+
+
+# --------------------------------------------------------------------------------------------
+# Types
+
+def interface_definition(name: str) -> str:
+    """Text of ``msg/<name>.msg`` of this package: the source tree's ``msg/`` or an installed
+    ``share/ckd_ros/msg`` found on ``AMENT_PREFIX_PATH``."""
+    import ckd_ros
+    candidates = [Path(ckd_ros.__file__).resolve().parent.parent / 'msg' / f'{name}.msg']
+    for prefix in filter(None, os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)):
+        candidates.append(Path(prefix) / 'share' / 'ckd_ros' / 'msg' / f'{name}.msg')
+    for path in candidates:
+        if path.is_file():
+            return path.read_text()
+    raise FileNotFoundError(f'message definition {name}.msg not found (looked in '
+                            f'{", ".join(str(p.parent) for p in candidates)})')
+
+
+def make_typestore():
+    """The ROS 2 Kilted type store plus ``ckd_ros/msg/TrackedTarget`` and ``TrackerStatus``."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+    store = get_typestore(Stores.ROS2_KILTED)
+    types = {}
+    for name, typename in (('TrackedTarget', TARGET_TYPE), ('TrackerStatus', STATUS_TYPE)):
+        types.update(get_types_from_msg(interface_definition(name), typename))
+    store.register(types)
+    return store
+
+
+def _stamp(store, stamp_ns: int):
+    Time = store.types['builtin_interfaces/msg/Time']
+    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+
+
+def _header(store, stamp_ns: int, frame_id: str):
+    return store.types['std_msgs/msg/Header'](stamp=_stamp(store, stamp_ns), frame_id=frame_id)
+
+
+def stamp_to_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def thermal_encoding(thermal: np.ndarray) -> tuple[np.ndarray, str]:
+    """Pick the thermal message encoding: ``mono16`` for 16-bit, ``mono8`` for 8-bit grey (a 3-channel
+    file with equal channels included), ``rgb8`` for a colour thermal image."""
+    thermal = np.asarray(thermal)
+    if thermal.ndim == 2:
+        if thermal.dtype == np.uint16:
+            return thermal, 'mono16'
+        if thermal.dtype == np.uint8:
+            return thermal, 'mono8'
+    elif thermal.ndim == 3 and thermal.shape[2] == 3 and thermal.dtype == np.uint8:
+        if (thermal[:, :, 0] == thermal[:, :, 1]).all() and (thermal[:, :, 0] == thermal[:, :, 2]).all():
+            return np.ascontiguousarray(thermal[:, :, 0]), 'mono8'
+        return thermal, 'rgb8'
+    raise ValueError(f'unsupported thermal image: shape {thermal.shape}, dtype {thermal.dtype} '
+                     '(expected H x W uint8/uint16 or H x W x 3 uint8)')
+
+
+def image_message(store, array: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
+    enc = encode_image_buffer(array, encoding)
+    return store.types[IMAGE_TYPE](
+        header=_header(store, stamp_ns, frame_id), height=enc.height, width=enc.width, encoding=enc.encoding,
+        is_bigendian=enc.is_bigendian, step=enc.step, data=np.frombuffer(enc.data, dtype=np.uint8))
+
+
+def target_message(store, stamp_ns: int, box, frame_id: str = RGB_FRAME_ID, score: float | None = None,
+                   state: int | None = None, target_id: int = 0, pair_dt: float = 0.0, latency: float = 0.0):
+    """A ``TrackedTarget``; without ``state``/``score`` it is a ground-truth record (valid -> TRACKING)."""
+    box = np.asarray(box, dtype=np.float64).reshape(4)
+    valid = bool(valid_box_mask(box[None])[0])
+    if state is None:
+        state = STATE_TRACKING if valid else STATE_LOST
+    if score is None:
+        score = 1.0 if valid else math.nan
+    return store.types[TARGET_TYPE](
+        header=_header(store, stamp_ns, frame_id), x=float(box[0]), y=float(box[1]), width=float(box[2]),
+        height=float(box[3]), score=float(score), state=int(state), target_id=int(target_id),
+        pair_dt=float(pair_dt), latency=float(latency))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+def _storage_plugin(storage: str):
+    from rosbags.rosbag2 import StoragePlugin
+    key = storage.lower()
+    if key not in STORAGES:
+        raise ValueError(f'unknown bag storage {storage!r}; one of {", ".join(STORAGES)}')
+    return StoragePlugin.MCAP if key == 'mcap' else StoragePlugin.SQLITE3
+
+
+class BagWriter:
+    """Context manager around ``rosbags.rosbag2.Writer`` that knows this package's topics and types.
+
+    An exception inside the ``with`` block removes the unfinished bag (rosbag2 writes
+    ``metadata.yaml`` only when the bag is closed, so a killed process leaves a folder no reader
+    accepts rather than a bag that looks complete).
+    """
+
+    def __init__(self, path: str | os.PathLike, storage: str = 'mcap', compression: str | None = None,
+                 overwrite: bool = False):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f'{self.path} exists; pass overwrite=True (--overwrite) to replace it')
+        if compression not in (None, 'zstd'):
+            raise ValueError(f'unknown compression {compression!r}; only zstd')
+        self.storage = storage
+        self.compression = compression
+        self.store = make_typestore()
+        self._writer = None
+        self._connections: dict[str, object] = {}
+        self.counts: dict[str, int] = {}
+
+    def __enter__(self) -> 'BagWriter':
+        import shutil
+        from rosbags.rosbag2 import CompressionFormat, CompressionMode, Writer
+        plugin = _storage_plugin(self.storage)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
+        if self.compression:
+            self._writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
+        self._writer.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import shutil
+        try:
+            self._writer.close()
+        finally:
+            if exc_type is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+        return False
+
+    def _connection(self, topic: str, msgtype: str):
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(topic, msgtype, typestore=self.store)
+            self.counts[topic] = 0
+        return self._connections[topic]
+
+    def write(self, topic: str, msgtype: str, stamp_ns: int, message) -> None:
+        self._writer.write(self._connection(topic, msgtype), int(stamp_ns),
+                           bytes(self.store.serialize_cdr(message, msgtype)))
+        self.counts[topic] += 1
+
+    def write_pair(self, stamp_ns: int, rgb: np.ndarray, thermal: np.ndarray,
+                   topics: BagTopics = DEFAULT_TOPICS) -> str:
+        """Write one RGB + thermal pair with the same stamp; returns the thermal encoding used."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f'RGB frame must be H x W x 3 uint8, got shape {rgb.shape}, dtype {rgb.dtype}')
+        thermal, encoding = thermal_encoding(thermal)
+        self.write(topics.rgb, IMAGE_TYPE, stamp_ns, image_message(self.store, rgb, 'rgb8', stamp_ns, RGB_FRAME_ID))
+        self.write(topics.thermal, IMAGE_TYPE, stamp_ns,
+                   image_message(self.store, thermal, encoding, stamp_ns, THERMAL_FRAME_ID))
+        return encoding
+
+    def write_target(self, topic: str, stamp_ns: int, box, **fields) -> None:
+        self.write(topic, TARGET_TYPE, stamp_ns, target_message(self.store, stamp_ns, box, **fields))
+
+
+def frame_stamps(count: int, fps: float, start_ns: int = 0) -> np.ndarray:
+    if not (fps > 0 and math.isfinite(fps)):
+        raise ValueError(f'frame rate must be a positive number of frames per second, got {fps}')
+    return start_ns + np.round(np.arange(count) * (1e9 / fps)).astype(np.int64)
+
+
+@dataclass
+class ConversionSummary:
+    path: Path
+    frames: int
+    thermal_encoding: str
+    counts: dict[str, int]
+
+
+def write_sequence_bag(sequence: Sequence, path: str | os.PathLike, fps: float = 30.0, storage: str = 'mcap',
+                       start_ns: int = 0, topics: BagTopics = DEFAULT_TOPICS, compression: str | None = None,
+                       overwrite: bool = False, max_frames: int | None = None,
+                       progress: Callable[[int], None] | None = None) -> ConversionSummary:
+    """Write one sequence as a bag: image pairs and ground truth at ``fps`` from ``start_ns``."""
+    count = len(sequence) if max_frames is None else min(len(sequence), int(max_frames))
+    stamps = frame_stamps(count, fps, start_ns)
+    encodings = set()
+    modal = [(topics.ground_truth_rgb, sequence.ground_truth_rgb),
+             (topics.ground_truth_thermal, sequence.ground_truth_thermal)]
+    with BagWriter(path, storage, compression, overwrite) as writer:
+        for index in range(count):
+            stamp = int(stamps[index])
+            if index < len(sequence.ground_truth):
+                writer.write_target(topics.ground_truth, stamp, sequence.ground_truth[index])
+            for topic, boxes in modal:
+                if boxes is not None and index < len(boxes):
+                    writer.write_target(topic, stamp, boxes[index])
+            encodings.add(writer.write_pair(stamp, sequence.rgb(index), sequence.thermal(index), topics))
+            if progress is not None:
+                progress(1)
+    return ConversionSummary(Path(path), count, '/'.join(sorted(encodings)), dict(writer.counts))
+
+
+def convert_dataset(dataset: Dataset, out_dir: str | os.PathLike, sequences: SequenceType[str] | None = None,
+                    **options) -> list[ConversionSummary]:
+    """One bag per sequence: ``<out_dir>/<sequence>``. Options as :func:`write_sequence_bag`."""
+    out_dir = Path(out_dir)
+    names = list(sequences) if sequences is not None else dataset.names
+    return [write_sequence_bag(dataset[name], out_dir / name, **options) for name in names]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+def _open_reader(path: Path, store):
+    from rosbags.highlevel import AnyReader
+    if not path.exists():
+        raise BagReadError(path, 'bag not found')
+    try:
+        reader = AnyReader([path], default_typestore=store)
+        reader.open()
+    except Exception as exc:  # rosbags raises several types for unreadable files
+        raise BagReadError(path, f'cannot open bag ({type(exc).__name__}: {exc})') from exc
+    return reader
+
+
+def _mcap_files(path: Path) -> list[Path]:
+    if path.is_file() and path.suffix == '.mcap':
+        return [path]
+    return sorted(path.glob('*.mcap')) if path.is_dir() else []
+
+
+def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) -> Iterator[tuple[str, int, object]]:
+    """Read an MCAP file record by record (no summary section needed), up to the first damage.
+
+    rosbags needs the file's footer and summary, which a crashed recorder never writes; the records
+    before the damage are still valid, so they are yielded and the damage is reported with its byte
+    offset.
+    """
+    from mcap.records import Channel, Message, Schema
+    from mcap.stream_reader import StreamReader
+    files = _mcap_files(path)
+    if len(files) != 1:
+        raise BagReadError(path, f'cannot open bag ({type(open_error).__name__}: {open_error})') from open_error
+    file = files[0]
+    size = file.stat().st_size
+    schemas, channels = {}, {}
+    count, last = 0, None
+    with open(file, 'rb') as handle:
+        records = StreamReader(handle).records
+        while True:
+            offset = handle.tell()
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise BagReadError(file, f'truncated or corrupt at byte {offset} of {size} '
+                                   f'({type(exc).__name__}: {exc}); messages before it were read '
+                                   f'(rosbags could not open the bag: {open_error})', count, last) from exc
+            if isinstance(record, Schema):
+                schemas[record.id] = record.name
+            elif isinstance(record, Channel):
+                channels[record.id] = (record.topic, schemas.get(record.schema_id))
+            elif isinstance(record, Message):
+                topic, msgtype = channels.get(record.channel_id, (None, None))
+                if topic is None or (wanted is not None and topic not in wanted):
+                    continue
+                try:
+                    message = store.deserialize_cdr(record.data, msgtype)
+                except Exception as exc:
+                    raise BagReadError(file, f'cannot decode a {msgtype} message on {topic} at byte {offset} '
+                                       f'({type(exc).__name__}: {exc})', count, last) from exc
+                count += 1
+                last = record.log_time
+                yield topic, record.log_time, message
+
+
+def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None, store=None) -> Iterator[tuple[str, int, object]]:
+    """``(topic, log_time_ns, message)`` in log-time order; corrupt data raises :class:`BagReadError`.
+
+    An MCAP bag that rosbags cannot open (no footer/summary: a crashed recording) is read record by
+    record up to its damage (then :class:`BagReadError` with the byte offset).
+    """
+    path = Path(path)
+    store = store or make_typestore()
+    wanted = set(topics) if topics is not None else None
+    if not path.exists():
+        raise BagReadError(path, 'bag not found')
+    try:
+        reader = _open_reader(path, store)
+    except BagReadError as exc:
+        if not _mcap_files(path):
+            raise
+        yield from _salvage_mcap(path, wanted, store, exc.__cause__ or exc)
+        return
+    count, last = 0, None
+    try:
+        connections = [c for c in reader.connections if wanted is None or c.topic in wanted]
+        if not connections:
+            return
+        iterator = reader.messages(connections=connections)
+        while True:
+            try:
+                connection, timestamp, raw = next(iterator)
+                message = reader.deserialize(raw, connection.msgtype)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise BagReadError(path, f'corrupt or truncated data ({type(exc).__name__}: {exc})', count,
+                                   last) from exc
+            count += 1
+            last = timestamp
+            yield connection.topic, timestamp, message
+    finally:
+        try:
+            reader.close()
+        except Exception:
+            pass
+
+
+def decode_image_message(message) -> np.ndarray:
+    return decode_image_buffer(message.height, message.width, message.encoding, message.is_bigendian,
+                               message.step, message.data)
+
+
+def _box(message) -> np.ndarray:
+    return np.array([message.x, message.y, message.width, message.height], dtype=np.float64)
+
+
+@dataclass
+class BagPair:
+    """One RGB + thermal pair read from a bag (arrays as decoded, native dtype)."""
+
+    index: int
+    stamp_ns: int
+    rgb: np.ndarray
+    thermal: np.ndarray
+    rgb_encoding: str
+    thermal_encoding: str
+    thermal_stamp_ns: int
+    ground_truth: np.ndarray | None = None
+    ground_truth_rgb: np.ndarray | None = None
+    ground_truth_thermal: np.ndarray | None = None
+
+
+def read_pairs(path: str | os.PathLike, topics: BagTopics = DEFAULT_TOPICS, slop_s: float | None = None,
+               queue_size: int = 10) -> Iterator[BagPair]:
+    """Paired frames of a bag in time order, with the ground truth stamped like the RGB frame.
+
+    Without ``slop_s`` an RGB and a thermal image pair when their header stamps are equal (bags written
+    here); with it, pairing follows message_filters' approximate-time policy.
+    """
+    path = Path(path)
+    store = make_typestore()
+    gt_topics = {topics.ground_truth: 'ground_truth', topics.ground_truth_rgb: 'ground_truth_rgb',
+                 topics.ground_truth_thermal: 'ground_truth_thermal'}
+    pairer = ApproximateTimePairer(queue_size, slop_s) if slop_s else None
+    waiting: list[dict[int, object]] = [{}, {}]
+    ground_truth: dict[int, dict[str, np.ndarray]] = {}
+    index = 0
+    seen_images = False
+
+    def emit(rgb_msg, thermal_msg):
+        nonlocal index
+        stamp = stamp_to_ns(rgb_msg.header.stamp)
+        gts = ground_truth.pop(stamp, {})
+        pair = BagPair(index, stamp, decode_image_message(rgb_msg), decode_image_message(thermal_msg),
+                       rgb_msg.encoding, thermal_msg.encoding, stamp_to_ns(thermal_msg.header.stamp), **gts)
+        index += 1
+        return pair
+
+    # A completed pair is held until a message with a later stamp arrives, so that ground truth
+    # logged at the same time after its images is still attached.
+    pending: list[tuple[object, object]] = []
+
+    def flush(before_ns: int | None):
+        while pending and (before_ns is None or stamp_to_ns(pending[0][0].header.stamp) < before_ns):
+            yield emit(*pending.pop(0))
+
+    messages = iter_messages(path, [topics.rgb, topics.thermal, *gt_topics], store)
+    while True:
+        try:
+            topic, _, message = next(messages)
+        except StopIteration:
+            break
+        except BagReadError:
+            yield from flush(None)   # pairs completed before the damage are good
+            raise
+        stamp = stamp_to_ns(message.header.stamp)
+        yield from flush(stamp)
+        if topic in gt_topics:
+            ground_truth.setdefault(stamp, {})[gt_topics[topic]] = _box(message)
+            continue
+        seen_images = True
+        side = 0 if topic == topics.rgb else 1
+        if pairer is not None:
+            match = pairer.add(side, stamp, message)
+            if match is not None:
+                pending.append(match.items)
+            continue
+        other = waiting[1 - side].pop(stamp, None)
+        if other is None:
+            waiting[side][stamp] = message
+            continue
+        pending.append((message, other) if side == 0 else (other, message))
+    yield from flush(None)
+    if not seen_images:
+        raise BagReadError(path, f'no messages on {topics.rgb} / {topics.thermal} (see ckd-bag info for its topics)')
+
+
+def read_ground_truth(path: str | os.PathLike, topic: str = DEFAULT_TOPICS.ground_truth) -> tuple[np.ndarray, np.ndarray]:
+    """``(stamps_ns, boxes)`` of a ground-truth topic (header stamps)."""
+    stamps, boxes = [], []
+    for _, _, message in iter_messages(path, [topic]):
+        stamps.append(stamp_to_ns(message.header.stamp))
+        boxes.append(_box(message))
+    return np.array(stamps, dtype=np.int64), np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+@dataclass
+class TargetTrack:
+    """``TrackedTarget`` messages of one topic: header stamps, boxes, scores, states, receive times."""
+
+    stamps_ns: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    states: np.ndarray
+    latencies: np.ndarray
+    log_times_ns: np.ndarray
+
+
+def read_targets(path: str | os.PathLike, topic: str) -> TargetTrack:
+    rows = []
+    for _, log_time, m in iter_messages(path, [topic]):
+        rows.append((stamp_to_ns(m.header.stamp), m.x, m.y, m.width, m.height, m.score, m.state, m.latency, log_time))
+    if not rows:
+        raise BagReadError(path, f'no TrackedTarget messages on {topic}')
+    arr = np.array(rows, dtype=object)
+    return TargetTrack(arr[:, 0].astype(np.int64), arr[:, 1:5].astype(np.float64), arr[:, 5].astype(np.float64),
+                       arr[:, 6].astype(np.int64), arr[:, 7].astype(np.float64), arr[:, 8].astype(np.int64))
+
+
+def boxes_at_stamps(track: TargetTrack, stamps_ns: np.ndarray, init_box=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame boxes for the given frame stamps from a node's outputs (matched by header stamp).
+
+    Frames without an output (pairs the node dropped) take the last box published before them, as a
+    consumer of the topic would see it; frames before the first output take ``init_box`` (NaN if
+    none). Returns ``(boxes, answered)`` where ``answered`` marks frames with their own output.
+    """
+    by_stamp = {int(s): i for i, s in enumerate(track.stamps_ns)}
+    boxes = np.full((len(stamps_ns), 4), np.nan)
+    answered = np.zeros(len(stamps_ns), dtype=bool)
+    last = np.asarray(init_box, dtype=np.float64) if init_box is not None else np.full(4, np.nan)
+    for k, stamp in enumerate(stamps_ns):
+        i = by_stamp.get(int(stamp))
+        if i is not None:
+            last = track.boxes[i]
+            answered[k] = True
+        boxes[k] = last
+    return boxes, answered
+
+
+# --------------------------------------------------------------------------------------------
+# Info
+
+@dataclass
+class TopicInfo:
+    name: str
+    msgtype: str
+    count: int
+    first_ns: int | None = None
+    last_ns: int | None = None
+    encodings: set = field(default_factory=set)
+
+    @property
+    def rate_hz(self) -> float | None:
+        if self.count < 2 or self.first_ns is None or self.last_ns == self.first_ns:
+            return None
+        return (self.count - 1) / ((self.last_ns - self.first_ns) / 1e9)
+
+
+def bag_info(path: str | os.PathLike, scan: bool = True) -> dict:
+    """Summary of a bag: storage, version, duration, and per topic type, count, rate (and image
+    encodings when ``scan``). A corrupt bag gives what was read plus ``error``."""
+    path = Path(path)
+    store = make_typestore()
+    reader = _open_reader(path, store)
+    try:
+        topics = {c.topic: TopicInfo(c.topic, c.msgtype, int(c.msgcount)) for c in reader.connections}
+        info = {'path': str(path), 'message_count': int(reader.message_count),
+                'start_ns': int(reader.start_time) if reader.message_count else None,
+                'end_ns': int(reader.end_time) if reader.message_count else None,
+                'duration_s': (reader.duration / 1e9) if reader.message_count else 0.0}
+    finally:
+        reader.close()
+    metadata = path / 'metadata.yaml' if path.is_dir() else None
+    if metadata is not None and metadata.is_file():
+        import yaml
+        meta = yaml.safe_load(metadata.read_text()).get('rosbag2_bagfile_information', {})
+        info['storage'] = meta.get('storage_identifier')
+        info['version'] = meta.get('version')
+        info['ros_distro'] = meta.get('ros_distro')
+        info['type_description_hashes'] = {t['topic_metadata']['name']: t['topic_metadata'].get('type_description_hash')
+                                           for t in meta.get('topics_with_message_count', [])}
+    error = None
+    if scan:
+        for stats in topics.values():
+            stats.count = 0
+        try:
+            for topic, log_time, message in iter_messages(path, list(topics), store):
+                stats = topics[topic]
+                stats.count += 1
+                stats.first_ns = log_time if stats.first_ns is None else stats.first_ns
+                stats.last_ns = log_time
+                if stats.msgtype == IMAGE_TYPE:
+                    stats.encodings.add(f'{message.encoding} {message.width}x{message.height}')
+        except BagReadError as exc:
+            error = str(exc)
+    info['topics'] = [{'name': t.name, 'type': t.msgtype, 'count': t.count, 'rate_hz': t.rate_hz,
+                       **({'encodings': sorted(t.encodings)} if t.encodings else {})}
+                      for t in sorted(topics.values(), key=lambda t: t.name)]
+    if error:
+        info['error'] = error
+    return info
+
+
+def format_info(info: dict) -> str:
+    lines = [f"bag:       {info['path']}"]
+    if info.get('storage'):
+        lines.append(f"storage:   {info['storage']} (metadata version {info.get('version')}, "
+                     f"ros_distro {info.get('ros_distro')})")
+    lines.append(f"messages:  {info['message_count']}")
+    lines.append(f"duration:  {info['duration_s']:.3f} s")
+    if info.get('start_ns') is not None:
+        lines.append(f"start:     {info['start_ns'] / 1e9:.9f} s   end: {info['end_ns'] / 1e9:.9f} s")
+    lines.append('topics:')
+    width = max([len(t['name']) for t in info['topics']] + [5])
+    for t in info['topics']:
+        rate = f"{t['rate_hz']:.2f} Hz" if t['rate_hz'] else '-'
+        extra = f"  [{', '.join(t['encodings'])}]" if t.get('encodings') else ''
+        lines.append(f"  {t['name']:<{width}}  {t['type']:<28} {t['count']:>7} msgs  {rate:>10}{extra}")
+    if info.get('error'):
+        lines.append(f"ERROR: {info['error']}")
+    return '\n'.join(lines)

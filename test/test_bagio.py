@@ -1,0 +1,178 @@
+"""rosbag2 round trips with rosbags (MCAP and sqlite3), 16-bit thermal, ground truth, damage handling."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from ckd_ros.core import bagio, datasets
+
+H, W = 6, 8
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sequence(tmp_path, count=5, bit16=True, grey3=False, size=(H, W)):
+    rgb_dir, th_dir = tmp_path / 'rgb', tmp_path / 'th'
+    rgb_dir.mkdir()
+    th_dir.mkdir()
+    for k in range(count):
+        h, w = size
+        rgb = np.zeros((h, w, 3), np.uint8)
+        rgb[..., 0] = k          # OpenCV blue
+        rgb[..., 2] = 100 + k    # red
+        cv2.imwrite(str(rgb_dir / f'{k:04d}.png'), rgb)
+        if bit16:
+            th = (np.arange(h * w, dtype=np.uint16).reshape(h, w) * 300 + k).astype(np.uint16)
+        elif grey3:
+            th = np.full((h, w, 3), 50 + k, np.uint8)
+        else:
+            th = np.full((h, w), 50 + k, np.uint8)
+        cv2.imwrite(str(th_dir / f'{k:04d}.png'), th)
+    boxes = ''.join(f'{1 + k} 2 3 4\n' for k in range(count - 1)) + 'nan nan nan nan\n'
+    (tmp_path / 'gt.txt').write_text(boxes)
+    return datasets.plain_sequence(rgb_dir, th_dir, tmp_path / 'gt.txt', name='seq')
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_round_trip_16bit_thermal(tmp_path, storage):
+    seq = _sequence(tmp_path)
+    bag = tmp_path / 'bag'
+    summary = bagio.write_sequence_bag(seq, bag, fps=20.0, storage=storage, start_ns=3_000_000_000)
+    assert summary.frames == 5 and summary.thermal_encoding == 'mono16'
+    pairs = list(bagio.read_pairs(bag))
+    assert [p.index for p in pairs] == [0, 1, 2, 3, 4]
+    assert [p.stamp_ns for p in pairs] == [3_000_000_000 + 50_000_000 * k for k in range(5)]
+    for k, pair in enumerate(pairs):
+        np.testing.assert_array_equal(pair.rgb, seq.rgb(k))           # RGB order preserved
+        assert pair.rgb_encoding == 'rgb8' and pair.thermal_encoding == 'mono16'
+        assert pair.thermal.dtype == np.uint16
+        np.testing.assert_array_equal(pair.thermal, seq.thermal(k))   # 16-bit values exact
+        assert pair.thermal_stamp_ns == pair.stamp_ns
+    np.testing.assert_array_equal(pairs[0].ground_truth, [1, 2, 3, 4])
+    assert np.isnan(pairs[4].ground_truth).all()                      # missing GT stays NaN
+    meta = yaml.safe_load((bag / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    assert meta['version'] == 9 and meta['storage_identifier'] == storage
+    hashes = {t['topic_metadata']['name']: t['topic_metadata']['type_description_hash']
+              for t in meta['topics_with_message_count']}
+    assert all(h.startswith('RIHS01_') for h in hashes.values())
+
+
+def test_ground_truth_messages_and_frame_ids(tmp_path):
+    seq = _sequence(tmp_path, bit16=False, grey3=True)
+    seq.ground_truth_rgb = seq.ground_truth.copy()
+    seq.ground_truth_thermal = seq.ground_truth + 1
+    bag = tmp_path / 'bag'
+    summary = bagio.write_sequence_bag(seq, bag, fps=10.0)
+    assert summary.thermal_encoding == 'mono8'    # a 3-channel grey file is written as mono8
+    frame_ids = {}
+    for topic, _, message in bagio.iter_messages(bag):
+        frame_ids.setdefault(topic, message.header.frame_id)
+        if topic == '/ground_truth' and message.header.stamp.nanosec == 0 and message.header.stamp.sec == 0:
+            assert message.state == bagio.STATE_TRACKING and message.score == 1.0
+    assert frame_ids['/rgb/image_raw'] == 'camera_rgb' and frame_ids['/thermal/image_raw'] == 'camera_thermal'
+    stamps, boxes = bagio.read_ground_truth(bag, '/ground_truth/thermal')
+    np.testing.assert_array_equal(boxes[0], [2, 3, 4, 5])
+    assert list(stamps[:2]) == [0, 100_000_000]
+    last = [m for t, _, m in bagio.iter_messages(bag, ['/ground_truth'])][-1]
+    assert last.state == bagio.STATE_LOST and np.isnan(last.score)
+    pairs = list(bagio.read_pairs(bag))
+    assert pairs[1].thermal.shape == (H, W) and pairs[1].thermal[0, 0] == 51
+    np.testing.assert_array_equal(pairs[2].ground_truth_thermal, [4, 3, 4, 5])
+
+
+def test_custom_type_hash_matches_rosidl():
+    generated = REPO / 'install' / 'ckd_ros' / 'share' / 'ckd_ros' / 'msg' / 'TrackedTarget.json'
+    if not generated.is_file():
+        pytest.skip('interfaces not built (make build)')
+    expected = json.loads(generated.read_text())['type_hashes'][0]
+    assert expected['type_name'] == bagio.TARGET_TYPE
+    assert bagio.make_typestore().hash_rihs01(bagio.TARGET_TYPE) == expected['hash_string']
+
+
+def test_info_counts_and_rates(tmp_path):
+    seq = _sequence(tmp_path)
+    bag = tmp_path / 'bag'
+    bagio.write_sequence_bag(seq, bag, fps=25.0)
+    info = bagio.bag_info(bag)
+    topics = {t['name']: t for t in info['topics']}
+    assert topics['/rgb/image_raw']['count'] == 5 and topics['/ground_truth']['type'] == bagio.TARGET_TYPE
+    assert topics['/thermal/image_raw']['rate_hz'] == pytest.approx(25.0)
+    assert topics['/thermal/image_raw']['encodings'] == ['mono16 8x6']
+    assert info['duration_s'] == pytest.approx(0.16, abs=1e-6) and info['version'] == 9
+    text = bagio.format_info(info)
+    assert '/rgb/image_raw' in text and '25.00 Hz' in text
+
+
+def test_truncated_mcap_keeps_pairs_before_damage(tmp_path):
+    # ~0.4 MB per pair: rosbags closes an MCAP chunk every 1 MiB, so the damage hits a later chunk
+    seq = _sequence(tmp_path, count=12, size=(240, 320))
+    bag = tmp_path / 'bag'
+    bagio.write_sequence_bag(seq, bag, fps=30.0)
+    mcap_file = bag / 'bag.mcap'
+    data = mcap_file.read_bytes()
+    mcap_file.write_bytes(data[: int(len(data) * 0.7)])
+    got = []
+    with pytest.raises(bagio.BagReadError, match=r'bag\.mcap: truncated or corrupt at byte \d+ of \d+') as err:
+        for pair in bagio.read_pairs(bag):
+            got.append(pair)
+    assert err.value.messages_read > 0 and 0 < len(got) < 12
+    # whatever was read is intact and in order
+    for k, pair in enumerate(got):
+        assert pair.index == k
+        np.testing.assert_array_equal(pair.thermal, seq.thermal(k))
+    info = bagio.bag_info  # info of a damaged bag raises a clear error too
+    with pytest.raises(bagio.BagReadError, match='cannot open bag'):
+        info(bag)
+
+
+def test_corrupt_sqlite_and_missing_bag(tmp_path):
+    seq = _sequence(tmp_path)
+    bag = tmp_path / 'bag'
+    bagio.write_sequence_bag(seq, bag, storage='sqlite3')
+    db = bag / 'bag.db3'
+    db.write_bytes(db.read_bytes()[:2000])
+    with pytest.raises(bagio.BagReadError, match=r'bag.*(malformed|not a database)'):
+        list(bagio.read_pairs(bag))
+    with pytest.raises(bagio.BagReadError, match='bag not found'):
+        list(bagio.read_pairs(tmp_path / 'nope'))
+
+
+def test_no_overwrite_and_failed_write_leaves_nothing(tmp_path):
+    seq = _sequence(tmp_path)
+    bag = tmp_path / 'bag'
+    bagio.write_sequence_bag(seq, bag)
+    with pytest.raises(FileExistsError, match='overwrite'):
+        bagio.write_sequence_bag(seq, bag)
+    seq.thermal_frames[3].unlink()     # reading frame 3 fails mid-conversion
+    with pytest.raises(OSError, match='cannot read image'):
+        bagio.write_sequence_bag(seq, tmp_path / 'bag2')
+    assert not (tmp_path / 'bag2').exists()
+    with pytest.raises(ValueError, match='unknown bag storage'):
+        bagio.write_sequence_bag(seq, tmp_path / 'bag3', storage='rosbag1')
+
+
+def test_approximate_pairing_with_slop(tmp_path):
+    bag = tmp_path / 'cam'
+    with bagio.BagWriter(bag) as writer:
+        store = writer.store
+        for k in range(4):
+            t = 1_000_000_000 + k * 100_000_000
+            writer.write('/rgb/image_raw', bagio.IMAGE_TYPE, t,
+                         bagio.image_message(store, np.full((H, W, 3), k, np.uint8), 'rgb8', t, 'camera_rgb'))
+            tt = t + 7_000_000    # thermal 7 ms later
+            writer.write('/thermal/image_raw', bagio.IMAGE_TYPE, tt,
+                         bagio.image_message(store, np.full((H, W), k, np.uint8), 'mono8', tt, 'camera_thermal'))
+    assert list(bagio.read_pairs(bag)) == []          # exact pairing finds nothing
+    pairs = list(bagio.read_pairs(bag, slop_s=0.02))
+    assert [p.rgb[0, 0, 0] for p in pairs] == [0, 1, 2, 3]
+    assert all(p.thermal_stamp_ns - p.stamp_ns == 7_000_000 for p in pairs)
+
+
+def test_boxes_at_stamps_fills_dropped_frames():
+    track = bagio.TargetTrack(np.array([10, 30]), np.array([[1., 1, 5, 5], [3., 3, 5, 5]]), np.ones(2),
+                              np.ones(2, int), np.zeros(2), np.array([11, 31]))
+    boxes, answered = bagio.boxes_at_stamps(track, np.array([0, 10, 20, 30]), init_box=[0, 0, 5, 5])
+    np.testing.assert_array_equal(boxes[:, 0], [0, 1, 1, 3])
+    np.testing.assert_array_equal(answered, [False, True, False, True])
