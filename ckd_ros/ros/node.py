@@ -1,0 +1,647 @@
+"""The CKD tracker lifecycle node (executable ``ckd_tracker_node``, default name ``ckd_tracker``).
+
+Lifecycle (``<node>/change_state``, or ``autostart:=true`` without a manager):
+
+* constructor: declares parameters, creates ``~/status`` (periodic) and the /diagnostics updater
+  (once: a second diagnostic_updater.Updater on a node raises); both report in every state.
+* configure: reads and validates the parameters (FAILURE naming the bad one), resolves the device
+  (CUDA when asked and present, else CPU, said in the log, status and diagnostics), loads the model
+  and warms it up (unless ``unload_on_deactivate``), creates the output publishers and the
+  ``~/set_target`` / ``~/reset`` services.
+* activate: subscribes to ``rgb/image`` + ``thermal/image`` (paired by approximate time) and
+  ``~/init_box``, starts the tracking worker thread.
+* deactivate: destroys the subscriptions, stops the worker, drops the target.
+* cleanup: destroys publishers and services and frees the model (and cached GPU memory).
+* shutdown (from any state) and error processing release everything; the process exits once the
+  node is finalized or on SIGINT/SIGTERM.
+
+Threads: subscription, service and timer callbacks run on the executor thread and only queue work;
+the worker thread converts the newest pair, tracks and publishes.  A pair that arrives while the
+worker is busy replaces the waiting one (counted in ``pairs_dropped``), so the tracker never works on
+a backlog.  Bad input never raises out of a callback: it becomes ``last_error`` and a WARN/ERROR
+diagnostic, and the node keeps running.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import sys
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PolygonStamped
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
+
+from ckd_ros.core.image import (ImageConversionError, ThermalFrame, ThermalRegistration, rgb_image_to_rgb8,
+                                thermal_image_to_rgb8)
+from ckd_ros.core.pairing import LatestSlot, RecentPairs
+from ckd_ros.msg import TrackedTarget, TrackerStatus
+from ckd_ros.ros.conversions import (DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg, check_target_box,
+                                     detections_msg, finite_or, image_msg_to_array, polygon_to_box, stamp_to_ns)
+from ckd_ros.ros.debug_image import compose_debug_image
+from ckd_ros.ros.diagnostics import (ERROR, OK, UPDATER_BACKEND, WARN, IssueBoard, RateMeter, SampleWindow,
+                                     create_updater)
+from ckd_ros.ros.params import (ParameterError, TrackerNodeParameters, declare_parameters, node_parameter_getter,
+                                read_parameters)
+from ckd_ros.ros.synchronizer import RGB, SYNC_BACKEND, PairedImageSubscriptions
+from ckd_ros.srv import SetTarget
+
+NODE_NAME = 'ckd_tracker'
+RGB_TOPIC = 'rgb/image'
+THERMAL_TOPIC = 'thermal/image'
+STATE_NAMES = {TrackedTarget.STATE_IDLE: 'idle', TrackedTarget.STATE_TRACKING: 'tracking',
+               TrackedTarget.STATE_LOST: 'lost'}
+WORKER_JOIN_TIMEOUT_S = 10.0
+OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                        durability=DurabilityPolicy.VOLATILE)
+DEBUG_IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                             durability=DurabilityPolicy.VOLATILE)
+
+
+@dataclass
+class ConvertedPair:
+    """One synchronized pair as the tracker wants it."""
+    header: object                 # std_msgs/Header of the RGB image
+    stamp_ns: int
+    pair_dt: float                 # thermal stamp - RGB stamp (s)
+    rgb: np.ndarray                # H x W x 3 uint8 RGB
+    thermal: np.ndarray            # H x W x 3 uint8, on the RGB pixel grid
+    thermal_frame: ThermalFrame
+
+
+class CkdTrackerNode(LifecycleNode):
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        declare_parameters(self)
+        self._params: Optional[TrackerNodeParameters] = None
+        self._tracker = None
+        self._device = ''
+        self._device_note = ''
+        self._gain = None
+        self._registration: Optional[ThermalRegistration] = None
+        self._aspect_checked_for: Optional[tuple] = None
+
+        # Target state; the tracker and everything below change together under this lock.
+        self._tracker_lock = threading.Lock()
+        self._target_state = TrackedTarget.STATE_IDLE
+        self._target_id = 0
+        self._last_box: Optional[tuple] = None
+        self._last_score = 0.0
+        self._pending_initial_box: Optional[tuple] = None
+
+        # Statistics (since activation; latencies over the last stats_window frames).
+        self._issues = IssueBoard()
+        self._rgb_rate, self._thermal_rate = RateMeter(), RateMeter()
+        self._pair_rate, self._output_rate = RateMeter(), RateMeter()
+        self._latency = SampleWindow(100)
+        self._pair_dt_window = SampleWindow(100)
+        self._pair_dt_abs_sum = 0.0
+        self._pairs_seen = 0
+        self._frames_rejected = 0
+
+        # Created at configure / activate.
+        self._target_pub = self._detections_pub = self._debug_pub = None
+        self._set_target_srv = self._reset_srv = None
+        self._inputs: Optional[PairedImageSubscriptions] = None
+        self._init_box_sub = None
+        self._slot: Optional[LatestSlot] = None
+        self._history: Optional[RecentPairs] = None
+        self._worker: Optional[threading.Thread] = None
+        self._worker_stop = threading.Event()
+        self._finalized = False
+
+        # Reported in every state, so created here (and only here).
+        self._status_pub = self.create_publisher(TrackerStatus, '~/status', OUTPUT_QOS)
+        self._status_timer = self.create_timer(self._initial_status_period(), self._publish_status)
+        self._updater = create_updater(self, period=1.0)
+        self._updater.setHardwareID('none')
+        self._updater.add('tracker', self._diagnose)
+        self.get_logger().info(
+            f'{self.get_fully_qualified_name()} created (unconfigured); image conversion: {IMAGE_BACKEND}, '
+            f'pairing: {SYNC_BACKEND}, diagnostics: {UPDATER_BACKEND}')
+        if not DETECTIONS_AVAILABLE:
+            self.get_logger().info('vision_msgs is not installed: ~/detections is not published')
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            params = read_parameters(node_parameter_getter(self))
+            self._gain = params.make_gain_control()
+            self._registration = ThermalRegistration(params.thermal_registration, params.thermal_homography)
+        except (ParameterError, ValueError) as error:
+            return self._fail_transition('configure', str(error))
+        self._params = params
+        self._issues.clear()
+        self._latency = SampleWindow(params.stats_window)
+        self._pair_dt_window = SampleWindow(params.stats_window)
+        try:
+            self._device, self._device_note = self._resolve_device(params.device)
+        except Exception as error:
+            return self._fail_transition('configure', f"parameter 'device': {error}")
+        if self._device_note:
+            self.get_logger().warning(self._device_note)
+            self._issues.report('device', WARN, self._device_note)
+        self.get_logger().info(f'device: {self._device}')
+        self._updater.setHardwareID(self._hardware_id())
+        if not params.unload_on_deactivate:
+            failure = self._load_model()
+            if failure:
+                return self._fail_transition('configure', failure)
+        self._target_pub = self.create_lifecycle_publisher(TrackedTarget, '~/target', OUTPUT_QOS)
+        if params.publish_detections and DETECTIONS_AVAILABLE:
+            from vision_msgs.msg import Detection2DArray
+            self._detections_pub = self.create_lifecycle_publisher(Detection2DArray, '~/detections', OUTPUT_QOS)
+        self._debug_pub = self.create_lifecycle_publisher(Image, '~/debug_image', DEBUG_IMAGE_QOS)
+        self._set_target_srv = self.create_service(SetTarget, '~/set_target', self._on_set_target)
+        self._reset_srv = self.create_service(Trigger, '~/reset', self._on_reset)
+        self._replace_status_timer(params.status_period)
+        self.get_logger().info(f"configured: model '{params.model_config}' on {self._device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        params = self._params
+        if self._tracker is None:
+            failure = self._load_model()
+            if failure:
+                return self._fail_transition('activate', failure)
+        self._reset_statistics()
+        self._slot = LatestSlot()
+        self._history = RecentPairs(params.target_history_size)
+        self._gain.reset()
+        reliability = (ReliabilityPolicy.BEST_EFFORT if params.input_reliability == 'best_effort'
+                       else ReliabilityPolicy.RELIABLE)
+        input_qos = QoSProfile(depth=params.input_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
+                               durability=DurabilityPolicy.VOLATILE)
+        self._inputs = PairedImageSubscriptions(self, RGB_TOPIC, THERMAL_TOPIC, input_qos, params.sync_queue_size,
+                                                params.sync_slop, on_pair=self._on_pair, on_frame=self._on_frame)
+        self._init_box_sub = self.create_subscription(PolygonStamped, '~/init_box', self._on_init_box, OUTPUT_QOS)
+        with self._tracker_lock:
+            self._pending_initial_box = params.initial_box
+        self._worker_stop = threading.Event()
+        self._worker = threading.Thread(target=self._worker_loop, args=(self._slot, self._worker_stop),
+                                        name='ckd_tracker_worker', daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f'active: tracking {self.resolve_topic_name(RGB_TOPIC)} + {self.resolve_topic_name(THERMAL_TOPIC)} '
+            f'(QoS {params.input_reliability}, depth {params.input_depth}; slop {params.sync_slop} s)')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._drop_target()
+        if self._params is not None and self._params.unload_on_deactivate:
+            self._release_model()
+        self.get_logger().info('inactive: subscriptions destroyed, target dropped')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_outputs()
+        self._release_model()
+        self._params = None
+        self.get_logger().info('unconfigured: model released')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.release_everything()
+        self._finalized = True
+        self.get_logger().info(f'shut down from {state.label}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f'error processing (from {state.label}): releasing everything')
+        self.release_everything()
+        return TransitionCallbackReturn.SUCCESS
+
+    def release_everything(self) -> None:
+        """Stop the worker and subscriptions, destroy outputs, free the model. Idempotent; never raises."""
+        for step in (self._stop_processing, self._drop_target, self._release_outputs, self._release_model):
+            try:
+                step()
+            except Exception:
+                self.get_logger().error(f'release step {step.__name__} failed:\n{traceback.format_exc()}')
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+    def lifecycle_state_label(self) -> str:
+        return self._state_machine.current_state[1]
+
+    def _fail_transition(self, transition: str, reason: str) -> TransitionCallbackReturn:
+        self.get_logger().error(f'{transition} failed: {reason}')
+        self._issues.report('lifecycle', ERROR, f'{transition} failed: {reason}')
+        if transition == 'configure':
+            self._release_outputs()
+            self._release_model()
+            self._params = None
+        return TransitionCallbackReturn.FAILURE
+
+    # ------------------------------------------------------------------ model
+    @staticmethod
+    def _resolve_device(requested: str) -> tuple[str, str]:
+        """(device, note): CUDA when asked for and present; CPU with a note when CUDA is absent."""
+        import torch
+        from ckd_ros.core.api import resolve_device
+        if requested.startswith('cuda') and not torch.cuda.is_available():
+            return 'cpu', f"device '{requested}' was requested but CUDA is not available: running on the CPU"
+        return str(resolve_device(requested)), ''
+
+    def _hardware_id(self) -> str:
+        if self._device.startswith('cuda'):
+            import torch
+            return f'{self._device} ({torch.cuda.get_device_name(torch.device(self._device))})'
+        return self._device or 'none'
+
+    def _load_model(self) -> Optional[str]:
+        """Load (and warm up) the tracker; the reason on failure."""
+        params = self._params
+        try:
+            import torch
+            from ckd_ros import init_tracker
+            if params.torch_threads:
+                torch.set_num_threads(params.torch_threads)
+            tracker = init_tracker(params.model_config, checkpoint=params.checkpoint or None, device=self._device)
+            if params.warmup:
+                self._warm_up(tracker)
+        except Exception as error:
+            self.get_logger().debug(traceback.format_exc())
+            return (f"could not load model_config '{params.model_config}' with checkpoint "
+                    f"'{params.checkpoint or '(default)'}' on {self._device}: {error}")
+        with self._tracker_lock:
+            self._tracker = tracker
+        return None
+
+    @staticmethod
+    def _warm_up(tracker) -> None:
+        # One initialize + track on a blank pair: the first real frame then runs at full speed.
+        rgb = np.full((256, 320, 3), 127, np.uint8)
+        tracker.initialize(rgb, rgb, (140.0, 108.0, 40.0, 40.0))
+        tracker.track(rgb, rgb)
+
+    def _release_model(self) -> None:
+        with self._tracker_lock:
+            had_model = self._tracker is not None
+            self._tracker = None
+        if had_model:
+            gc.collect()
+            torch = sys.modules.get('torch')
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ inputs and worker
+    def _on_frame(self, index: int, msg: Image) -> None:
+        (self._rgb_rate if index == RGB else self._thermal_rate).tick()
+
+    def _on_pair(self, rgb_msg: Image, thermal_msg: Image) -> None:
+        stamp_ns = stamp_to_ns(rgb_msg.header.stamp)
+        pair_dt = (stamp_to_ns(thermal_msg.header.stamp) - stamp_ns) / 1e9
+        self._pairs_seen += 1
+        self._pair_dt_abs_sum += abs(pair_dt)
+        self._pair_dt_window.add(abs(pair_dt))
+        self._pair_rate.tick()
+        history, slot = self._history, self._slot
+        if history is not None:
+            history.add(stamp_ns, (rgb_msg, thermal_msg))
+        if slot is not None:
+            slot.put((rgb_msg, thermal_msg))
+
+    def _worker_loop(self, slot: LatestSlot, stop: threading.Event) -> None:
+        while not stop.is_set():
+            pair = slot.take(timeout=0.2)
+            if pair is None:
+                continue
+            try:
+                self._process_pair(*pair)
+            except Exception as error:   # keep the worker alive whatever a frame does
+                self._issues.report('processing', ERROR, f'processing a pair failed: {error}')
+                self.get_logger().error(f'processing a pair failed:\n{traceback.format_exc()}',
+                                        throttle_duration_sec=5.0)
+
+    def _convert_pair(self, rgb_msg: Image, thermal_msg: Image) -> Optional[ConvertedPair]:
+        """The pair as tracker input, or None after reporting why it cannot be used."""
+        try:
+            rgb = rgb_image_to_rgb8(image_msg_to_array(rgb_msg), rgb_msg.encoding)
+        except ImageConversionError as error:
+            return self._reject('rgb input', f'{self.resolve_topic_name(RGB_TOPIC)}: {error}')
+        try:
+            thermal_frame = thermal_image_to_rgb8(image_msg_to_array(thermal_msg), thermal_msg.encoding, self._gain)
+            height, width = rgb.shape[:2]
+            thermal = self._registration(thermal_frame.image, height, width)
+        except ImageConversionError as error:
+            return self._reject('thermal input', f'{self.resolve_topic_name(THERMAL_TOPIC)}: {error}')
+        if thermal_frame.nonfinite_pixels:
+            self._issues.report('thermal nonfinite', WARN,
+                                f'{self.resolve_topic_name(THERMAL_TOPIC)}: {thermal_frame.nonfinite_pixels} NaN/inf '
+                                f'pixels of {thermal_frame.image.shape[0] * thermal_frame.image.shape[1]} set to 0')
+        sizes = (thermal_frame.image.shape[:2], rgb.shape[:2])
+        if sizes != self._aspect_checked_for:
+            self._aspect_checked_for = sizes
+            warning = self._registration.aspect_warning(*sizes[0], *sizes[1])
+            if warning:
+                self.get_logger().warning(warning)
+                self._issues.report('registration', WARN, warning)
+        stamp_ns = stamp_to_ns(rgb_msg.header.stamp)
+        return ConvertedPair(header=rgb_msg.header, stamp_ns=stamp_ns,
+                             pair_dt=(stamp_to_ns(thermal_msg.header.stamp) - stamp_ns) / 1e9,
+                             rgb=rgb, thermal=thermal, thermal_frame=thermal_frame)
+
+    def _reject(self, kind: str, message: str) -> None:
+        self._frames_rejected += 1
+        self._issues.report(kind, ERROR, message)
+        self.get_logger().warning(f'frame rejected: {message}', throttle_duration_sec=2.0)
+        return None
+
+    def _process_pair(self, rgb_msg: Image, thermal_msg: Image) -> None:
+        pair = self._convert_pair(rgb_msg, thermal_msg)
+        if pair is None:
+            return
+        with self._tracker_lock:
+            tracker = self._tracker
+            if tracker is None:
+                return
+            if self._pending_initial_box is not None:
+                box, self._pending_initial_box = self._pending_initial_box, None
+                problem = check_target_box(box, pair.rgb.shape[1], pair.rgb.shape[0])
+                if problem:
+                    self._issues.report('initial_box', ERROR, f"parameter 'initial_box': {problem}")
+                    self.get_logger().error(f"parameter 'initial_box' not used: {problem}")
+                else:
+                    self._initialize_locked(tracker, pair, box, source="parameter 'initial_box'")
+                    self._publish_result_locked(pair)
+            elif self._target_state != TrackedTarget.STATE_IDLE:
+                self._track_locked(tracker, pair)
+                self._publish_result_locked(pair)
+            box = self._last_box if self._target_state != TrackedTarget.STATE_IDLE else None
+            lost, score = self._target_state == TrackedTarget.STATE_LOST, self._last_score
+        self._publish_debug_image(pair, box, score, lost)
+
+    def _initialize_locked(self, tracker, pair: ConvertedPair, box, source: str) -> None:
+        box = tuple(float(v) for v in box)
+        tracker.initialize(pair.rgb, pair.thermal, box)
+        self._target_id += 1
+        self._target_state = TrackedTarget.STATE_TRACKING
+        self._last_box, self._last_score = box, 1.0
+        self.get_logger().info(f'target {self._target_id} set by {source}: {[round(v, 1) for v in box]}')
+
+    def _track_locked(self, tracker, pair: ConvertedPair) -> None:
+        result = tracker.track(pair.rgb, pair.thermal)
+        box = tuple(float(v) for v in result.box)
+        if not all(math.isfinite(v) for v in box):
+            self._issues.report('tracker', ERROR, f'the tracker returned a non-finite box {box}; kept the last box')
+            self._target_state = TrackedTarget.STATE_LOST
+            return
+        self._last_box = box
+        self._last_score = finite_or(result.score, 0.0)
+        self._target_state = _tracker_state_to_msg(result.state)
+
+    def _publish_result_locked(self, pair: ConvertedPair) -> None:
+        msg = TrackedTarget(header=pair.header, score=float(self._last_score), state=self._target_state,
+                            target_id=self._target_id, pair_dt=float(pair.pair_dt))
+        msg.x, msg.y, msg.width, msg.height = (float(v) for v in self._last_box)
+        latency = (self.get_clock().now().nanoseconds - pair.stamp_ns) / 1e9
+        msg.latency = float(latency)
+        self._target_pub.publish(msg)
+        self._latency.add(latency)
+        self._output_rate.tick()
+        if self._detections_pub is not None:
+            self._detections_pub.publish(detections_msg(pair.header, self._last_box, self._last_score,
+                                                        self._target_id))
+
+    def _publish_debug_image(self, pair: ConvertedPair, box, score: float, lost: bool) -> None:
+        publisher = self._debug_pub
+        if publisher is None or publisher.get_subscription_count() == 0:
+            return   # drawing costs time: only when someone looks
+        label = f'target {self._target_id} {STATE_NAMES[self._target_state]}  dt {pair.pair_dt * 1000:+.1f} ms'
+        canvas = compose_debug_image(pair.rgb, pair.thermal, box, score, lost, label)
+        publisher.publish(array_to_image_msg(canvas, 'rgb8', header=pair.header))
+
+    def _stop_processing(self) -> None:
+        if self._inputs is not None:
+            self._inputs.destroy()
+            self._inputs = None
+        if self._init_box_sub is not None:
+            self.destroy_subscription(self._init_box_sub)
+            self._init_box_sub = None
+        self._worker_stop.set()
+        if self._slot is not None:
+            self._slot.close()
+        worker, self._worker = self._worker, None
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=WORKER_JOIN_TIMEOUT_S)
+            if worker.is_alive():
+                self.get_logger().error(f'the tracking worker did not stop within {WORKER_JOIN_TIMEOUT_S} s')
+        if self._history is not None:
+            self._history.clear()
+
+    def _release_outputs(self) -> None:
+        for name in ('_target_pub', '_detections_pub', '_debug_pub'):
+            publisher = getattr(self, name)
+            if publisher is not None:
+                self.destroy_lifecycle_publisher(publisher)
+                setattr(self, name, None)
+        for name in ('_set_target_srv', '_reset_srv'):
+            service = getattr(self, name)
+            if service is not None:
+                self.destroy_service(service)
+                setattr(self, name, None)
+
+    def _drop_target(self) -> None:
+        with self._tracker_lock:
+            self._target_state = TrackedTarget.STATE_IDLE
+            self._last_box, self._last_score = None, 0.0
+            self._pending_initial_box = None
+
+    # ------------------------------------------------------------------ target requests
+    def _on_set_target(self, request: SetTarget.Request, response: SetTarget.Response) -> SetTarget.Response:
+        box = (request.x, request.y, request.width, request.height)
+        try:
+            response.success, response.message = self._set_target(box, stamp_to_ns(request.stamp), '~/set_target')
+        except Exception as error:   # never let a request take the node down
+            response.success, response.message = False, f'internal error: {error}'
+            self.get_logger().error(traceback.format_exc())
+        response.target_id = self._target_id
+        return response
+
+    def _on_init_box(self, msg: PolygonStamped) -> None:
+        try:
+            stamp_ns, box = polygon_to_box(msg)
+            success, message = self._set_target(box, stamp_ns, '~/init_box')
+        except Exception as error:
+            success, message = False, str(error)
+        if not success:
+            self._issues.report('init_box', WARN, f'~/init_box refused: {message}')
+            self.get_logger().warning(f'~/init_box refused: {message}')
+
+    def _set_target(self, box, stamp_ns: int, source: str) -> tuple[bool, str]:
+        """Initialise the tracker on the pair closest to ``stamp_ns`` (0: the newest); (success, reason)."""
+        state = self.lifecycle_state_label()
+        if state != 'active':
+            return False, f'node is not active (state: {state}); configure and activate it first'
+        values = [float(v) for v in box]
+        if not all(math.isfinite(v) for v in values):
+            return False, f'box {values} has a non-finite value (NaN or inf)'
+        if values[2] <= 0 or values[3] <= 0:
+            return False, f'box needs a positive width and height, got width={values[2]:g}, height={values[3]:g}'
+        history = self._history
+        entry = None if history is None else (history.newest() if stamp_ns == 0 else history.closest(stamp_ns))
+        if entry is None:
+            return False, ('no synchronized RGB + thermal frame received yet: check that both '
+                           f'{self.resolve_topic_name(RGB_TOPIC)} and {self.resolve_topic_name(THERMAL_TOPIC)} '
+                           'are published with compatible QoS and stamps within sync.slop')
+        if stamp_ns and abs(entry[0] - stamp_ns) > self._params.target_max_stamp_offset * 1e9:
+            return False, (f'no kept frame within {self._params.target_max_stamp_offset:g} s of the requested stamp '
+                           f'(closest is {abs(entry[0] - stamp_ns) / 1e9:.3f} s away)')
+        pair = self._convert_pair(*entry[1])
+        if pair is None:
+            return False, f'the frame for this request cannot be used: {self._issues.last_error}'
+        problem = check_target_box(values, pair.rgb.shape[1], pair.rgb.shape[0])
+        if problem:
+            return False, problem
+        with self._tracker_lock:
+            if self._tracker is None:
+                return False, 'the model is not loaded'
+            self._initialize_locked(self._tracker, pair, values, source)
+            self._pending_initial_box = None
+        return True, ''
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._tracker_lock:
+            had_target = self._target_state != TrackedTarget.STATE_IDLE
+            target_id = self._target_id
+        self._drop_target()
+        response.success = True
+        response.message = f'target {target_id} dropped' if had_target else 'no target was set'
+        self.get_logger().info(f'~/reset: {response.message}')
+        return response
+
+    # ------------------------------------------------------------------ status and diagnostics
+    def _initial_status_period(self) -> float:
+        value = self.get_parameter('status_period').value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
+        return 1.0   # configure reports the invalid value
+
+    def _replace_status_timer(self, period: float) -> None:
+        if abs(self._status_timer.timer_period_ns - period * 1e9) > 1:
+            self.destroy_timer(self._status_timer)
+            self._status_timer = self.create_timer(period, self._publish_status)
+
+    def _reset_statistics(self) -> None:
+        for meter in (self._rgb_rate, self._thermal_rate, self._pair_rate, self._output_rate):
+            meter.reset()
+        self._latency.clear()
+        self._pair_dt_window.clear()
+        self._pair_dt_abs_sum, self._pairs_seen, self._frames_rejected = 0.0, 0, 0
+
+    def statistics(self) -> dict:
+        inputs, slot = self._inputs, self._slot
+        latency = self._latency.summary()
+        return {
+            'rgb_rate': self._rgb_rate.rate(), 'thermal_rate': self._thermal_rate.rate(),
+            'pair_rate': self._pair_rate.rate(), 'output_rate': self._output_rate.rate(),
+            'latency': latency,
+            'pairs_made': inputs.pairs_made if inputs is not None else self._pairs_seen,
+            'pairs_dropped': slot.dropped if slot is not None else 0,
+            'frames_unmatched': inputs.frames_unmatched if inputs is not None else 0,
+            'frames_rejected': self._frames_rejected,
+            'pair_dt_mean_abs': self._pair_dt_abs_sum / self._pairs_seen if self._pairs_seen else 0.0,
+            'pair_dt_max_abs': self._pair_dt_window.summary()['max'],
+        }
+
+    def _model_config_name(self) -> str:
+        if self._params is not None:
+            return self._params.model_config
+        value = self.get_parameter('model_config').value
+        return value if isinstance(value, str) else ''
+
+    def _publish_status(self) -> None:
+        stats = self.statistics()
+        msg = TrackerStatus(lifecycle_state=self.lifecycle_state_label(), tracker_state=self._target_state,
+                            target_id=self._target_id, model_config=self._model_config_name(), device=self._device,
+                            rgb_rate=stats['rgb_rate'], thermal_rate=stats['thermal_rate'],
+                            pair_rate=stats['pair_rate'], output_rate=stats['output_rate'],
+                            latency_mean=stats['latency']['mean'], latency_p50=stats['latency']['p50'],
+                            latency_p95=stats['latency']['p95'], latency_max=stats['latency']['max'],
+                            pairs_made=stats['pairs_made'], pairs_dropped=stats['pairs_dropped'],
+                            frames_unmatched=stats['frames_unmatched'], pair_dt_mean_abs=stats['pair_dt_mean_abs'],
+                            last_error=self._issues.last_error)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._status_pub.publish(msg)
+
+    def _diagnose(self, status):
+        """The diagnostic task: state, rates, pairing, latency, drops, device, recent problems."""
+        state = self.lifecycle_state_label()
+        stats = self.statistics()
+        level, message = OK, f'{state}, target {STATE_NAMES[self._target_state]}'
+        if state == 'active' and self._rgb_rate.rate() == 0.0 and self._thermal_rate.rate() == 0.0:
+            level, message = WARN, (f'active but no images on {self.resolve_topic_name(RGB_TOPIC)} / '
+                                    f'{self.resolve_topic_name(THERMAL_TOPIC)} (check topics and QoS)')
+        elif state == 'active' and stats['pair_rate'] == 0.0:
+            level, message = WARN, 'images arrive but no RGB-thermal pair matches (check stamps and sync.slop)'
+        worst = self._issues.worst()
+        if worst is not None and (worst[0] == ERROR or level == OK):
+            level, message = worst
+        status.summary(level, message)
+        latency = stats['latency']
+        for key, value in (
+                ('lifecycle_state', state), ('tracker_state', STATE_NAMES[self._target_state]),
+                ('target_id', self._target_id), ('model_config', self._model_config_name()),
+                ('device', self._device or 'none'), ('device_note', self._device_note),
+                ('rgb_rate_hz', f"{stats['rgb_rate']:.2f}"), ('thermal_rate_hz', f"{stats['thermal_rate']:.2f}"),
+                ('pair_rate_hz', f"{stats['pair_rate']:.2f}"), ('output_rate_hz', f"{stats['output_rate']:.2f}"),
+                ('pair_dt_mean_abs_s', f"{stats['pair_dt_mean_abs']:.4f}"),
+                ('pair_dt_max_abs_s', f"{stats['pair_dt_max_abs']:.4f}"),
+                ('latency_mean_s', f"{latency['mean']:.4f}"), ('latency_p50_s', f"{latency['p50']:.4f}"),
+                ('latency_p95_s', f"{latency['p95']:.4f}"), ('latency_max_s', f"{latency['max']:.4f}"),
+                ('pairs_made', stats['pairs_made']), ('pairs_dropped', stats['pairs_dropped']),
+                ('frames_unmatched', stats['frames_unmatched']), ('frames_rejected', stats['frames_rejected']),
+                ('last_error', self._issues.last_error),
+                ('backends', f'images {IMAGE_BACKEND}, pairing {SYNC_BACKEND}, diagnostics {UPDATER_BACKEND}')):
+            status.add(key, value)
+        return status
+
+    def autostart(self) -> None:
+        """configure + activate without a lifecycle manager (the `autostart` parameter)."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().error('autostart: configure failed; the node stays unconfigured')
+            return
+        if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().error('autostart: activate failed; the node stays inactive')
+
+
+def _tracker_state_to_msg(state) -> int:
+    """The core tracker's result state as a TrackedTarget.STATE_* value."""
+    from ckd_ros.core.tracker import LOST
+    return TrackedTarget.STATE_LOST if state == LOST else TrackedTarget.STATE_TRACKING
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = CkdTrackerNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        autostart = node.get_parameter('autostart').value
+        if autostart is True:
+            node.autostart()
+        elif autostart is not False:
+            node.get_logger().error(f"parameter 'autostart' must be true or false, got {autostart!r}: not starting")
+        while rclpy.ok() and not node.finalized:
+            executor.spin_once(timeout_sec=0.2)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.release_everything()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,254 @@
+"""The tracker node's parameters: one table (name, default, meaning), declaration and validation.
+
+Every parameter is declared with ``dynamic_typing`` so that a wrong type or value in a YAML file or on
+the command line does not crash the constructor; :func:`read_parameters` validates everything when
+the node is configured and raises :class:`ParameterError` naming the parameter, which the node turns
+into a configure FAILURE.  Parameters are read at configure: change them, then cleanup + configure.
+The same table documents ``config/ckd_tracker.yaml`` and ``doc/node.md`` (a test checks they agree).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ckd_ros.core.image import GAIN_MODES, REGISTRATION_MODES, ThermalGainControl, parse_homography
+
+RELIABILITY_CHOICES = ('best_effort', 'reliable')
+IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+NO_INITIAL_BOX = (0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Any
+    description: str
+
+
+PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
+    ParameterSpec('autostart', False,
+                  'configure and activate at start-up, without a lifecycle manager (for `ros2 run`)'),
+    ParameterSpec('model_config', 'ckd_tiny',
+                  'model/tracker configuration: an official CKD config name, ckd_tiny, ckd_small, or a YAML path'),
+    ParameterSpec('checkpoint', '',
+                  "weights: '' = the configuration's default (shipped ckd_tiny weights), a .pth/.pth.tar path, "
+                  "or 'random' (untrained, for tests)"),
+    ParameterSpec('device', 'auto',
+                  "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; CUDA that is not present falls back "
+                  'to CPU with a warning'),
+    ParameterSpec('torch_threads', 0, 'CPU threads for torch (0 = torch default)'),
+    ParameterSpec('warmup', True, 'run one initialize + track on a blank frame at configure (first-frame latency)'),
+    ParameterSpec('unload_on_deactivate', False,
+                  'load the model at activate and free it at deactivate (frees GPU memory while inactive; '
+                  'activate then takes the load time)'),
+    ParameterSpec('input.reliability', 'best_effort',
+                  "QoS reliability of the image subscriptions: 'best_effort' accepts reliable and best-effort "
+                  "publishers; 'reliable' accepts only reliable ones"),
+    ParameterSpec('input.depth', 5, 'QoS history depth of the image subscriptions'),
+    ParameterSpec('sync.slop', 0.05,
+                  'largest RGB-thermal stamp difference (seconds, strict) for a pair; ~half the faster '
+                  'camera period for hardware-synced cameras, more for free-running ones'),
+    ParameterSpec('sync.queue_size', 10, 'frames kept per input while waiting for a partner'),
+    ParameterSpec('thermal.gain', 'percentile',
+                  "16-bit/float thermal to 8 bit: 'minmax', 'percentile' or 'fixed' (8-bit thermal passes through)"),
+    ParameterSpec('thermal.percentile_low', 1.0, "lower percentile mapped to 0 ('percentile' gain)"),
+    ParameterSpec('thermal.percentile_high', 99.0, "upper percentile mapped to 255 ('percentile' gain)"),
+    ParameterSpec('thermal.fixed_min', 0.0, "raw value mapped to 0 ('fixed' gain)"),
+    ParameterSpec('thermal.fixed_max', 65535.0, "raw value mapped to 255 ('fixed' gain)"),
+    ParameterSpec('thermal.range_smoothing', 0.0,
+                  'temporal low-pass of the gain range in [0, 1): 0 = per frame, 0.9 = slow (no flicker)'),
+    ParameterSpec('thermal.registration', 'resize',
+                  "thermal onto the RGB pixel grid: 'identity' (same size required), 'resize', or 'homography'"),
+    ParameterSpec('thermal.homography', list(IDENTITY_HOMOGRAPHY),
+                  "row-major 3x3 homography from thermal pixels to RGB pixels ('homography' registration)"),
+    ParameterSpec('initial_box', list(NO_INITIAL_BOX),
+                  '[x, y, width, height] in RGB pixels: the target set on the first pair after activation; '
+                  'all zero = none (set one with ~/set_target or ~/init_box)'),
+    ParameterSpec('target.history_size', 30,
+                  'synchronized pairs kept so that ~/set_target with a stamp initialises on that frame'),
+    ParameterSpec('target.max_stamp_offset', 1.0,
+                  'a stamped ~/set_target is refused when no kept pair is within this many seconds'),
+    ParameterSpec('status_period', 1.0, 'seconds between ~/status messages'),
+    ParameterSpec('stats_window', 100, 'number of recent frames the latency statistics cover'),
+    ParameterSpec('publish_detections', True,
+                  'also publish vision_msgs/Detection2DArray on ~/detections (when vision_msgs is installed)'),
+)
+
+SPECS_BY_NAME = {spec.name: spec for spec in PARAMETER_SPECS}
+
+# diagnostic_updater declares this one itself; the in-package fallback declares the same name.
+DIAGNOSTIC_PERIOD_PARAMETER = 'diagnostic_updater.period'
+
+
+class ParameterError(ValueError):
+    """A parameter value is invalid; the message starts with the parameter's name."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"parameter '{name}': {problem}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class TrackerNodeParameters:
+    autostart: bool
+    model_config: str
+    checkpoint: str
+    device: str
+    torch_threads: int
+    warmup: bool
+    unload_on_deactivate: bool
+    input_reliability: str
+    input_depth: int
+    sync_slop: float
+    sync_queue_size: int
+    thermal_gain: str
+    thermal_percentile_low: float
+    thermal_percentile_high: float
+    thermal_fixed_min: float
+    thermal_fixed_max: float
+    thermal_range_smoothing: float
+    thermal_registration: str
+    thermal_homography: tuple
+    initial_box: Optional[tuple]          # None when all zero
+    target_history_size: int
+    target_max_stamp_offset: float
+    status_period: float
+    stats_window: int
+    publish_detections: bool
+
+    def make_gain_control(self) -> ThermalGainControl:
+        return ThermalGainControl(self.thermal_gain, self.thermal_percentile_low, self.thermal_percentile_high,
+                                  self.thermal_fixed_min, self.thermal_fixed_max, self.thermal_range_smoothing)
+
+
+def _boolean(name, value):
+    if isinstance(value, bool):
+        return value
+    raise ParameterError(name, f'must be true or false, got {value!r}')
+
+
+def _integer(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParameterError(name, f'must be an integer, got {value!r}')
+    if value < minimum:
+        raise ParameterError(name, f'must be >= {minimum}, got {value}')
+    return int(value)
+
+
+def _number(name, value, minimum=None, maximum=None, strict_minimum=False, strict_maximum=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParameterError(name, f'must be a finite number, got {value!r}')
+    value = float(value)
+    if minimum is not None and (value < minimum or (strict_minimum and value == minimum)):
+        raise ParameterError(name, f'must be {">" if strict_minimum else ">="} {minimum}, got {value}')
+    if maximum is not None and (value > maximum or (strict_maximum and value == maximum)):
+        raise ParameterError(name, f'must be {"<" if strict_maximum else "<="} {maximum}, got {value}')
+    return value
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ParameterError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _text(name, value, allow_empty):
+    if not isinstance(value, str):
+        raise ParameterError(name, f'must be a string, got {value!r}')
+    if not allow_empty and not value.strip():
+        raise ParameterError(name, 'must not be empty')
+    return value.strip()
+
+
+def _numbers(name, value, count):
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__len__'):
+        raise ParameterError(name, f'must be a list of {count} numbers, got {value!r}')
+    values = list(value)
+    if len(values) != count:
+        raise ParameterError(name, f'must be a list of {count} numbers, got {len(values)}: {values}')
+    return tuple(_number(name, v) for v in values)
+
+
+def _device(name, value):
+    value = _text(name, value, allow_empty=False).lower()
+    if value in ('auto', 'cpu', 'cuda') or (value.startswith('cuda:') and value[5:].isdigit()):
+        return value
+    raise ParameterError(name, f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+
+
+def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
+    """Read and validate every parameter; ``get_value(name)`` returns the current value.
+
+    Raises :class:`ParameterError` for the first invalid one.
+    """
+    g = get_value
+    percentile_low = _number('thermal.percentile_low', g('thermal.percentile_low'), 0.0, 100.0)
+    percentile_high = _number('thermal.percentile_high', g('thermal.percentile_high'), 0.0, 100.0)
+    if percentile_high <= percentile_low:
+        raise ParameterError('thermal.percentile_high',
+                             f'must be above thermal.percentile_low ({percentile_low}), got {percentile_high}')
+    fixed_min = _number('thermal.fixed_min', g('thermal.fixed_min'))
+    fixed_max = _number('thermal.fixed_max', g('thermal.fixed_max'))
+    if fixed_max <= fixed_min:
+        raise ParameterError('thermal.fixed_max', f'must be above thermal.fixed_min ({fixed_min}), got {fixed_max}')
+    homography = _numbers('thermal.homography', g('thermal.homography'), 9)
+    try:
+        parse_homography(homography)
+    except ValueError as error:
+        raise ParameterError('thermal.homography', str(error)) from None
+    box = _numbers('initial_box', g('initial_box'), 4)
+    if box == NO_INITIAL_BOX:
+        initial_box = None
+    elif box[2] <= 0 or box[3] <= 0 or box[0] < 0 or box[1] < 0:
+        raise ParameterError('initial_box', f'needs x, y >= 0 and width, height > 0 (or all zero for none), got {list(box)}')
+    else:
+        initial_box = box
+    return TrackerNodeParameters(
+        autostart=_boolean('autostart', g('autostart')),
+        model_config=_text('model_config', g('model_config'), allow_empty=False),
+        checkpoint=_text('checkpoint', g('checkpoint'), allow_empty=True),
+        device=_device('device', g('device')),
+        torch_threads=_integer('torch_threads', g('torch_threads'), 0),
+        warmup=_boolean('warmup', g('warmup')),
+        unload_on_deactivate=_boolean('unload_on_deactivate', g('unload_on_deactivate')),
+        input_reliability=_choice('input.reliability', g('input.reliability'), RELIABILITY_CHOICES),
+        input_depth=_integer('input.depth', g('input.depth'), 1),
+        sync_slop=_number('sync.slop', g('sync.slop'), 0.0, strict_minimum=True),
+        sync_queue_size=_integer('sync.queue_size', g('sync.queue_size'), 1),
+        thermal_gain=_choice('thermal.gain', g('thermal.gain'), GAIN_MODES),
+        thermal_percentile_low=percentile_low,
+        thermal_percentile_high=percentile_high,
+        thermal_fixed_min=fixed_min,
+        thermal_fixed_max=fixed_max,
+        thermal_range_smoothing=_number('thermal.range_smoothing', g('thermal.range_smoothing'), 0.0, 1.0,
+                                        strict_maximum=True),
+        thermal_registration=_choice('thermal.registration', g('thermal.registration'), REGISTRATION_MODES),
+        thermal_homography=homography,
+        initial_box=initial_box,
+        target_history_size=_integer('target.history_size', g('target.history_size'), 1),
+        target_max_stamp_offset=_number('target.max_stamp_offset', g('target.max_stamp_offset'), 0.0,
+                                        strict_minimum=True),
+        status_period=_number('status_period', g('status_period'), 0.0, strict_minimum=True),
+        stats_window=_integer('stats_window', g('stats_window'), 1),
+        publish_detections=_boolean('publish_detections', g('publish_detections')),
+    )
+
+
+def declare_parameters(node) -> None:
+    """Declare every parameter of :data:`PARAMETER_SPECS` on ``node`` (dynamically typed, described)."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    for spec in PARAMETER_SPECS:
+        if not node.has_parameter(spec.name):
+            node.declare_parameter(spec.name, spec.default,
+                                   ParameterDescriptor(description=spec.description, dynamic_typing=True))
+
+
+def node_parameter_getter(node) -> Callable[[str], Any]:
+    """``get_value`` for :func:`read_parameters` that reads ``node``'s current parameter values."""
+    def get_value(name):
+        value = node.get_parameter(name).value
+        # rclpy gives array parameters as array.array or list; normalise to a list for validation.
+        return list(value) if hasattr(value, 'tolist') or isinstance(value, tuple) else value
+    return get_value

@@ -1,0 +1,74 @@
+"""Start the CKD tracker lifecycle node and drive it to active (Humble, Jazzy, Kilted).
+
+    ros2 launch ckd_ros ckd_tracker.launch.py rgb_topic:=/camera/color/image_raw \
+        thermal_topic:=/thermal/image_raw device:=cuda use_rviz:=true
+
+The node is a lifecycle node: this file emits `configure` once the process is up and `activate`
+when it reaches `inactive` (event handlers; portable to distributions whose launch_ros has no
+`autostart` argument), so the node's own `autostart` parameter stays false here.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+PACKAGE = 'ckd_ros'
+EXECUTABLE = 'ckd_tracker_node'
+
+
+def generate_launch_description():
+    share = FindPackageShare(PACKAGE)
+    arguments = [
+        DeclareLaunchArgument('namespace', default_value='', description='namespace of the node and its topics'),
+        DeclareLaunchArgument('node_name', default_value='ckd_tracker', description='name of the node'),
+        DeclareLaunchArgument('params_file', default_value=PathJoinSubstitution([share, 'config', 'ckd_tracker.yaml']),
+                              description='parameter file (config/ckd_tracker.yaml documents every parameter)'),
+        DeclareLaunchArgument('rgb_topic', default_value='rgb/image', description='RGB sensor_msgs/Image topic'),
+        DeclareLaunchArgument('thermal_topic', default_value='thermal/image',
+                              description='thermal sensor_msgs/Image topic'),
+        DeclareLaunchArgument('device', default_value='auto', description="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        DeclareLaunchArgument('checkpoint', default_value='',
+                              description="weights file; '' = the model configuration's default weights"),
+        DeclareLaunchArgument('model_config', default_value='ckd_tiny',
+                              description='ckd_tiny, ckd_small, an official CKD config name, or a YAML path'),
+        DeclareLaunchArgument('use_rviz', default_value='false', description='start RViz with rviz/ckd_tracker.rviz'),
+    ]
+    tracker = LifecycleNode(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=LaunchConfiguration('node_name'),
+        namespace=LaunchConfiguration('namespace'),
+        output='screen',
+        parameters=[
+            LaunchConfiguration('params_file'),
+            {
+                'device': LaunchConfiguration('device'),
+                'checkpoint': LaunchConfiguration('checkpoint'),
+                'model_config': LaunchConfiguration('model_config'),
+                'autostart': False,   # this file drives the lifecycle
+            },
+        ],
+        remappings=[
+            ('rgb/image', LaunchConfiguration('rgb_topic')),
+            ('thermal/image', LaunchConfiguration('thermal_topic')),
+        ],
+    )
+    configure = EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(tracker),
+                                            transition_id=Transition.TRANSITION_CONFIGURE))
+    activate_when_inactive = RegisterEventHandler(OnStateTransition(
+        target_lifecycle_node=tracker, goal_state='inactive',
+        entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(tracker),
+                                              transition_id=Transition.TRANSITION_ACTIVATE))]))
+    rviz = Node(
+        package='rviz2', executable='rviz2', name='ckd_tracker_rviz', output='screen',
+        arguments=['-d', PathJoinSubstitution([share, 'rviz', 'ckd_tracker.rviz'])],
+        condition=IfCondition(LaunchConfiguration('use_rviz')),
+    )
+    # The handler is registered before the node starts so that no transition event is missed.
+    return LaunchDescription([*arguments, activate_when_inactive, tracker, configure, rviz])

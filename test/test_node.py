@@ -1,0 +1,124 @@
+"""The tracker node in its own process, fed by a camera process, observed and driven from the test process."""
+import json
+import math
+
+import pytest
+
+from conftest import PEERS_DIR
+from peers.node_harness import (OutputDrain, RosTestClient, diagnostic_values, find_status, micro_model_params,
+                                node_command)
+
+pytestmark = pytest.mark.ros
+
+NAMESPACE = '/rig'
+NODE = f'{NAMESPACE}/ckd_tracker'
+SLOP_S = 0.02
+
+
+def _peer_event(lines, event):
+    for line in lines:
+        if line.startswith('{') and json.loads(line).get('event') == event:
+            return json.loads(line)
+    return None
+
+
+def test_tracks_every_pair_of_a_camera_process_and_reports_what_happened(rclpy_context, spawn_process):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from geometry_msgs.msg import Point32, PolygonStamped
+    from std_srvs.srv import Trigger
+
+    from ckd_ros.msg import TrackedTarget, TrackerStatus
+    from ckd_ros.srv import SetTarget
+
+    # 90 RGB frames at 15 Hz with jittered stamps, thermal at 7.5 Hz in four encodings (mono16,
+    # 32FC1, 16UC1, mono8) at a lower resolution, RGB alternating bgr8/rgb8, rows padded, big-endian.
+    peer = spawn_process([PEERS_DIR / 'rgbt_camera_peer.py', '--namespace', NAMESPACE, '--frames', '90',
+                          '--rate', '15', '--thermal-every', '2', '--jitter-ms', '4', '--row-padding', '3',
+                          '--big-endian', '--wait-subscribers', '90', '--linger', '2'])
+    peer_out = OutputDrain(peer)
+    client = RosTestClient(rclpy_context)
+    try:
+        client.wait_for(lambda: _peer_event(peer_out.lines, 'ready'), 60, 'the camera peer to start')
+        ready = _peer_event(peer_out.lines, 'ready')
+        width, height = ready['size']
+        node = spawn_process(node_command(NAMESPACE, params=micro_model_params(
+            autostart=True, initial_box=ready['init_box'], **{'sync.slop': SLOP_S})))
+        node_out = OutputDrain(node)
+        targets = client.record(TrackedTarget, f'{NODE}/target', depth=200)
+        statuses = client.record(TrackerStatus, f'{NODE}/status')
+        diagnostics = client.record(DiagnosticArray, '/diagnostics')
+        box_pub = client.node.create_publisher(PolygonStamped, f'{NODE}/init_box', 10)
+
+        client.wait_for(lambda: len(targets) >= 10, 90, '10 tracked targets', node_out)
+        assert targets[0].target_id == 1 and targets[0].state == TrackedTarget.STATE_TRACKING
+        assert [targets[0].x, targets[0].y, targets[0].width, targets[0].height] == pytest.approx(
+            ready['init_box'], abs=1e-4), 'the first pair is initialised on the initial_box parameter'
+
+        # A new target on the newest frame through the service, then through the init-box topic.
+        response = client.call(SetTarget, f'{NODE}/set_target',
+                               SetTarget.Request(x=30.0, y=20.0, width=24.0, height=18.0), output=node_out)
+        assert response.success and response.message == '' and response.target_id == 2
+        client.wait_for(lambda: targets[-1].target_id == 2, 30, 'targets of target 2', node_out)
+        polygon = PolygonStamped()
+        polygon.polygon.points = [Point32(x=50.0, y=40.0), Point32(x=10.0, y=12.0)]
+        client.wait_for(lambda: box_pub.get_subscription_count() > 0, 30, 'the init_box subscription')
+        box_pub.publish(polygon)
+        client.wait_for(lambda: targets[-1].target_id == 3, 30, 'targets of target 3', node_out)
+
+        client.wait_for(lambda: _peer_event(peer_out.lines, 'done'), 60, 'the camera peer to finish')
+        done = _peer_event(peer_out.lines, 'done')
+        client.spin_for(1.0)
+        rgb_stamps = set(done['rgb_stamps'])
+        thermal_stamps = sorted(done['thermal_stamps'])
+
+        # One target per processed pair, carrying that pair's RGB header; never NaN.
+        assert len(targets) >= 10
+        stamps = [t.header.stamp.sec * 10**9 + t.header.stamp.nanosec for t in targets]
+        assert set(stamps) <= rgb_stamps, 'every target carries the stamp of a published RGB frame'
+        assert all(t.header.frame_id == ready['frame_id'] for t in targets)
+        for target, stamp in zip(targets, stamps):
+            values = [target.x, target.y, target.width, target.height, target.score, target.pair_dt, target.latency]
+            assert all(math.isfinite(v) for v in values), values
+            assert target.state in (TrackedTarget.STATE_TRACKING, TrackedTarget.STATE_LOST)
+            assert 0.0 <= target.score <= 1.0
+            assert target.width > 0 and target.height > 0
+            assert -1 <= target.x and target.x + target.width <= width + 1
+            assert abs(target.pair_dt) < SLOP_S
+            # The partner is a published thermal frame: RGB stamp + pair_dt.
+            partner = stamp + round(target.pair_dt * 1e9)
+            assert min(abs(partner - s) for s in thermal_stamps) < 2_000, 'pair_dt names a published thermal stamp'
+            assert 0.0 < target.latency < 10.0
+        ids = [t.target_id for t in targets]
+        assert ids == sorted(ids) and set(ids) == {1, 2, 3}
+        # Thermal runs at half the RGB rate: at most one target per thermal frame.
+        assert len(targets) <= len(thermal_stamps)
+
+        # ~/reset drops the target: no more targets until a new one is set.
+        reset = client.call(Trigger, f'{NODE}/reset', Trigger.Request(), output=node_out)
+        assert reset.success and reset.message == 'target 3 dropped'
+        assert client.call(Trigger, f'{NODE}/reset', Trigger.Request()).message == 'no target was set'
+
+        client.wait_for(lambda: statuses and statuses[-1].tracker_state == TrackedTarget.STATE_IDLE, 10,
+                        'a status after the reset')
+        status = statuses[-1]
+        assert status.lifecycle_state == 'active' and status.device == 'cpu'
+        assert status.model_config.endswith('node_micro_config.yaml')
+        assert status.tracker_state == TrackedTarget.STATE_IDLE and status.target_id == 3
+        assert status.pairs_made + 0 >= len(targets) and status.pairs_made <= len(thermal_stamps)
+        assert status.frames_unmatched >= 20, 'RGB frames without a thermal partner are counted'
+        assert 0.0 < status.pair_dt_mean_abs < SLOP_S
+        assert status.last_error == ''
+        assert any(s.latency_max > 0 and s.latency_p95 <= s.latency_max for s in statuses)
+        assert any(s.rgb_rate > 5 and s.thermal_rate > 2 for s in statuses), 'input rates near 15 / 7.5 Hz'
+
+        diagnostic = find_status(diagnostics, 'ckd_tracker: tracker')
+        assert diagnostic is not None, 'the node publishes /diagnostics'
+        values = diagnostic_values(diagnostic)
+        assert values['lifecycle_state'] == 'active' and values['device'] == 'cpu'
+        assert int(values['pairs_made']) >= len(targets) and int(values['frames_unmatched']) >= 20
+        assert {'latency_p95_s', 'pair_dt_max_abs_s', 'pairs_dropped', 'rgb_rate_hz', 'thermal_rate_hz'} <= set(values)
+        assert any(s.level == DiagnosticStatus.OK for a in diagnostics for s in a.status
+                   if s.name == 'ckd_tracker: tracker' and 'active' in s.message)
+        assert 'Traceback' not in node_out.text()
+    finally:
+        client.close()
