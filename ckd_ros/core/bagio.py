@@ -485,12 +485,18 @@ def read_pairs(path: str | os.PathLike, topics: BagTopics = DEFAULT_TOPICS, slop
         raise BagReadError(path, f'no messages on {topics.rgb} / {topics.thermal} (see ckd-bag info for its topics)')
 
 
-def read_ground_truth(path: str | os.PathLike, topic: str = DEFAULT_TOPICS.ground_truth) -> tuple[np.ndarray, np.ndarray]:
-    """``(stamps_ns, boxes)`` of a ground-truth topic (header stamps)."""
+def read_ground_truth(path: str | os.PathLike, topic: str = DEFAULT_TOPICS.ground_truth,
+                      keep_partial: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(stamps_ns, boxes)`` of a ground-truth topic (header stamps). With ``keep_partial`` a damaged
+    bag gives the records before the damage instead of raising."""
     stamps, boxes = [], []
-    for _, _, message in iter_messages(path, [topic]):
-        stamps.append(stamp_to_ns(message.header.stamp))
-        boxes.append(_box(message))
+    try:
+        for _, _, message in iter_messages(path, [topic]):
+            stamps.append(stamp_to_ns(message.header.stamp))
+            boxes.append(_box(message))
+    except BagReadError:
+        if not keep_partial or not stamps:
+            raise
     return np.array(stamps, dtype=np.int64), np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 

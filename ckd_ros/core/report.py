@@ -1,0 +1,321 @@
+"""Reports of an evaluation run: tables (text, markdown, JSON), precision/success plots (PNG), the
+per-attribute breakdown, and a performance JSON in the style of ros2_benchmark.
+
+The performance keys follow ros2_benchmark's ``BasicPerformanceMetrics`` names (milliseconds, frames
+per second; jitter = |second difference| of the output times), so numbers can be put beside Isaac ROS
+tables; keys that ros2_benchmark does not have (latency percentiles, CPU use of this process) are
+added under the same prefixes and named for what they are.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence as SequenceType
+
+import numpy as np
+
+from ckd_ros.core.metrics import BenchmarkScore, attribute_breakdown
+from ckd_ros.core.results import atomic_write_text
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+def _pct(value: float) -> str:
+    return f'{100 * value:.1f}' if np.isfinite(value) else '-'
+
+
+def sequence_fps(times: np.ndarray | None) -> float:
+    """Tracking speed of a sequence: frames after the first / their summed time (initialisation excluded)."""
+    if times is None or len(times) < 2:
+        return float('nan')
+    measured = np.asarray(times[1:], dtype=np.float64)
+    measured = measured[np.isfinite(measured)]   # nan: a frame without a measurement (dropped pair)
+    total = float(measured.sum())
+    return len(measured) / total if total > 0 else float('nan')
+
+
+def score_table(score: BenchmarkScore, times: Mapping[str, np.ndarray] | None = None,
+                markdown: bool = True) -> str:
+    """Per-sequence rows and an overall row; metric values in percent."""
+    metrics = list(score.metrics)
+    header = ['sequence', 'frames', *metrics] + (['fps'] if times else [])
+    rows = []
+    for name in score.sequences:
+        row = [name, str(score.per_sequence[name]['frames'])] + [_pct(score.per_sequence[name][m]) for m in metrics]
+        if times:
+            fps = sequence_fps(times.get(name))
+            row.append(f'{fps:.1f}' if np.isfinite(fps) else '-')
+        rows.append(row)
+    overall = [f'ALL ({len(score.sequences)})', str(score.num_frames)] + [_pct(score.metrics[m]) for m in metrics]
+    if times:
+        measured = [t[1:][np.isfinite(t[1:])] for t in times.values() if len(t) > 1]
+        frames = sum(len(t) for t in measured)
+        seconds = sum(float(t.sum()) for t in measured)
+        overall.append(f'{frames / seconds:.1f}' if seconds > 0 else '-')
+    rows.append(overall)
+    return _render(header, rows, markdown)
+
+
+def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
+        lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+        return '\n'.join(lines) + '\n'
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    fmt = lambda r: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows]) + '\n'
+
+
+def attribute_table(breakdown: Mapping[str, BenchmarkScore], markdown: bool = True) -> str:
+    if not breakdown:
+        return ''
+    metrics = list(next(iter(breakdown.values())).metrics)
+    rows = [[attr, str(len(s.sequences))] + [_pct(s.metrics[m]) for m in metrics] for attr, s in breakdown.items()]
+    return _render(['attribute', 'sequences', *metrics], rows, markdown)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+
+_PLOT_LABELS = {
+    'PR': ('Location error threshold (px)', 'Precision'),
+    'MPR': ('Location error threshold (px)', 'Maximum precision'),
+    'NPR': ('Normalized location error threshold', 'Normalized precision'),
+    'SR': ('Overlap threshold', 'Success rate'),
+    'MSR': ('Overlap threshold', 'Maximum success rate'),
+}
+
+
+def plot_curves(scores: Mapping[str, BenchmarkScore], metric: str, path: str | os.PathLike, title: str = '') -> Path:
+    """One PNG with the ``metric`` curve of each run (legend carries the run's value)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1].metrics[metric])
+    for run, score in ranked:
+        thresholds, curve = score.curves[metric]
+        ax.plot(thresholds, curve, linewidth=2, label=f'{run} [{100 * score.metrics[metric]:.1f}]')
+    xlabel, ylabel = _PLOT_LABELS.get(metric, ('threshold', metric))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(thresholds[0], thresholds[-1])
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or f'{metric} ({next(iter(scores.values())).benchmark})')
+    ax.legend(loc='lower right' if metric in ('PR', 'MPR', 'NPR') else 'lower left', fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    fig.savefig(tmp, format='png')
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Performance (ros2_benchmark style)
+
+class CpuUsage:
+    """CPU time of this process and of the whole machine between :meth:`start` and :meth:`stop`."""
+
+    def start(self) -> 'CpuUsage':
+        self._wall = time.perf_counter()
+        self._proc = time.process_time()
+        self._system = _system_cpu_times()
+        return self
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self._wall
+        proc = time.process_time() - self._proc
+        out = {'wall_s': wall, 'process_cpu_s': proc,
+               'process_cpu_percent_of_one_core': 100.0 * proc / wall if wall > 0 else float('nan')}
+        end = _system_cpu_times()
+        if self._system and end:
+            busy = (end[0] - self._system[0])
+            total = (end[1] - self._system[1])
+            out['overall_cpu_percent'] = 100.0 * busy / total if total > 0 else float('nan')
+        return out
+
+
+def _system_cpu_times() -> tuple[float, float] | None:
+    try:
+        fields = [float(v) for v in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
+def machine_info() -> dict:
+    info = {'hostname': socket.gethostname(), 'platform': platform.platform(), 'machine': platform.machine(),
+            'python': platform.python_version(), 'cpu_count': os.cpu_count()}
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                info['cpu_model'] = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import sys
+    torch = sys.modules.get('torch')   # report torch only when the run used it
+    if torch is not None:
+        info['torch'] = torch.__version__
+        info['torch_threads'] = torch.get_num_threads()
+        info['cuda'] = bool(torch.cuda.is_available())
+        if info['cuda']:
+            info['gpu'] = torch.cuda.get_device_name(0)
+    return info
+
+
+def performance_metrics(latencies_s: SequenceType[float], output_times_ns: SequenceType[int],
+                        input_times_ns: SequenceType[int] | None = None, frames_sent: int | None = None,
+                        frames_dropped: int | None = None) -> dict:
+    """ros2_benchmark ``BasicPerformanceMetrics`` (ms, fps) plus latency percentiles.
+
+    ``latencies_s``: per answered frame, input to output; ``output_times_ns``: when each output was
+    produced/received (same clock as ``input_times_ns``, the times the inputs were sent).
+    """
+    lat_ms = np.asarray(latencies_s, dtype=np.float64) * 1e3
+    out_ms = np.asarray(output_times_ns, dtype=np.float64) / 1e6
+    p = 'BasicPerformanceMetrics.'
+    m: dict = {}
+    if len(out_ms):
+        m[p + 'RECEIVED_DURATION'] = float(out_ms[-1] - out_ms[0])
+        if len(out_ms) > 1 and out_ms[-1] > out_ms[0]:
+            m[p + 'MEAN_FRAME_RATE'] = len(out_ms) / ((out_ms[-1] - out_ms[0]) / 1e3)
+    if input_times_ns is not None and len(input_times_ns) > 1:
+        in_ms = np.asarray(input_times_ns, dtype=np.float64) / 1e6
+        if in_ms[-1] > in_ms[0]:
+            m[p + 'MEAN_PLAYBACK_FRAME_RATE'] = len(in_ms) / ((in_ms[-1] - in_ms[0]) / 1e3)
+        if len(out_ms):
+            m[p + 'FIRST_SENT_RECEIVED_LATENCY'] = float(out_ms[0] - in_ms[0])
+            m[p + 'LAST_SENT_RECEIVED_LATENCY'] = float(out_ms[-1] - in_ms[-1])
+    sent = frames_sent if frames_sent is not None else (len(input_times_ns) if input_times_ns is not None else None)
+    if sent is not None:
+        m[p + 'NUM_FRAMES_SENT'] = int(sent)
+        m[p + 'NUM_MISSED_FRAMES'] = int(frames_dropped if frames_dropped is not None else sent - len(out_ms))
+    if len(lat_ms):
+        m[p + 'FIRST_INPUT_LATENCY'] = float(lat_ms[0])
+        m[p + 'LAST_INPUT_LATENCY'] = float(lat_ms[-1])
+        m[p + 'MAX_LATENCY'] = float(lat_ms.max())
+        m[p + 'MIN_LATENCY'] = float(lat_ms.min())
+        m[p + 'MEAN_LATENCY'] = float(lat_ms.mean())
+        for q in (50, 95, 99):
+            m[p + f'P{q}_LATENCY'] = float(np.percentile(lat_ms, q))
+    if len(out_ms) > 2:
+        jitter = np.abs(np.diff(np.diff(out_ms)))
+        m[p + 'MAX_JITTER'] = float(jitter.max())
+        m[p + 'MIN_JITTER'] = float(jitter.min())
+        m[p + 'MEAN_JITTER'] = float(jitter.mean())
+        m[p + 'STD_DEV_JITTER'] = float(jitter.std())
+    return m
+
+
+def performance_report(metrics: dict, cpu: dict | None = None, config: dict | None = None, name: str = 'ckd_ros') -> dict:
+    """The JSON document: metrics, CPU use, and metadata (machine, configuration, time)."""
+    doc = dict(metrics)
+    if cpu:
+        if 'overall_cpu_percent' in cpu:
+            doc['ResourceMetrics.MEAN_OVERALL_CPU_UTILIZATION'] = cpu['overall_cpu_percent']
+        doc['ResourceMetrics.PROCESS_CPU_PERCENT_OF_ONE_CORE'] = cpu['process_cpu_percent_of_one_core']
+    doc['metadata'] = {'name': name, 'test_datetime': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+                       'machine': machine_info(), 'config': config or {}}
+    return doc
+
+
+def offline_performance(times: Mapping[str, np.ndarray], cpu: dict | None = None, config: dict | None = None) -> dict:
+    """Performance of a run without DDS: per-frame tracker times (initialisation frames excluded),
+    outputs spaced by the processing times (back-to-back frames), nothing dropped."""
+    latencies, ends, t = [], [], 0.0
+    for seq_times in times.values():
+        for dt in seq_times[1:]:
+            t += float(dt)
+            latencies.append(float(dt))
+            ends.append(int(round(t * 1e9)))
+    m = performance_metrics(latencies, ends, frames_sent=len(latencies), frames_dropped=0)
+    total = sum(latencies)
+    if total > 0:
+        m['BasicPerformanceMetrics.MEAN_FRAME_RATE'] = len(latencies) / total
+    return performance_report(m, cpu, config, name='ckd_ros offline (no DDS)')
+
+
+# --------------------------------------------------------------------------------------------
+# Whole report
+
+@dataclass
+class ReportFiles:
+    directory: Path
+    summary_markdown: Path
+    summary_text: Path
+    scores_json: Path
+    plots: list[Path]
+
+
+def write_report(out_dir: str | os.PathLike, score: BenchmarkScore, run_name: str = 'CKD',
+                 times: Mapping[str, np.ndarray] | None = None,
+                 attributes: Mapping[str, SequenceType[str]] | None = None,
+                 performance: dict | None = None, extra: dict | None = None) -> ReportFiles:
+    """Write ``summary.md``, ``summary.txt``, ``scores.json``, one PNG per metric curve,
+    and ``performance.json`` when given. Files are replaced atomically (a report is derived data)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    breakdown = attribute_breakdown(score, attributes) if attributes else {}
+    title = f'{run_name} on {score.benchmark} ({len(score.sequences)} sequences, {score.num_frames} frames)'
+    overall = ', '.join(f'{m} {100 * v:.1f}' for m, v in score.metrics.items())
+    md = [f'# {title}', '', f'Overall: {overall}', '', score_table(score, times, markdown=True)]
+    txt = [title, f'Overall: {overall}', '', score_table(score, times, markdown=False)]
+    if breakdown:
+        md += ['## Per attribute', '', attribute_table(breakdown, markdown=True)]
+        txt += ['Per attribute', attribute_table(breakdown, markdown=False)]
+    doc = {'run': run_name, **score.to_dict(),
+           'attributes': {a: {'sequences': s.sequences, 'metrics': s.metrics} for a, s in breakdown.items()}}
+    if times:
+        doc['fps'] = {n: sequence_fps(times.get(n)) for n in score.sequences}
+    if extra:
+        doc.update(extra)
+    files = ReportFiles(out_dir, out_dir / 'summary.md', out_dir / 'summary.txt', out_dir / 'scores.json', [])
+    atomic_write_text(files.summary_markdown, '\n'.join(md), overwrite=True)
+    atomic_write_text(files.summary_text, '\n'.join(txt), overwrite=True)
+    atomic_write_text(files.scores_json, to_json(doc), overwrite=True)
+    for metric in score.curves:
+        files.plots.append(plot_curves({run_name: score}, metric, out_dir / f'{metric.lower()}_plot.png'))
+    if performance is not None:
+        atomic_write_text(out_dir / 'performance.json', to_json(performance),
+                          overwrite=True)
+    return files
+
+
+def _finite_or_none(value):
+    """JSON has no NaN/inf: write null instead (json.dumps would emit the invalid token NaN)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def to_json(doc) -> str:
+    return json.dumps(_finite_or_none(json.loads(json.dumps(doc, default=_json_default))), indent=1,
+                      allow_nan=False) + '\n'
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f'not JSON serialisable: {type(value).__name__}')
