@@ -71,7 +71,7 @@ def test_ground_truth_messages_and_frame_ids(tmp_path):
         frame_ids.setdefault(topic, message.header.frame_id)
         if topic == '/ground_truth' and message.header.stamp.nanosec == 0 and message.header.stamp.sec == 0:
             assert message.state == bagio.STATE_TRACKING and message.score == 1.0
-    assert frame_ids['/rgb/image_raw'] == 'camera_rgb' and frame_ids['/thermal/image_raw'] == 'camera_thermal'
+    assert frame_ids['/rgb/image'] == 'camera_rgb' and frame_ids['/thermal/image'] == 'camera_thermal'
     stamps, boxes = bagio.read_ground_truth(bag, '/ground_truth/thermal')
     np.testing.assert_array_equal(boxes[0], [2, 3, 4, 5])
     assert list(stamps[:2]) == [0, 100_000_000]
@@ -97,12 +97,12 @@ def test_info_counts_and_rates(tmp_path):
     bagio.write_sequence_bag(seq, bag, fps=25.0)
     info = bagio.bag_info(bag)
     topics = {t['name']: t for t in info['topics']}
-    assert topics['/rgb/image_raw']['count'] == 5 and topics['/ground_truth']['type'] == bagio.TARGET_TYPE
-    assert topics['/thermal/image_raw']['rate_hz'] == pytest.approx(25.0)
-    assert topics['/thermal/image_raw']['encodings'] == ['mono16 8x6']
+    assert topics['/rgb/image']['count'] == 5 and topics['/ground_truth']['type'] == bagio.TARGET_TYPE
+    assert topics['/thermal/image']['rate_hz'] == pytest.approx(25.0)
+    assert topics['/thermal/image']['encodings'] == ['mono16 8x6']
     assert info['duration_s'] == pytest.approx(0.16, abs=1e-6) and info['version'] == 9
     text = bagio.format_info(info)
-    assert '/rgb/image_raw' in text and '25.00 Hz' in text
+    assert '/rgb/image' in text and '25.00 Hz' in text
 
 
 def test_truncated_mcap_keeps_pairs_before_damage(tmp_path):
@@ -159,10 +159,10 @@ def test_approximate_pairing_with_slop(tmp_path):
         store = writer.store
         for k in range(4):
             t = 1_000_000_000 + k * 100_000_000
-            writer.write('/rgb/image_raw', bagio.IMAGE_TYPE, t,
+            writer.write('/rgb/image', bagio.IMAGE_TYPE, t,
                          bagio.image_message(store, np.full((H, W, 3), k, np.uint8), 'rgb8', t, 'camera_rgb'))
             tt = t + 7_000_000    # thermal 7 ms later
-            writer.write('/thermal/image_raw', bagio.IMAGE_TYPE, tt,
+            writer.write('/thermal/image', bagio.IMAGE_TYPE, tt,
                          bagio.image_message(store, np.full((H, W), k, np.uint8), 'mono8', tt, 'camera_thermal'))
     assert list(bagio.read_pairs(bag)) == []          # exact pairing finds nothing
     pairs = list(bagio.read_pairs(bag, slop_s=0.02))
@@ -176,3 +176,78 @@ def test_boxes_at_stamps_fills_dropped_frames():
     boxes, answered = bagio.boxes_at_stamps(track, np.array([0, 10, 20, 30]), init_box=[0, 0, 5, 5])
     np.testing.assert_array_equal(boxes[:, 0], [0, 1, 1, 3])
     np.testing.assert_array_equal(answered, [False, True, False, True])
+
+
+# ------------------------------------------------------------------ ckd-bag play over real DDS
+
+@pytest.mark.ros
+@pytest.mark.parametrize('mode', ['lockstep', 'realtime'])
+def test_play_records_node_outputs(tmp_path, rclpy_context, mode):
+    """bag_play against a small tracker stand-in (in this process, over DDS): it answers each pair
+    with the ground-truth box shifted by 1 px, and only after its set_target was called."""
+    pytest.importorskip('ckd_ros.msg', reason='interfaces not built (make build / source scripts/env.sh)')
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+
+    from ckd_ros.msg import TrackedTarget
+    from ckd_ros.ros import bag_play
+    from ckd_ros.srv import SetTarget
+
+    seq = _sequence(tmp_path, count=8)
+    bag = tmp_path / 'in'
+    bagio.write_sequence_bag(seq, bag, fps=50.0)
+    truth = {int(s): b for s, b in zip(*bagio.read_ground_truth(bag))}   # bag stamps -> GT
+
+    node = rclpy.create_node('ckd_tracker', context=rclpy_context)
+    pub = node.create_publisher(TrackedTarget, '/ckd_tracker/target', 10)
+    state = {'box': None, 'frames': {}}
+
+    def on_set_target(request, response):
+        state['box'] = [request.x, request.y, request.width, request.height]
+        response.success, response.target_id = True, 1
+        return response
+
+    def on_image(msg):
+        # answer once both images of a stamp are in
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        frames = state['frames'].setdefault(key, {})
+        frames[msg.header.frame_id] = msg
+        if state['box'] is None or len(frames) < 2:
+            return
+        rgb, thermal = frames['camera_rgb'], frames['camera_thermal']
+        out = TrackedTarget()
+        out.header = rgb.header
+        k = rgb.data[0] - 100            # the frame index is in the red channel (100 + k), see _sequence
+        out.x, out.y, out.width, out.height = 1.0 + k + 1, 2.0, 3.0, 4.0
+        out.score, out.state = 0.5, TrackedTarget.STATE_TRACKING
+        out.latency = 0.25 if thermal.encoding == 'mono16' and rgb.encoding == 'rgb8' else -1.0
+        pub.publish(out)
+
+    node.create_service(SetTarget, '/ckd_tracker/set_target', on_set_target)
+    node.create_subscription(Image, '/rgb/image', on_image, 10)
+    node.create_subscription(Image, '/thermal/image', on_image, 10)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        out = tmp_path / 'out'
+        stats = bag_play.play(bag, out, node='/ckd_tracker', mode=mode, rate=1.0, timeout=10.0,
+                              context=rclpy_context)
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+    assert stats['sent'] == 8 and stats['answered'] >= 7 and stats.get('missed_lockstep', 0) == 0
+    assert state['box'] == [1.0, 2.0, 3.0, 4.0]          # initialised with frame 0's ground truth
+    track = bagio.read_targets(out, '/ckd_tracker/target')
+    assert (track.latencies == 0.25).all()                # both images arrived, thermal as mono16
+    gt_stamps, gt_boxes = bagio.read_ground_truth(out)
+    assert len(gt_stamps) == 8
+    np.testing.assert_array_equal(gt_boxes[:4], [truth[s] for s in sorted(truth)][:4])
+    boxes, answered = bagio.boxes_at_stamps(track, gt_stamps, init_box=gt_boxes[0])
+    assert answered[1:].all()
+    np.testing.assert_array_equal(boxes[1:, 0], np.arange(1, 8) + 2)   # the stand-in: GT x (1 + k) + 1
+    assert (track.log_times_ns >= track.stamps_ns).all()  # received after publication (fresh stamps)

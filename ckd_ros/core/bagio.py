@@ -48,8 +48,8 @@ STATE_IDLE, STATE_TRACKING, STATE_LOST = 0, 1, 2
 class BagTopics:
     """Topic names of a converted bag (absolute: a bag records resolved names)."""
 
-    rgb: str = '/rgb/image_raw'
-    thermal: str = '/thermal/image_raw'
+    rgb: str = '/rgb/image'
+    thermal: str = '/thermal/image'
     ground_truth: str = '/ground_truth'
 
     @property
@@ -235,8 +235,15 @@ class BagWriter:
                    image_message(self.store, thermal, encoding, stamp_ns, THERMAL_FRAME_ID))
         return encoding
 
-    def write_target(self, topic: str, stamp_ns: int, box, **fields) -> None:
-        self.write(topic, TARGET_TYPE, stamp_ns, target_message(self.store, stamp_ns, box, **fields))
+    def write_raw(self, topic: str, msgtype: str, log_time_ns: int, data: bytes) -> None:
+        """Write an already CDR-serialised message (e.g. ``rclpy.serialization.serialize_message``)."""
+        self._writer.write(self._connection(topic, msgtype), int(log_time_ns), bytes(data))
+        self.counts[topic] += 1
+
+    def write_target(self, topic: str, stamp_ns: int, box, log_time_ns: int | None = None, **fields) -> None:
+        """A ``TrackedTarget`` with header stamp ``stamp_ns`` (logged at ``log_time_ns``, default the stamp)."""
+        self.write(topic, TARGET_TYPE, stamp_ns if log_time_ns is None else log_time_ns,
+                   target_message(self.store, stamp_ns, box, **fields))
 
 
 def frame_stamps(count: int, fps: float, start_ns: int = 0) -> np.ndarray:
