@@ -70,7 +70,7 @@ def crop_window(box: Sequence[float], factor: float, image_height: int, image_wi
 
 def sample_target(image: np.ndarray, box: Sequence[float], factor: float, output_size: int
                   ) -> tuple[np.ndarray, float]:
-    """Crop ``image`` (H, W, C) around ``box``, zero-pad, resize (cv2 INTER_LINEAR) to
+    """Crop ``image`` (H, W, C) or (H, W) around ``box``, zero-pad, resize (cv2 INTER_LINEAR) to
     ``output_size``; returns the crop and ``resize_factor = output_size / crop size``.
 
     Same pixels as the official function (which also builds a padding mask that the network never
@@ -87,7 +87,7 @@ def sample_target(image: np.ndarray, box: Sequence[float], factor: float, output
         crop = cv2.copyMakeBorder(crop, win.pad_top, win.pad_bottom, win.pad_left, win.pad_right,
                                   cv2.BORDER_CONSTANT)
     patch = cv2.resize(crop, (output_size, output_size))
-    if patch.ndim == 2:  # cv2 drops a trailing channel axis of 1
+    if image.ndim == 3 and patch.ndim == 2:  # cv2 drops a trailing channel axis of 1
         patch = patch[:, :, None]
     return patch, output_size / win.size
 

@@ -1,0 +1,102 @@
+"""Entry point of the tracker: ``init_tracker(config, checkpoint=None, device="auto")``.
+
+::
+
+    from ckd_ros import init_tracker
+    tracker = init_tracker("ckd_tiny")                    # shipped weights
+    tracker = init_tracker("ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead",
+                           checkpoint="OSTrack_CKD_ep0010.pth.tar", device="cuda")
+    tracker.initialize(rgb, thermal, (x, y, w, h))       # HxWx3 uint8 RGB; thermal HxW or HxWx3 uint8
+    result = tracker.track(rgb, thermal)                  # result.box, result.score, result.state
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_model_weights
+from .config import CKDConfig, load_config
+from .model import CKDNet, build_ckd_model
+from .recipe_weights import load_recipe_weights
+from .tracker import CKDTracker, TrackerOptions
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# ``checkpoint=`` values that select the deterministic recipe weights (untrained; tests, benchmarks)
+RECIPE_CHECKPOINTS = ("recipe", "random")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` -> torch.device.
+
+    Asking for CUDA when it is not available (or for a GPU index that does not exist) raises
+    RuntimeError; there is no silent fallback to the CPU.
+    """
+    if isinstance(device, torch.device):
+        spec = str(device)
+    elif isinstance(device, str):
+        spec = device.strip().lower()
+    else:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        try:
+            resolved = torch.device(spec)
+        except RuntimeError:
+            raise ValueError(f"device {device!r} is not a valid CUDA device name (use 'cuda' or 'cuda:N')") from None
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} was requested but CUDA is not available (torch {torch.__version__}); "
+                               "use device='cpu' or 'auto'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present")
+        return resolved
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def shipped_weights_path(config_name: str) -> Path:
+    """Where the shipped weights of a small config live (``ckd_ros/core/weights/<name>.pth.tar``)."""
+    return WEIGHTS_DIR / f"{config_name}.pth.tar"
+
+
+def load_network(cfg: CKDConfig, checkpoint: str | os.PathLike | None, device: torch.device) -> CKDNet:
+    """The network of ``cfg`` with weights from ``checkpoint`` (see :func:`init_tracker`), on ``device``."""
+    if checkpoint is None:
+        if cfg.is_official:
+            raise ValueError(f"the official config {cfg.name!r} has no shipped weights: pass checkpoint=<path to "
+                             f"OSTrack_CKD_ep{cfg.TEST.EPOCH:04d}.pth.tar> (or checkpoint='recipe' for untrained "
+                             "deterministic weights)")
+        path = shipped_weights_path(cfg.name)
+        if not path.is_file():
+            raise FileNotFoundError(f"no shipped weights for {cfg.name!r} at {path}; create them with `make weights` "
+                                    "(or pass checkpoint=<file>, or checkpoint='recipe' for untrained weights)")
+        checkpoint = path
+    network = build_ckd_model(cfg, initialize=False)
+    if isinstance(checkpoint, str) and checkpoint in RECIPE_CHECKPOINTS:
+        load_recipe_weights(network)
+    else:
+        load_model_weights(network, checkpoint)
+    return network.to(device).eval()
+
+
+def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.PathLike | None = None,
+                 device: str | torch.device = "auto", options: TrackerOptions | None = None) -> CKDTracker:
+    """Build a ready tracker.
+
+    Args:
+        config: official name (``ckd_4b_dropmae_ckd_tf_cc_mask.25``, ``..._maxce_trainhead`` ...),
+            ``ckd_tiny`` / ``ckd_small``, a YAML path, or a loaded :class:`CKDConfig`.
+        checkpoint: a CKD checkpoint file (official ``*.pth.tar`` or one written by
+            :func:`ckd_ros.core.checkpoint.save_checkpoint`); None = the shipped weights of a small
+            config (official configs have none: error); ``"recipe"`` (alias ``"random"``) = the
+            deterministic untrained recipe weights, for tests and benchmarks.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (see :func:`resolve_device`).
+        options: non-official tracker behaviour; default from the config's ``TEST.*`` keys.
+    """
+    cfg = load_config(config)
+    resolved = resolve_device(device)
+    network = load_network(cfg, checkpoint, resolved)
+    return CKDTracker(network, cfg, resolved, options)

@@ -1,0 +1,185 @@
+"""The official CKD tracking pipeline (``lib/test/tracker/ckd.py``, class ``OSTrack_twobranch``)
+plus options that are off in the official configs.
+
+Per target (:meth:`CKDTracker.initialize`): RGB and TIR templates are cropped with the same box
+(factor 2, 128 px), normalised once and kept.  Per frame (:meth:`CKDTracker.track`): both search
+regions are cropped around the previous box (factor 4, 256 px), the network runs on
+``[z_rgb, z_tir]``/``[x_rgb, x_tir]``, the score map is multiplied by the Hann window, decoded,
+mapped back to the frame and clipped with a 10-pixel margin; that box becomes the new state.
+
+Options (``TEST.*`` config keys or :class:`TrackerOptions`; all off = official numbers):
+
+* confidence: every result carries ``score`` = maximum of the raw (un-windowed) score map; the
+  official tracker computes no score.  It never changes the box.
+* ``lost_threshold``: when ``score`` falls below it the result state is ``"LOST"`` and the tracker
+  keeps (and returns) the last box it trusted, searching around it on the next frame.
+* ``template_update_interval`` N > 0: every N-th frame whose score is at least
+  ``template_update_threshold`` re-crops both templates around the new box (the official tracker
+  never updates its templates).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .config import CKDConfig
+from .geometry import clip_box, hann2d, map_box_back, sample_target, validate_box
+from .model import CKDNet, decode_center_boxes
+
+TRACKING = "TRACKING"
+LOST = "LOST"
+CLIP_MARGIN = 10  # official clip_box margin in pixels
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """One frame's result: ``box`` = (x, y, w, h) floats in frame pixels, ``score`` in [0, 1]
+    (1.0 for the initial box), ``state`` ``"TRACKING"`` or ``"LOST"``, ``frame_index`` (0 = init)."""
+    box: tuple[float, float, float, float]
+    score: float
+    state: str
+    frame_index: int
+
+
+@dataclass(frozen=True)
+class TrackerOptions:
+    """Non-official tracker behaviour; the defaults reproduce the official tracker."""
+    lost_threshold: float | None = None
+    template_update_interval: int = 0
+    template_update_threshold: float = 0.5
+
+    def __post_init__(self):
+        if self.lost_threshold is not None and not 0 <= self.lost_threshold <= 1:
+            raise ValueError(f"lost_threshold must be None or in [0, 1], got {self.lost_threshold}")
+        if self.template_update_interval < 0:
+            raise ValueError(f"template_update_interval must be >= 0 (0 = off), got {self.template_update_interval}")
+        if not 0 <= self.template_update_threshold <= 1:
+            raise ValueError(f"template_update_threshold must be in [0, 1], got {self.template_update_threshold}")
+
+    @classmethod
+    def from_config(cls, cfg: CKDConfig) -> "TrackerOptions":
+        return cls(lost_threshold=cfg.TEST.LOST_THRESHOLD, template_update_interval=cfg.TEST.TEMPLATE_UPDATE_INTERVAL,
+                   template_update_threshold=cfg.TEST.TEMPLATE_UPDATE_THRESHOLD)
+
+    @property
+    def is_official(self) -> bool:
+        return self.lost_threshold is None and self.template_update_interval == 0
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb must be an HxWx3 uint8 RGB array, got "
+                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
+    return rgb
+
+
+def _check_thermal(thermal: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Thermal frame as HxW (one channel; expanded to 3 after cropping) or HxWx3 uint8."""
+    if not isinstance(thermal, np.ndarray) or thermal.dtype != np.uint8:
+        raise ValueError(f"thermal must be a uint8 array (convert 16-bit thermal to 8 bits first), got "
+                         f"{getattr(thermal, 'dtype', type(thermal).__name__)}")
+    if thermal.ndim == 3 and thermal.shape[2] == 1:
+        thermal = thermal[:, :, 0]
+    if not (thermal.ndim == 2 or (thermal.ndim == 3 and thermal.shape[2] == 3)):
+        raise ValueError(f"thermal must be HxW, HxWx1 or HxWx3, got shape {thermal.shape}")
+    if thermal.shape[:2] != (height, width):
+        raise ValueError(f"thermal frame {thermal.shape[1]}x{thermal.shape[0]} and RGB frame {width}x{height} differ "
+                         "in size; register them to one geometry first (both are cropped with the same box)")
+    return thermal
+
+
+class CKDTracker:
+    """Single-target RGB-T tracker around a :class:`~ckd_ros.core.model.CKDNet` (official pipeline).
+
+    ``network`` must already hold its weights and live on ``device``; it is put in ``eval()`` mode.
+    """
+
+    def __init__(self, network: CKDNet, cfg: CKDConfig, device: torch.device | str = "cpu",
+                 options: TrackerOptions | None = None):
+        self.network = network.eval()
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.options = options if options is not None else TrackerOptions.from_config(cfg)
+        test = cfg.TEST
+        self.template_factor, self.template_size = float(test.TEMPLATE_FACTOR), int(test.TEMPLATE_SIZE)
+        self.search_factor, self.search_size = float(test.SEARCH_FACTOR), int(test.SEARCH_SIZE)
+        self.feat_size = self.search_size // cfg.MODEL.BACKBONE.STRIDE
+        self.window = hann2d(self.feat_size).to(self.device)
+        self.mean = torch.tensor(cfg.DATA.MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg.DATA.STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._templates: list[torch.Tensor] | None = None
+        self._template_mask: torch.Tensor | None = None
+        self._box: list[float] | None = None
+        self._frame_index = 0
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        """The current state (last trusted box), None before :meth:`initialize`."""
+        return None if self._box is None else tuple(self._box)
+
+    @property
+    def frame_index(self) -> int:
+        return self._frame_index
+
+    @property
+    def is_initialized(self) -> bool:
+        return self._templates is not None
+
+    def preprocess(self, patch: np.ndarray) -> torch.Tensor:
+        """uint8 HxWx3 (or HxW, replicated to 3 channels) crop -> (1, 3, H, W) normalised float32
+        (official ``Preprocessor``: ``(x / 255 - mean) / std``)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(patch)).to(self.device)
+        tensor = tensor.unsqueeze(-1).expand(-1, -1, 3) if tensor.ndim == 2 else tensor
+        return ((tensor.float().permute(2, 0, 1).unsqueeze(0) / 255.0) - self.mean) / self.std
+
+    def _set_templates(self, rgb: np.ndarray, thermal: np.ndarray, box: Sequence[float]) -> None:
+        z_rgb, _ = sample_target(rgb, box, self.template_factor, self.template_size)
+        z_tir, _ = sample_target(thermal, box, self.template_factor, self.template_size)
+        self._templates = [self.preprocess(z_rgb), self.preprocess(z_tir)]
+        # CTR_POINT/CTR_REC ignore the box; the mask only depends on the template grid
+        self._template_mask = self.network.template_mask(1, self.device)
+
+    def initialize(self, rgb: np.ndarray, thermal: np.ndarray, box: Sequence[float]) -> TrackResult:
+        """Start tracking the target at ``box`` = (x, y, w, h) in the first frame pair."""
+        rgb = _check_rgb(rgb)
+        thermal = _check_thermal(thermal, *rgb.shape[:2])
+        init_box = list(validate_box(box, "initial box"))
+        height, width = rgb.shape[:2]
+        x, y, w, h = init_box
+        if x + w <= 0 or y + h <= 0 or x >= width or y >= height:
+            raise ValueError(f"initial box {tuple(box)} lies outside the {width}x{height} frame")
+        self._set_templates(rgb, thermal, init_box)
+        self._box = init_box
+        self._frame_index = 0
+        return TrackResult(box=tuple(init_box), score=1.0, state=TRACKING, frame_index=0)
+
+    @torch.inference_mode()
+    def track(self, rgb: np.ndarray, thermal: np.ndarray) -> TrackResult:
+        """Locate the target in the next frame pair."""
+        if self._templates is None:
+            raise RuntimeError("call initialize(rgb, thermal, box) before track()")
+        rgb = _check_rgb(rgb)
+        thermal = _check_thermal(thermal, *rgb.shape[:2])
+        height, width = rgb.shape[:2]
+        self._frame_index += 1
+        x_rgb, resize_factor = sample_target(rgb, self._box, self.search_factor, self.search_size)
+        x_tir, _ = sample_target(thermal, self._box, self.search_factor, self.search_size)
+        out = self.network(self._templates, [self.preprocess(x_rgb), self.preprocess(x_tir)],
+                           ce_template_mask=self._template_mask)
+        score_map = out["score_map"]
+        boxes = decode_center_boxes(self.window * score_map, out["size_map"], out["offset_map"])
+        pred_box = (boxes.view(-1, 4).mean(dim=0) * self.search_size / resize_factor).tolist()
+        new_box = clip_box(map_box_back(pred_box, self._box, self.search_size, resize_factor), height, width,
+                           margin=CLIP_MARGIN)
+        score = float(score_map.max())
+        opts = self.options
+        if opts.lost_threshold is not None and score < opts.lost_threshold:
+            return TrackResult(box=tuple(self._box), score=score, state=LOST, frame_index=self._frame_index)
+        self._box = new_box
+        if (opts.template_update_interval and self._frame_index % opts.template_update_interval == 0
+                and score >= opts.template_update_threshold):
+            self._set_templates(rgb, thermal, new_box)
+        return TrackResult(box=tuple(new_box), score=score, state=TRACKING, frame_index=self._frame_index)
