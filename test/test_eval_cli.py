@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ckd_ros.core import bag_cli, bagio, eval_cli, metrics, results
-from ckd_ros.core.datasets import open_dataset
+from ckd_ros.core.datasets import ground_truth_of, open_dataset
+from ckd_ros.core.image import ThermalGainControl
 
 H, W, SIZE = 48, 64, 8
 SEQUENCES = {'aa': (4, 5), 'bb': (30, 20), 'cc': (10, 30)}   # start corner of the hot square
@@ -71,7 +72,7 @@ class HotSpotTracker:
 
 def test_run_resumes_after_interruption(lasher_root, tmp_path):
     ds = open_dataset('lasher', lasher_root)
-    gain = __import__('ckd_ros.core.image', fromlist=['ThermalGainControl']).ThermalGainControl()
+    gain = ThermalGainControl()
     out = tmp_path / 'results'
     # the tracker dies on its 8th track call: sequence aa (5 calls) finishes, bb is interrupted
     dying = HotSpotTracker(fail_on=7)
@@ -129,8 +130,7 @@ def test_score_command_matches_metrics(lasher_root, tmp_path):
     doc = json.loads((tmp_path / 'rep' / 'scores.json').read_text())
     ds = open_dataset('lasher', lasher_root)
     expected = metrics.evaluate('lasher', results.load_results(out),
-                                {n: __import__('ckd_ros.core.datasets', fromlist=['x']).ground_truth_of(ds[n])
-                                 for n in ds.names})
+                                {n: ground_truth_of(ds[n]) for n in ds.names})
     assert doc['metrics'] == expected.metrics
     assert doc['fps']['aa'] == pytest.approx(50.0)
     # no ground truth for a result -> clear error, exit code 2 path via SystemExit message
@@ -195,10 +195,9 @@ def test_score_bag_counts_dropped_frames(tmp_path):
                 continue             # the node dropped these pairs
             answer = np.array(box, float) + [1, 0, 0, 0]
             # recorded 40 ms after the input stamp
-            writer.write(bag_topic := '/ckd_tracker/target', bagio.TARGET_TYPE, stamp + 40_000_000,
+            writer.write('/ckd_tracker/target', bagio.TARGET_TYPE, stamp + 40_000_000,
                          bagio.target_message(writer.store, stamp, answer, score=0.9, state=bagio.STATE_TRACKING,
                                               latency=0.035))
-    assert bag_topic == '/ckd_tracker/target'
     assert eval_cli.main(['score-bag', str(bag), '--results', str(tmp_path / 'r')]) == 0
     boxes = results.read_result_boxes(tmp_path / 'r' / 'out_bag.txt')
     # frame 0 = GT, dropped frames repeat the last answer
