@@ -99,8 +99,8 @@ def _percentile(sorted_values, q: float) -> float:
 
 
 class IssueBoard:
-    """Recent problems by kind (e.g. 'rgb input', 'thermal nan'), each with a level and a message; the
-    diagnostics report the worst one seen within ``hold_s`` seconds."""
+    """Recent problems by kind (e.g. 'rgb input', 'thermal nonfinite'), each with a level and a message;
+    the diagnostics report the worst (then newest) one seen within ``hold_s`` seconds."""
 
     def __init__(self, hold_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
         self._hold_s = hold_s
@@ -123,10 +123,13 @@ class IssueBoard:
     def worst(self) -> Optional[tuple[bytes, str]]:
         with self._lock:
             now = self._clock()
-            recent = [(level, message) for level, message, when in self._issues.values() if now - when <= self._hold_s]
+            recent = [(level, message, when) for level, message, when in self._issues.values()
+                      if now - when <= self._hold_s]
         if not recent:
             return None
-        return max(recent, key=lambda issue: _LEVEL_RANK[issue[0]])
+        # The highest level; among equals the newest.
+        level, message, _ = max(recent, key=lambda issue: (_LEVEL_RANK[issue[0]], issue[2]))
+        return level, message
 
 
 class StatusWrapper(DiagnosticStatus):

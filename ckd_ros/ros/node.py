@@ -636,7 +636,13 @@ def main(args=None) -> int:
         elif autostart is not False:
             node.get_logger().error(f"parameter 'autostart' must be true or false, got {autostart!r}: not starting")
         while rclpy.ok() and not node.finalized:
-            executor.spin_once(timeout_sec=0.2)
+            try:
+                executor.spin_once(timeout_sec=0.2)
+            except Exception:
+                # SIGINT/SIGTERM shut the context down from rclpy's signal handler; a wait that starts
+                # just after that fails with an RCLError instead of ExternalShutdownException.
+                if rclpy.ok():
+                    raise
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
