@@ -18,7 +18,7 @@ else
   export CMAKE_PREFIX_PATH="$_ckd_prefix:$VIRTUAL_ENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
   export LD_LIBRARY_PATH="$_ckd_prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export PYTHONPATH="$_ckd_prefix/lib/python3.11/site-packages${PYTHONPATH:+:$PYTHONPATH}"
-  export PATH="$_ckd_prefix/lib/ckd_ros:$PATH"
+  export PATH="$_ckd_prefix/bin:$_ckd_prefix/lib/ckd_ros:$PATH"
 fi
 # DDS: discovery on loopback only, Fast DDS, and a domain id of this shell's own unless set.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"

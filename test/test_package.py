@@ -74,3 +74,14 @@ def test_colcon_build_from_pip_wheels(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert check.returncode == 0, check.stderr
     assert str(site) in check.stdout
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize('tool, first_word', [('ckd-bag', 'usage: ckd-bag'), ('ckd-eval', 'usage: ckd-eval'),
+                                              ('ckd-train', 'usage: ckd-train')])
+def test_command_line_tools_are_installed_on_path(tool, first_word, tmp_path):
+    path = shutil.which(tool)
+    assert path is not None and 'install' in path, f'{tool} not on PATH from the install prefix: {path}'
+    out = subprocess.run([path, '--help'], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(first_word)
