@@ -279,3 +279,70 @@ def test_bad_inputs_are_rejected():
         run_branches([a], z[:1], x[:1], ce_mode="mce", selection_from=(3,))
     with pytest.raises(ValueError, match="head input"):
         CKDNet(a, a, CenterHead(64, channels=16, feat_size=8))
+
+
+# ---- configurations ------------------------------------------------------------------------------
+
+def test_official_configs_have_the_official_values():
+    from ckd_ros.core.config import OFFICIAL_CONFIG_NAMES, load_config
+    cfgs = {name: load_config(name) for name in OFFICIAL_CONFIG_NAMES}
+    for cfg in cfgs.values():
+        assert cfg.is_official
+        assert (cfg.DATA.TEMPLATE.SIZE, cfg.DATA.SEARCH.SIZE, cfg.TEST.SEARCH_FACTOR, cfg.TEST.TEMPLATE_FACTOR) == \
+            (128, 256, 4.0, 2.0)
+        assert (cfg.MODEL.BACKBONE.EMBED_DIM, cfg.MODEL.BACKBONE.DEPTH, cfg.MODEL.HEAD.NUM_CHANNELS) == (768, 12, 256)
+        assert cfg.MODEL.BACKBONE.CE_TEMPLATE_RANGE == "CTR_POINT" and cfg.TRAIN.GRAD_CLIP_NORM == 0.1
+        assert cfg.TRAIN.SCHEDULER.TYPE is None and cfg.TRAIN.CE_START_EPOCH == 0
+        assert cfg.TEST.LOST_THRESHOLD is None and cfg.TEST.TEMPLATE_UPDATE_INTERVAL == 0
+    mce = cfgs[MCE]
+    assert mce.MODEL.BACKBONE.CE_LOC == [3, 6, 9] and mce.MODEL.BACKBONE.CE_KEEP_RATIO == [0.7, 0.7, 0.7]
+    assert (mce.TRAIN.BATCH_SIZE, mce.TRAIN.EPOCH, mce.TEST.EPOCH, mce.TRAIN.MASK_PROBABILITY) == (64, 10, 10, 0)
+    assert mce.TRAIN.PARAM_KEY == [["head", 5e-5]]
+    assert cfgs[NONCE].TRAIN.INPUT_MASK_RATIO == 0.25 and cfgs[NONCE].DATA.TRAIN.SAMPLE_PER_EPOCH == 60000
+    assert cfgs[SHARE].MODEL.SHARE_STUDENT and cfgs[SHARE].TEST.EPOCH == 20
+    assert cfgs[SOT].MODEL.PRETRAIN_FILE.endswith("OSTrack_ep0300.pth.tar")
+
+
+def test_small_configs_build_the_same_architecture_smaller():
+    from ckd_ros.core.config import load_config
+    tiny = build_ckd_model("ckd_tiny", initialize=False)
+    cfg = load_config("ckd_tiny")
+    assert tiny.ce_mode == "mce" and tiny.rgb_branch.ce_loc == tuple(cfg.MODEL.BACKBONE.CE_LOC)
+    assert tiny.box_head.in_channels == 2 * cfg.MODEL.BACKBONE.EMBED_DIM
+    assert tiny.box_head.feat_sz == cfg.DATA.SEARCH.SIZE // 16
+    assert set(k.split(".")[0] for k in tiny.state_dict()) == {"rgb_branch", "tir_branch", "box_head"}
+    small = load_config("ckd_small")
+    assert small.MODEL.BACKBONE.EMBED_DIM == 384 and small.MODEL.BACKBONE.CE_LOC == [3, 6, 9]
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    from ckd_ros.core.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="unknown configuration name 'ckd_medium'"):
+        load_config("ckd_medium")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL:\n  BACKBONE:\n    CE_LOCS: [3]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key MODEL.BACKBONE.CE_LOCS"):
+        load_config(bad)
+    cases = [
+        ({"MODEL": {"BACKBONE": {"CE_KEEP_RATIO": [0.7, 1.5, 0.7]}}}, "CE_KEEP_RATIO entries must be in"),
+        ({"MODEL": {"BACKBONE": {"EMBED_DIM": 100, "NUM_HEADS": 12}}}, "divisible by NUM_HEADS"),
+        ({"MODEL": {"BACKBONE": {"CE_LOC": [6, 3]}}}, "strictly increasing"),
+        ({"MODEL": {"BACKBONE": {"CE_TEMPLATE_RANGE": "GT_BOX"}}}, "GT_BOX is not supported"),
+        ({"MODEL": {"SHARE_STUDENT": "yes"}}, "SHARE_STUDENT must be true/false"),
+        ({"DATA": {"SEARCH": {"SIZE": 250}}}, "multiple of MODEL.BACKBONE.STRIDE"),
+        ({"DATA": {"SEARCH": {"SIZE": 320}}}, "must equal DATA.TEMPLATE.SIZE/DATA.SEARCH.SIZE"),
+        ({"TRAIN": {"BATCH_SIZE": 2.5}}, "must be an integer"),
+        ({"TEST": {"LOST_THRESHOLD": 3}}, "LOST_THRESHOLD must be null or in"),
+        ({"MODEL": {"HEAD": {"TYPE": "CORNER"}}}, "must be CENTER"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_config(MCE, overrides=overrides)
+    good = tmp_path / "custom.yaml"
+    good.write_text("MODEL:\n  BACKBONE:\n    CE_LOC: [3, 6, 9]\n    CE_KEEP_RATIO: [0.7, 0.7, 0.7]\n"
+                    "    CE_TEMPLATE_RANGE: CTR_POINT\n    CE_MODE: CE\n")
+    cfg = load_config(good)
+    assert cfg.name == "custom" and not cfg.is_official and cfg.MODEL.BACKBONE.CE_MODE == "CE"
+    assert build_ckd_model(cfg, initialize=False).ce_mode == "ce"

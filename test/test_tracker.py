@@ -188,3 +188,18 @@ def test_package_import_is_light():
             "f = ckd_ros.init_tracker; assert 'torch' in sys.modules and 'rclpy' not in sys.modules; print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.slow
+def test_full_size_mce_tracker_runs_on_640x512():
+    """ViT-B MCE tracker with recipe weights on a few 640x512 frames (about 10 s of weight generation)."""
+    rng = np.random.default_rng(3)
+    tracker = init_tracker("ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead", checkpoint="recipe", device="cpu")
+    rgb = rng.integers(0, 256, (512, 640, 3), np.uint8)
+    thermal = rng.integers(0, 256, (512, 640), np.uint8)
+    tracker.initialize(rgb, thermal, (300, 200, 60, 40))
+    for t in range(1, 4):
+        result = tracker.track(rgb, thermal)
+        x, y, w, h = result.box
+        assert result.state == TRACKING and result.frame_index == t and 0.46 < result.score < 0.6
+        assert 0 <= x <= 630 and 0 <= y <= 502 and w >= 10 and h >= 10
