@@ -40,7 +40,7 @@ def save_training_checkpoint(path: str | os.PathLike, model: nn.Module, optimize
         "synthetic": train_config.synthetic.to_dict(),
         "options": _plain_options(options),
         "history": history,
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"torch": str(torch.__version__), "python": platform.python_version()},
     }
     if torch_rng_state is not None:
         settings["torch_rng_state"] = torch_rng_state
