@@ -122,3 +122,79 @@ def test_tracks_every_pair_of_a_camera_process_and_reports_what_happened(rclpy_c
         assert 'Traceback' not in node_out.text()
     finally:
         client.close()
+
+
+def test_a_burst_is_not_tracked_as_a_backlog_and_the_debug_image_is_published_on_demand(rclpy_context,
+                                                                                         spawn_process):
+    import numpy as np
+    from sensor_msgs.msg import Image
+
+    from ckd_ros.msg import TrackedTarget, TrackerStatus
+    from ckd_ros.ros.conversions import array_to_image_msg, ns_to_stamp
+
+    namespace, node_fqn = '/burst', '/burst/ckd_tracker'
+    width, height = 160, 120
+    node = spawn_process(node_command(namespace, params=micro_model_params(
+        autostart=True, initial_box=[60.0, 40.0, 30.0, 30.0], **{'input.depth': 100, 'sync.queue_size': 100,
+             # reliable: the burst's last pair must arrive (best effort may drop any frame of a burst)
+             'input.reliability': 'reliable'})))
+    out = OutputDrain(node)
+    client = RosTestClient(rclpy_context)
+    try:
+        targets = client.record(TrackedTarget, f'{node_fqn}/target', depth=500)
+        statuses = client.record(TrackerStatus, f'{node_fqn}/status')
+        rgb_pub = client.node.create_publisher(Image, f'{namespace}/rgb/image', 500)
+        thermal_pub = client.node.create_publisher(Image, f'{namespace}/thermal/image', 500)
+        client.wait_for(lambda: rgb_pub.get_subscription_count() and thermal_pub.get_subscription_count(), 90,
+                        'the node to subscribe', out)
+        rng = np.random.default_rng(1)
+        start_ns = client.node.get_clock().now().nanoseconds
+        count = 150
+        rgb_stamps = []
+        # Pre-build the burst so that it leaves as fast as possible.
+        burst = []
+        for k in range(count):
+            stamp = start_ns + k * 10**7
+            rgb = array_to_image_msg(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), 'rgb8')
+            thermal = array_to_image_msg(rng.integers(2000, 9000, (height, width), dtype=np.uint16), 'mono16')
+            rgb.header.stamp, thermal.header.stamp = ns_to_stamp(stamp), ns_to_stamp(stamp + 500_000)
+            burst.append((rgb, thermal))
+            rgb_stamps.append(stamp)
+        for rgb, thermal in burst:
+            rgb_pub.publish(rgb)
+            thermal_pub.publish(thermal)
+        last = rgb_stamps[-1]
+        client.wait_for(lambda: targets and targets[-1].header.stamp == ns_to_stamp(last), 60,
+                        'the newest pair to be tracked', out)
+        # Each pair the node made is either tracked (one target) or skipped for a newer one (counted).
+        client.wait_for(lambda: statuses and statuses[-1].pairs_made > 0
+                        and statuses[-1].pairs_made == len(targets) + statuses[-1].pairs_dropped, 20,
+                        'a status that accounts for every pair', out)
+        status = statuses[-1]
+        assert status.pairs_dropped > 0, 'pairs that arrived while the worker was busy were skipped'
+        assert status.pairs_made <= count
+        stamps = [t.header.stamp.sec * 10**9 + t.header.stamp.nanosec for t in targets]
+        assert stamps == sorted(stamps) and set(stamps) <= set(rgb_stamps)
+
+        # No subscriber, no debug image; with one, the RGB and thermal views side by side (rgb8).
+        debug = client.record(Image, f'{node_fqn}/debug_image', depth=10)
+        client.wait_for(lambda: client.node.count_publishers(f'{node_fqn}/debug_image') == 1, 20, 'debug publisher')
+        client.spin_for(1.0)
+        stamp = last + 10**8
+        rgb = array_to_image_msg(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), 'rgb8')
+        thermal = array_to_image_msg(rng.integers(2000, 9000, (height, width), dtype=np.uint16), 'mono16')
+        rgb.header.stamp, thermal.header.stamp = ns_to_stamp(stamp), ns_to_stamp(stamp)
+        rgb.header.frame_id = 'debug_cam'
+        rgb_pub.publish(rgb)
+        thermal_pub.publish(thermal)
+        client.wait_for(lambda: debug, 30, 'a debug image', out)
+        image = debug[-1]
+        assert (image.height, image.width, image.encoding) == (height, 2 * width, 'rgb8')
+        assert image.header.stamp == ns_to_stamp(stamp) and image.header.frame_id == 'debug_cam'
+        pixels = np.frombuffer(bytes(image.data), np.uint8).reshape(height, 2 * width, 3)
+        # The thermal half is grey (three equal channels) except where the box is drawn.
+        thermal_half = pixels[:, width:].astype(int)
+        assert (thermal_half[:, :, 0] == thermal_half[:, :, 2]).mean() > 0.9
+        assert 'Traceback' not in out.text()
+    finally:
+        client.close()
