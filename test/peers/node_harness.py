@@ -3,7 +3,6 @@ lifecycle and services from the test process, and watch its topics and its proce
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -47,10 +46,11 @@ def _param_arg(value) -> str:
 
 
 def node_command(namespace: str, name: str = 'ckd_tracker', params: dict | None = None,
-                 params_file: Path | None = None) -> list:
-    """Arguments (after the interpreter) that start the node with ``params`` as -p overrides."""
+                 params_files: tuple = ()) -> list:
+    """Arguments (after the interpreter) that start the node with ``params_files`` (later ones win) and
+    then ``params`` as -p overrides."""
     args = [node_executable(), '--ros-args', '-r', f'__ns:={namespace}', '-r', f'__node:={name}']
-    if params_file is not None:
+    for params_file in params_files:
         args += ['--params-file', str(params_file)]
     for key, value in (params or {}).items():
         args += ['-p', f'{key}:={_param_arg(value)}']
@@ -160,7 +160,3 @@ def find_status(diagnostic_arrays: list, name: str):
             if status.name == name:
                 return status
     return None
-
-
-def python() -> str:
-    return sys.executable

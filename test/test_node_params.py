@@ -1,0 +1,131 @@
+"""Node parameters: validation names the bad parameter; config/ckd_tracker.yaml and doc/node.md document
+every parameter with its default; the node loads the file and a bad value fails configure (recoverably)."""
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+from ckd_ros.ros.params import (DIAGNOSTIC_PERIOD_PARAMETER, PARAMETER_SPECS, SPECS_BY_NAME, ParameterError,
+                                read_parameters)
+
+CONFIG_FILE = REPO_ROOT / 'config' / 'ckd_tracker.yaml'
+
+
+def _values(**overrides):
+    values = {spec.name: spec.default for spec in PARAMETER_SPECS}
+    values.update(overrides)
+    return values.__getitem__
+
+
+def _flatten(tree, prefix=''):
+    flat = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+def test_defaults_are_valid():
+    params = read_parameters(_values())
+    assert params.model_config == 'ckd_tiny' and params.device == 'auto' and params.initial_box is None
+    assert params.input_reliability == 'best_effort' and params.sync_slop == 0.05
+    assert params.make_gain_control().mode == 'percentile'
+
+
+@pytest.mark.parametrize('name, value, message', [
+    ('sync.slop', -0.1, "parameter 'sync.slop': must be > 0.0, got -0.1"),
+    ('sync.slop', 'fast', "parameter 'sync.slop': must be a finite number, got 'fast'"),
+    ('sync.queue_size', 0, "parameter 'sync.queue_size': must be >= 1, got 0"),
+    ('input.reliability', 'sensor', "parameter 'input.reliability': must be one of best_effort, reliable"),
+    ('input.depth', 2.5, "parameter 'input.depth': must be an integer, got 2.5"),
+    ('device', 'tpu', "parameter 'device': must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+    ('model_config', ' ', "parameter 'model_config': must not be empty"),
+    ('thermal.gain', 'auto', "parameter 'thermal.gain': must be one of minmax, percentile, fixed"),
+    ('thermal.percentile_high', 0.5, "parameter 'thermal.percentile_high': must be above thermal.percentile_low"),
+    ('thermal.fixed_max', -1.0, "parameter 'thermal.fixed_max': must be above thermal.fixed_min"),
+    ('thermal.range_smoothing', 1.0, "parameter 'thermal.range_smoothing': must be < 1.0"),
+    ('thermal.registration', 'warp', "parameter 'thermal.registration': must be one of identity, resize, homography"),
+    ('thermal.homography', [1.0, 0.0, 0.0], "parameter 'thermal.homography': must be a list of 9 numbers, got 3"),
+    ('thermal.homography', [0.0] * 9, "parameter 'thermal.homography': homography"),
+    ('initial_box', [10.0, 10.0, 0.0, 5.0], "parameter 'initial_box': needs x, y >= 0 and width, height > 0"),
+    ('initial_box', [1.0, 2.0], "parameter 'initial_box': must be a list of 4 numbers, got 2"),
+    ('autostart', 'yes', "parameter 'autostart': must be true or false, got 'yes'"),
+    ('status_period', 0.0, "parameter 'status_period': must be > 0.0, got 0.0"),
+    ('target.history_size', 0, "parameter 'target.history_size': must be >= 1, got 0"),
+])
+def test_an_invalid_value_names_the_parameter(name, value, message):
+    with pytest.raises(ParameterError) as raised:
+        read_parameters(_values(**{name: value}))
+    assert str(raised.value).startswith(message)
+    assert raised.value.name == name
+
+
+def test_integers_are_accepted_where_numbers_are_expected():
+    params = read_parameters(_values(**{'sync.slop': 1, 'initial_box': [1, 2, 30, 40]}))
+    assert params.sync_slop == 1.0 and params.initial_box == (1.0, 2.0, 30.0, 40.0)
+
+
+def test_the_parameter_file_documents_every_parameter_with_its_default():
+    loaded = yaml.safe_load(CONFIG_FILE.read_text())
+    documented = _flatten(loaded['/**']['ros__parameters'])
+    expected = {spec.name: spec.default for spec in PARAMETER_SPECS}
+    expected[DIAGNOSTIC_PERIOD_PARAMETER] = 1.0
+    assert documented == expected
+    for spec in PARAMETER_SPECS:
+        assert spec.description, spec.name
+
+
+def test_doc_lists_every_parameter():
+    text = (REPO_ROOT / 'doc' / 'node.md').read_text()
+    missing = [spec.name for spec in PARAMETER_SPECS if f'`{spec.name}`' not in text]
+    assert not missing, missing
+    assert '`~/set_target`' in text and '`~/init_box`' in text and 'best_effort' in text
+
+
+@pytest.mark.ros
+def test_node_loads_the_parameter_file_and_a_bad_value_fails_configure_until_fixed(rclpy_context, spawn_process,
+                                                                                   tmp_path):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import GetParameters, SetParameters
+
+    from ckd_ros.msg import TrackerStatus
+    from peers.node_harness import OutputDrain, RosTestClient, micro_model_params, node_command
+
+    # The shipped file, then an overlay as a user would write one (later files win).
+    overlay = tmp_path / 'site.yaml'
+    overlay.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
+        'thermal': {'gain': 'minmax', 'range_smoothing': 0.5}, 'sync': {'slop': -1.0}}}}))
+    namespace, fqn = '/params', '/params/ckd_tracker'
+    node = spawn_process(node_command(namespace, params=micro_model_params(), params_files=(CONFIG_FILE, overlay)))
+    out = OutputDrain(node)
+    client = RosTestClient(rclpy_context)
+    try:
+        statuses = client.record(TrackerStatus, f'{fqn}/status')
+        names = ['thermal.gain', 'thermal.range_smoothing', 'thermal.percentile_high', 'sync.queue_size',
+                 'initial_box', 'model_config']
+        got = client.call(GetParameters, f'{fqn}/get_parameters', GetParameters.Request(names=names), output=out)
+        values = dict(zip(names, got.values))
+        assert values['thermal.gain'].string_value == 'minmax'
+        assert values['thermal.range_smoothing'].double_value == 0.5
+        assert values['thermal.percentile_high'].double_value == 99.0       # from the shipped file
+        assert values['sync.queue_size'].integer_value == 10
+        assert list(values['initial_box'].double_array_value) == [0.0, 0.0, 0.0, 0.0]
+        assert values['model_config'].string_value.endswith('node_micro_config.yaml')
+
+        assert not client.change_state(fqn, 'configure', out)
+        assert client.get_state(fqn) == 'unconfigured'
+        expected = "configure failed: parameter 'sync.slop': must be > 0.0, got -1.0"
+        client.wait_for(lambda: statuses and statuses[-1].last_error == expected, 20, 'the configure error', out)
+        assert any(expected in line for line in out.lines)
+
+        fix = Parameter(name='sync.slop', value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.03))
+        result = client.call(SetParameters, f'{fqn}/set_parameters', SetParameters.Request(parameters=[fix]))
+        assert result.results[0].successful
+        assert client.change_state(fqn, 'configure', out)
+        assert client.get_state(fqn) == 'inactive'
+        client.wait_for(lambda: statuses[-1].lifecycle_state == 'inactive' and statuses[-1].last_error == '', 20,
+                        'an inactive status without error', out)
+    finally:
+        client.close()
