@@ -1,0 +1,973 @@
+"""``make demo``: the CKD tracker lifecycle node on synthetic RGB-T bags, end to end over ROS 2.
+
+``python -m ckd_ros.ros.demo [options]`` (after ``source scripts/env.sh``; ``make demo DEMO_ARGS=...``):
+
+1. renders synthetic RGB-T sequences from seeds no training run uses (one scenario each, in turn:
+   night + thermal crossover, glare + low thermal contrast, every failure mode) and writes them as
+   MCAP rosbags (``ckd_ros.core.bagio``);
+2. starts the tracker node (``lib/ckd_ros/ckd_tracker_node``) in its own process, drives it to
+   ``active`` through its lifecycle services (configure, then activate, as the launch file's event
+   handlers do), replays each bag into it over DDS with ``ckd-bag play`` (lock-step by default: every
+   pair is tracked; or at a real-time factor: the node drops what it cannot keep up with) and records
+   its ``~/target`` and ``~/status``; then shuts it down through the lifecycle;
+3. runs the same model without DDS on the same bags with one modality blanked (all-zero thermal =
+   "RGB only", all-zero RGB = "thermal only"): what each camera alone carries;
+4. scores all three (PR / NPR / SR, generic protocol) overall and on the frames where one camera
+   fails, and writes everything below into ``<output-dir>/<YYYYmmdd-HHMMSS>/`` (``<output-dir>/latest``
+   points to the newest run; an existing run folder is never written into):
+
+   ``metrics.md`` / ``metrics.json``  the table (also printed), configuration, timings
+   ``precision.png`` ``success.png`` ``normalized_precision.png``  fused vs the ablations
+   ``tracking.mp4`` (``.avi``/MJPG where OpenCV has no MPEG-4 writer)  RGB | thermal, node box + score,
+                    ground truth in magenta; ``preview.png``: a night and a crossover frame of it
+   ``performance.json``  node throughput, end-to-end and node latency percentiles, drops, CPU
+   ``sequences.json``  seeds, scenarios and failure segments; ``node.log``: the node's output
+   ``bags/`` input bags, ``node_output/`` recorded node outputs, ``results/`` result files per run,
+   ``reports/`` per-run reports (per-sequence tables and curves)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ckd_ros.core import bagio, metrics, report, results
+from ckd_ros.core.datasets import GroundTruth
+from ckd_ros.core.synthetic import (CONDITIONS, RGB_FAILURES, THERMAL_FAILURES, SyntheticScene, rgb_failure,
+                                    thermal_failure)
+
+# Seeds of the demo scenes. ckd_train uses 0..32 (SYNTHETIC.SEEDS) and 100000..100008 (VAL_SEEDS) by
+# default and ckd_train.evaluate holds out 900000..900010; the demo stays clear of all of them and
+# also checks the checkpoint's recorded training seeds (see training_seed_ranges).
+DEFAULT_FIRST_SEED = 700_000
+SEED_STRIDE = 1_000          # scenario i searches seeds first_seed + i * SEED_STRIDE + k
+SEED_SEARCH_LIMIT = 200      # seeds tried per scenario before giving up
+
+RUNS = ('fused', 'rgb_only', 'thermal_only')
+RUN_LABELS = {'fused': 'fused (node over DDS)', 'rgb_only': 'RGB only (thermal blanked)',
+              'thermal_only': 'thermal only (RGB blanked)'}
+BENCHMARK = 'generic'
+STATE_LOST = bagio.STATE_LOST
+
+
+class DemoError(RuntimeError):
+    """The demo cannot go on; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Scenes
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    conditions: tuple[str, ...]
+    required: tuple[tuple[str, ...], ...]   # each group: at least one of these conditions must occur
+
+
+SCENARIOS = (
+    Scenario('night_crossover', 'night (RGB too dark to see the target), later a thermal crossover '
+             '(target at the background temperature)',
+             tuple(c for c in CONDITIONS if c not in ('rgb_glare', 'thermal_low_contrast')),
+             (('rgb_dark',), ('thermal_crossover',))),
+    Scenario('glare_low_contrast', 'sun glare washing out the RGB image, later a thermal image without contrast',
+             tuple(c for c in CONDITIONS if c not in ('rgb_dark', 'thermal_crossover')),
+             (('rgb_glare',), ('thermal_low_contrast',))),
+    Scenario('mixed', 'every failure mode, look-alike distractors in each modality, occluders',
+             CONDITIONS, (RGB_FAILURES, THERMAL_FAILURES)),
+)
+
+
+@dataclass
+class DemoSequence:
+    name: str
+    seed: int
+    scenario: Scenario
+    scene: SyntheticScene
+
+    def segments(self) -> list[dict]:
+        """The failure segments as [condition, first frame, last frame] runs of the scene's flags."""
+        out = []
+        for condition in RGB_FAILURES + THERMAL_FAILURES + ('occlusion',):
+            flags = self.scene.flags[condition]
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+            out += [{'condition': condition, 'first': int(a), 'last': int(b) - 1} for a, b in zip(edges[::2], edges[1::2])]
+        return sorted(out, key=lambda s: s['first'])
+
+
+class SceneAsSequence:
+    """A synthetic scene with the interface of ``ckd_ros.core.datasets.Sequence`` that
+    ``bagio.write_sequence_bag`` reads (no per-modality ground truth)."""
+
+    ground_truth_rgb = None
+    ground_truth_thermal = None
+
+    def __init__(self, scene: SyntheticScene, name: str):
+        self.scene, self.name = scene, name
+
+    def __len__(self) -> int:
+        return len(self.scene)
+
+    @property
+    def ground_truth(self) -> np.ndarray:
+        return self.scene.ground_truth
+
+    def rgb(self, index: int) -> np.ndarray:
+        return self.scene.rgb(index)
+
+    def thermal(self, index: int) -> np.ndarray:
+        return self.scene.thermal(index)
+
+
+def _min_flagged_frames(length: int) -> int:
+    return max(3, length // 20)
+
+
+def plan_sequences(count: int, frames: int, size: tuple[int, int], first_seed: int,
+                   excluded_seeds: list[tuple[int, int]] = ()) -> list[DemoSequence]:
+    """``count`` scenes, scenario ``i % len(SCENARIOS)``: for each, the first seed from
+    ``first_seed + i * SEED_STRIDE`` whose scene has every failure its scenario requires (at least
+    :func:`_min_flagged_frames` frames each) and that is outside ``excluded_seeds`` ([start, stop) ranges)."""
+    planned = []
+    need = _min_flagged_frames(frames)
+    for index in range(count):
+        scenario = SCENARIOS[index % len(SCENARIOS)]
+        start = first_seed + index * SEED_STRIDE
+        for seed in range(start, start + SEED_SEARCH_LIMIT):
+            if any(lo <= seed < hi for lo, hi in excluded_seeds):
+                continue
+            scene = SyntheticScene(seed, frames, size, conditions=scenario.conditions)
+            if all(sum(int(scene.flags[c].sum()) for c in group) >= need for group in scenario.required):
+                planned.append(DemoSequence(f'{index:02d}_{scenario.name}', seed, scenario, scene))
+                break
+        else:
+            raise DemoError(f'no seed in {start}..{start + SEED_SEARCH_LIMIT - 1} gives a {frames}-frame '
+                            f"'{scenario.name}' scene with its failure segments (each needs >= {need} frames); "
+                            'use more frames per sequence (--frames 60 or more)')
+    return planned
+
+
+def training_seed_ranges(checkpoint_path: Path | None) -> list[tuple[int, int]]:
+    """The synthetic seed ranges ([start, stop)) a checkpoint written by ckd_train says it trained and
+    validated on; empty when it records none (official or stripped files)."""
+    if checkpoint_path is None:
+        return []
+    from ckd_ros.core.checkpoint import read_checkpoint
+    raw = read_checkpoint(checkpoint_path)
+    settings = raw.get('settings') if isinstance(raw, dict) else None
+    synthetic = settings.get('synthetic') if isinstance(settings, dict) else None
+    if not isinstance(synthetic, dict):
+        return []
+    ranges = []
+    for key in ('SEEDS', 'VAL_SEEDS'):
+        value = synthetic.get(key)
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            ranges.append((int(value[0]), int(value[1])))
+    return ranges
+
+
+# --------------------------------------------------------------------------------------------
+# Output folder
+
+def make_run_dir(output_root: Path, now: float | None = None) -> Path:
+    """A new ``<output_root>/<YYYYmmdd-HHMMSS>[-N]`` (never an existing one) and ``<output_root>/latest``
+    pointing to it (replaced atomically)."""
+    output_root = Path(output_root)
+    if output_root.exists() and not output_root.is_dir():
+        raise DemoError(f'--output-dir {output_root} exists and is not a folder')
+    output_root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(now))
+    for suffix in range(1000):
+        run_dir = output_root / (stamp if suffix == 0 else f'{stamp}-{suffix}')
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise DemoError(f'could not create a new run folder under {output_root}')
+    latest = output_root / 'latest'
+    if latest.exists() and not latest.is_symlink():
+        raise DemoError(f'{latest} exists and is not a link; move it away (the demo keeps `latest` pointing to '
+                        'the newest run)')
+    tmp = output_root / f'.latest.{os.getpid()}'
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, latest)
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------
+# The node process and its lifecycle
+
+def node_executable() -> Path:
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    try:
+        prefix = Path(get_package_prefix('ckd_ros'))
+    except PackageNotFoundError:
+        raise DemoError('the ckd_ros package is not built or not sourced: run `make build` and '
+                        '`source scripts/env.sh` (make demo does both)') from None
+    path = prefix / 'lib' / 'ckd_ros' / 'ckd_tracker_node'
+    if not path.is_file():
+        raise DemoError(f'{path} is missing: run `make build`')
+    return path
+
+
+def _param_value(value) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str) and value == '':
+        return "''"
+    return str(value)
+
+
+class TrackerNodeProcess:
+    """The tracker node in a child process (output to ``log_path``), driven through its lifecycle
+    services from ``client_node`` (a node of this process, spun by ``executor``)."""
+
+    def __init__(self, namespace: str, name: str, params: dict, remaps: dict, log_path: Path, client_node, executor):
+        self.namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
+        self.name = name
+        self.fqn = f'{self.namespace}/{name}'
+        self.log_path = log_path
+        self.client_node, self.executor = client_node, executor
+        args = [sys.executable, str(node_executable()), '--ros-args', '-r', f'__node:={name}']
+        if self.namespace:
+            args += ['-r', f'__ns:={self.namespace}']
+        for source, target in remaps.items():
+            args += ['-r', f'{source}:={target}']
+        for key, value in params.items():
+            args += ['-p', f'{key}:={_param_value(value)}']
+        self.command = args
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        self._cpu_start = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED='1')
+        self._log = open(self.log_path, 'w', encoding='utf-8')
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     stdin=subprocess.DEVNULL)
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(encoding='utf-8', errors='replace').splitlines()
+        except OSError:
+            return ''
+        return '\n'.join('    ' + line for line in text[-lines:])
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise DemoError(f'the tracker node exited (code {self.proc.returncode}); its last output '
+                            f'({self.log_path}):\n{self.log_tail()}')
+
+    def _wait_future(self, future, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise DemoError(f'{what}: no answer within {timeout:.0f} s; node output ({self.log_path}):\n'
+                                f'{self.log_tail()}')
+            self.executor.spin_once(timeout_sec=0.05)
+        return future.result()
+
+    def _call(self, srv_type, service: str, request, timeout: float):
+        client = self.client_node.create_client(srv_type, service)
+        try:
+            deadline = time.monotonic() + timeout
+            while not client.service_is_ready():
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise DemoError(f'the service {service} did not appear within {timeout:.0f} s; node output '
+                                    f'({self.log_path}):\n{self.log_tail()}')
+                self.executor.spin_once(timeout_sec=0.05)
+            return self._wait_future(client.call_async(request), timeout, service)
+        finally:
+            self.client_node.destroy_client(client)
+
+    def state(self, timeout: float = 30.0) -> str:
+        from lifecycle_msgs.srv import GetState
+        return self._call(GetState, f'{self.fqn}/get_state', GetState.Request(), timeout).current_state.label
+
+    def transition(self, transition_id: int, label: str, expect: str, timeout: float = 180.0) -> None:
+        """One lifecycle transition through ``<node>/change_state``, checked with ``get_state``."""
+        from lifecycle_msgs.srv import ChangeState
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        response = self._call(ChangeState, f'{self.fqn}/change_state', request, timeout)
+        state = self.state() if self.proc.poll() is None else 'exited'
+        if not response.success or state != expect:
+            raise DemoError(f"lifecycle transition '{label}' of {self.fqn} failed (state now: {state}); node output "
+                            f'({self.log_path}):\n{self.log_tail()}')
+
+    def bring_up(self) -> None:
+        """configure, then activate (the launch file's event handlers, done here through the services)."""
+        from lifecycle_msgs.msg import Transition
+        self.transition(Transition.TRANSITION_CONFIGURE, 'configure', 'inactive')
+        self.transition(Transition.TRANSITION_ACTIVATE, 'activate', 'active')
+        self._cpu_start = (process_cpu_seconds(self.proc.pid), time.monotonic())
+
+    def reset_target(self) -> None:
+        from std_srvs.srv import Trigger
+        response = self._call(Trigger, f'{self.fqn}/reset', Trigger.Request(), 30.0)
+        if not response.success:
+            raise DemoError(f'{self.fqn}/reset failed: {response.message}')
+
+    def cpu_percent_of_one_core(self) -> float | None:
+        """CPU use of the node process since it became active (percent of one core)."""
+        if self._cpu_start is None or self.proc is None or self.proc.poll() is not None:
+            return None
+        cpu = process_cpu_seconds(self.proc.pid)
+        if cpu is None or self._cpu_start[0] is None:
+            return None
+        wall = time.monotonic() - self._cpu_start[1]
+        return 100.0 * (cpu - self._cpu_start[0]) / wall if wall > 0 else None
+
+    def shut_down(self, timeout: float = 15.0) -> int | None:
+        """deactivate + shutdown through the lifecycle; the process exits once finalized. Escalates
+        to SIGTERM, then SIGKILL, if it does not. Returns the exit code."""
+        from lifecycle_msgs.msg import Transition
+        if self.proc is None:
+            return None
+        try:
+            if self.proc.poll() is None:
+                state = self.state(timeout=10.0)
+                if state == 'active':
+                    self.transition(Transition.TRANSITION_DEACTIVATE, 'deactivate', 'inactive', timeout)
+                    state = 'inactive'
+                shutdown = {'inactive': Transition.TRANSITION_INACTIVE_SHUTDOWN,
+                            'unconfigured': Transition.TRANSITION_UNCONFIGURED_SHUTDOWN}.get(state)
+                if shutdown is not None:
+                    from lifecycle_msgs.srv import ChangeState
+                    request = ChangeState.Request()
+                    request.transition.id = shutdown
+                    self._call(ChangeState, f'{self.fqn}/change_state', request, timeout)
+                self.proc.wait(timeout=timeout)
+        except (DemoError, subprocess.TimeoutExpired):
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            if self._log is not None:
+                self._log.close()
+        return self.proc.returncode
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process (``/proc/<pid>/stat``); None where unavailable."""
+    try:
+        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def check_graph_is_free(client_node, executor, fqn: str, topics: list[str], wait_s: float = 1.5) -> None:
+    """Refuse to start when this ROS domain already has a node called ``fqn`` or publishers on the
+    replay topics (another demo or a camera would mix its frames into ours)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:   # give discovery a moment
+        executor.spin_once(timeout_sec=0.05)
+    names = {(ns.rstrip('/') + '/' + name) for name, ns in client_node.get_node_names_and_namespaces()}
+    domain = os.environ.get('ROS_DOMAIN_ID', '0')
+    if fqn in names:
+        raise DemoError(f'a node {fqn} is already running on ROS_DOMAIN_ID={domain} (another demo?); stop it or '
+                        'run with another ROS_DOMAIN_ID (e.g. `ROS_DOMAIN_ID=17 make demo`)')
+    for topic in topics:
+        publishers = client_node.get_publishers_info_by_topic(topic)
+        if publishers:
+            owners = ', '.join(sorted({f'{p.node_namespace.rstrip("/")}/{p.node_name}' for p in publishers}))
+            raise DemoError(f'{topic} already has publishers on ROS_DOMAIN_ID={domain} ({owners}); their frames '
+                            'would mix with the replay: stop them or run with another ROS_DOMAIN_ID')
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking runs
+
+@dataclass
+class SequenceTrack:
+    """One run's per-frame output on one sequence."""
+
+    boxes: np.ndarray              # (N, 4), frame 0 = the ground-truth initialisation
+    scores: np.ndarray             # (N,) NaN where there is no output of its own
+    states: np.ndarray             # (N,) TrackedTarget.STATE_*; -1 where there is no output of its own
+    answered: np.ndarray           # (N,) bool: the frame got an output of its own
+    times: np.ndarray              # (N,) seconds per frame (node: its latency; offline: tracker time)
+
+
+@dataclass
+class NodeReplay:
+    """What replaying one bag into the node gave."""
+
+    track: SequenceTrack
+    stamps_ns: np.ndarray          # header stamps of the published pairs
+    output_log_ns: np.ndarray      # receive times of the answered frames' outputs
+    end_to_end_s: np.ndarray       # receive time - publication stamp, answered frames
+    node_latency_s: np.ndarray     # the node's own latency field, answered frames
+    stats: dict
+
+
+def node_track_from_bag(out_bag: Path, target_topic: str, gt_boxes: np.ndarray, stats: dict) -> NodeReplay:
+    """Per-frame boxes of the node from the output bag ``ckd-bag play`` recorded: outputs matched to the
+    replayed pairs by header stamp; a dropped pair keeps the last published box (as a consumer sees it)."""
+    stamps, replayed_gt = bagio.read_ground_truth(out_bag)
+    if len(stamps) != len(gt_boxes):
+        raise DemoError(f'{out_bag}: {len(stamps)} pairs were replayed but the bag has {len(gt_boxes)}')
+    try:
+        targets = bagio.read_targets(out_bag, target_topic)
+    except bagio.BagReadError as exc:
+        raise DemoError(f'the node published nothing on {target_topic} ({exc})') from None
+    boxes, answered = bagio.boxes_at_stamps(targets, stamps, init_box=gt_boxes[0])
+    boxes[0] = gt_boxes[0]    # frame 0 is the initialisation (set through ~/set_target)
+    index = {int(s): i for i, s in enumerate(targets.stamps_ns)}
+    rows = [index.get(int(s)) for s in stamps]
+    scores = np.array([targets.scores[i] if i is not None else np.nan for i in rows])
+    states = np.array([targets.states[i] if i is not None else -1 for i in rows])
+    times = np.array([targets.latencies[i] if i is not None else np.nan for i in rows])
+    answered_rows = [i for i in rows if i is not None]
+    log_ns = targets.log_times_ns[answered_rows]
+    return NodeReplay(SequenceTrack(boxes, scores, states, answered, times), stamps, log_ns,
+                      (log_ns - targets.stamps_ns[answered_rows]) / 1e9, targets.latencies[answered_rows], stats)
+
+
+def replay_through_node(sequences: list[DemoSequence], bags: dict[str, Path], run_dir: Path, args,
+                        gt: dict[str, np.ndarray], say: Callable[[str], None]) -> tuple[dict[str, NodeReplay], dict]:
+    """Start the node, bring it up, replay every bag (target set on frame 0), shut it down."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from ckd_ros.ros import bag_play
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    client_node = rclpy.create_node('ckd_demo', context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(client_node)
+    topics = bagio.DEFAULT_TOPICS
+    lockstep = args.rate is None
+    params = {'model_config': args.config, 'checkpoint': args.checkpoint, 'device': args.device,
+              'torch_threads': args.threads, 'autostart': False, 'publish_detections': False,
+              # lock-step waits for each answer: a best-effort subscription that lost a fragment of a
+              # large image would stall it; real-time replay keeps the robot setting (best effort)
+              'input.reliability': 'reliable' if lockstep else 'best_effort'}
+    node = TrackerNodeProcess(args.namespace, 'ckd_tracker', params,
+                              {'rgb/image': topics.rgb, 'thermal/image': topics.thermal},
+                              run_dir / 'node.log', client_node, executor)
+    replays: dict[str, NodeReplay] = {}
+    info = {}
+    try:
+        check_graph_is_free(client_node, executor, node.fqn, [topics.rgb, topics.thermal])
+        say(f'starting the tracker node {node.fqn} (log: {node.log_path})')
+        tic = time.monotonic()
+        node.start()
+        node.bring_up()
+        info['bring_up_s'] = time.monotonic() - tic
+        say(f'node active after {info["bring_up_s"]:.1f} s (configure: model load + warm-up; activate)')
+        mode = 'lockstep' if lockstep else 'realtime'
+        for seq in sequences:
+            node.reset_target()
+            out_bag = run_dir / 'node_output' / seq.name
+            tic = time.monotonic()
+            try:
+                stats = bag_play.play(bags[seq.name], out_bag, node=node.fqn, mode=mode,
+                                      rate=args.rate or 1.0, timeout=args.timeout, context=context,
+                                      log=lambda text: say(f'  {text}'))
+            except bag_play.PlaybackError as exc:
+                node.check_alive()
+                raise DemoError(f'replaying {seq.name}: {exc}; node output ({node.log_path}):\n{node.log_tail()}') from None
+            node.check_alive()
+            replay = node_track_from_bag(out_bag, f'{node.fqn}/target', gt[seq.name], stats)
+            replays[seq.name] = replay
+            took = time.monotonic() - tic
+            say(f'  {seq.name}: {stats["sent"]} pairs sent, {int(replay.track.answered.sum())} tracked by the node, '
+                f'{took:.1f} s ({stats["sent"] / took:.1f} pairs/s)')
+        info['node_cpu_percent_of_one_core'] = node.cpu_percent_of_one_core()
+    finally:
+        code = node.shut_down()
+        info['node_exit_code'] = code
+        executor.shutdown(timeout_sec=1.0)
+        client_node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    if code not in (0, None):
+        say(f'note: the node exited with code {code} (see {node.log_path})')
+    return replays, info
+
+
+def blank_modality(source, blanked: str):
+    """The same frame source with the ``'rgb'`` or ``'thermal'`` frames replaced by zeros."""
+    def frames():
+        for rgb, thermal in source.frames():
+            if blanked == 'rgb':
+                rgb = np.zeros_like(rgb)
+            else:
+                thermal = np.zeros_like(thermal)
+            yield rgb, thermal
+    return dataclasses.replace(source, frames=frames)
+
+
+def run_ablations(sequences: list[DemoSequence], bags: dict[str, Path], run_dir: Path, tracker,
+                  show_progress: bool) -> dict[str, dict[str, SequenceTrack]]:
+    """RGB-only and thermal-only runs of the ROS-free tracker over the same bags (``ckd-eval run``'s
+    machinery); result files under ``results/<run>/``."""
+    from ckd_ros.core import eval_cli
+    from ckd_ros.core.image import ThermalGainControl
+    out = {}
+    for run, blanked in (('rgb_only', 'thermal'), ('thermal_only', 'rgb')):
+        sources = [blank_modality(eval_cli.bag_source(bags[s.name], bagio.DEFAULT_TOPICS, ThermalGainControl(), None),
+                                  blanked) for s in sequences]
+        result_dir = run_dir / 'results' / run
+        summary = eval_cli.run_sources(sources, lambda: tracker, result_dir, show_progress=show_progress)
+        if summary.failed:
+            raise DemoError(f'{run}: tracking failed on {summary.failed}')
+        tracks = {}
+        for seq in sequences:
+            times = summary.times[seq.name]
+            n = len(times)
+            # per-frame boxes for scoring come from the result files (read_result_files)
+            tracks[seq.name] = SequenceTrack(np.full((n, 4), np.nan), np.full(n, np.nan), np.full(n, -1),
+                                             np.ones(n, bool), times)
+        out[run] = tracks
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+
+def condition_masks(seq: DemoSequence) -> dict[str, np.ndarray]:
+    """Frames (after frame 0) where the RGB image fails, where the thermal image fails, and neither."""
+    rgb_fail = rgb_failure(seq.scene.flags).copy()
+    thermal_fail = thermal_failure(seq.scene.flags).copy()
+    rgb_fail[0] = thermal_fail[0] = False
+    clear = ~(rgb_fail | thermal_fail)
+    clear[0] = False
+    return {'rgb_fails': rgb_fail, 'thermal_fails': thermal_fail, 'both_visible': clear}
+
+
+def read_result_files(result_dir: Path, sequences: list[DemoSequence]) -> dict[str, np.ndarray]:
+    """The boxes every run is scored on: its result files (integer boxes, as the toolkits read them)."""
+    return {s.name: results.read_result_boxes(results.result_paths(result_dir, s.name)[0]) for s in sequences}
+
+
+def condition_scores(boxes: dict[str, np.ndarray], sequences: list[DemoSequence],
+                     gt: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per condition group: PR (centre error <= 20 px) and SR50 (IoU > 0.5) pooled over the frames."""
+    out = {}
+    for group in ('rgb_fails', 'thermal_fails', 'both_visible'):
+        errors, overlaps = [], []
+        for seq in sequences:
+            mask = condition_masks(seq)[group]
+            if mask.any():
+                pred = boxes[seq.name][mask]
+                errors.append(metrics.centre_error(pred, gt[seq.name][mask]))
+                overlaps.append(metrics.overlap(pred, gt[seq.name][mask]))
+        if errors:
+            e, o = np.concatenate(errors), np.concatenate(overlaps)
+            out[group] = {'frames': int(len(e)), 'PR': float(np.mean(e <= 20)), 'SR50': float(np.mean(o > 0.5))}
+        else:
+            out[group] = {'frames': 0, 'PR': float('nan'), 'SR50': float('nan')}
+    return out
+
+
+def metrics_table(scores: dict[str, metrics.BenchmarkScore], conditions: dict[str, dict], fps: dict[str, float],
+                  markdown: bool) -> str:
+    header = ['run', 'frames', 'PR', 'NPR', 'SR', 'PR rgb-fail', 'SR50 rgb-fail', 'PR th-fail', 'SR50 th-fail',
+              'fps']
+    pct = lambda v: f'{100 * v:.1f}' if np.isfinite(v) else '-'
+    rows = []
+    for run, score in scores.items():
+        c = conditions[run]
+        rows.append([RUN_LABELS[run], str(score.num_frames), pct(score.metrics['PR']), pct(score.metrics['NPR']),
+                     pct(score.metrics['SR']), pct(c['rgb_fails']['PR']), pct(c['rgb_fails']['SR50']),
+                     pct(c['thermal_fails']['PR']), pct(c['thermal_fails']['SR50']),
+                     f'{fps[run]:.1f}' if np.isfinite(fps[run]) else '-'])
+    return report._render(header, rows, markdown)
+
+
+# --------------------------------------------------------------------------------------------
+# Video
+
+def open_video_writer(path_stem: Path, fps: float, size: tuple[int, int]):
+    """MPEG-4 (``.mp4``) where OpenCV can write it, else Motion-JPEG ``.avi``; (writer, path, codec)."""
+    import cv2
+    for fourcc, suffix in (('mp4v', '.mp4'), ('MJPG', '.avi')):
+        path = path_stem.with_suffix(suffix)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, path, fourcc
+        writer.release()
+        path.unlink(missing_ok=True)
+    raise DemoError(f'OpenCV {cv2.__version__} can write neither MPEG-4 nor MJPG video here')
+
+
+def frame_label(seq: DemoSequence, index: int) -> str:
+    active = [c for c in RGB_FAILURES + THERMAL_FAILURES + ('occlusion',) if seq.scene.flags[c][index]]
+    names = {'rgb_dark': 'NIGHT: RGB fails', 'rgb_glare': 'GLARE: RGB fails',
+             'thermal_crossover': 'CROSSOVER: thermal fails', 'thermal_low_contrast': 'LOW CONTRAST: thermal fails',
+             'occlusion': 'occluded'}
+    text = f'{seq.name} #{index}'
+    return text + ('  ' + ', '.join(names[c] for c in active) if active else '')
+
+
+def write_video(sequences: list[DemoSequence], bags: dict[str, Path], tracks: dict[str, SequenceTrack],
+                gt: dict[str, np.ndarray], path_stem: Path, fps: float) -> tuple[Path, str, int, dict]:
+    """RGB | thermal side by side with the node's box and score (orange when LOST) and the ground
+    truth (magenta), every sequence in turn. Returns (path, codec, frames written, preview frames)."""
+    import cv2
+
+    from ckd_ros.core.image import rgb_image_to_rgb8
+    from ckd_ros.core.visualize import compose_debug_image
+    writer = path = codec = None
+    written = 0
+    previews: dict[str, tuple[int, np.ndarray]] = {}
+    wanted = preview_frames(sequences)
+    try:
+        for seq in sequences:
+            track = tracks[seq.name]
+            for pair in bagio.read_pairs(bags[seq.name]):
+                i = pair.index
+                rgb = rgb_image_to_rgb8(pair.rgb, pair.rgb_encoding)
+                score = float(track.scores[i]) if i > 0 else 1.0
+                lost = bool(track.states[i] == STATE_LOST)
+                canvas = compose_debug_image(rgb, pair.thermal, track.boxes[i], score, lost,
+                                             label=frame_label(seq, i), gt_box=gt[seq.name][i])
+                if writer is None:
+                    writer, path, codec = open_video_writer(path_stem, fps, (canvas.shape[1], canvas.shape[0]))
+                writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+                written += 1
+                for key, (name, index) in wanted.items():
+                    if name == seq.name and index == i:
+                        previews[key] = canvas
+    finally:
+        if writer is not None:
+            writer.release()
+    return path, codec, written, previews
+
+
+def preview_frames(sequences: list[DemoSequence]) -> dict[str, tuple[str, int]]:
+    """The middle frame of the first RGB-failure and of the first thermal-failure segment."""
+    wanted = {}
+    for seq in sequences:
+        masks = condition_masks(seq)
+        for key, group in (('rgb_fails', 'rgb_fails'), ('thermal_fails', 'thermal_fails')):
+            if key in wanted or not masks[group].any():
+                continue
+            frames = np.flatnonzero(masks[group])
+            run_end = frames[0] + int(np.argmax(np.diff(np.append(frames, -1)) != 1))
+            wanted[key] = (seq.name, int((frames[0] + run_end) // 2))
+    return wanted
+
+
+def count_video_frames(path: Path) -> int:
+    import cv2
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    try:
+        while capture.read()[0]:
+            count += 1
+    finally:
+        capture.release()
+    return count
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must be WIDTHxHEIGHT (e.g. 320x256), got {text!r}') from None
+    if width < 64 or height < 64:
+        raise argparse.ArgumentTypeError(f'size must be at least 64x64, got {text!r}')
+    return width, height
+
+
+def parse_rate(text: str) -> float | None:
+    if text.strip().lower() in ('lockstep', 'lock-step'):
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float('nan')
+    if not (math.isfinite(rate) and rate > 0):
+        raise argparse.ArgumentTypeError(f"rate must be 'lockstep' or a positive real-time factor (1.0 = the "
+                                         f'recorded speed), got {text!r}')
+    return rate
+
+
+def positive_int(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be an integer >= {minimum}, got {text!r}')
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m ckd_ros.ros.demo', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--sequences', type=positive_int(1), default=3,
+                   help='number of synthetic sequences (scenarios in turn: night+crossover, glare+low contrast, mixed)')
+    p.add_argument('--frames', type=positive_int(20), default=300, help='frames per sequence')
+    p.add_argument('--size', type=parse_size, default='320x256', help='image size WIDTHxHEIGHT')
+    p.add_argument('--fps', type=float, default=30.0, help='frame rate of the bags (their stamps)')
+    p.add_argument('--rate', type=parse_rate, default='lockstep',
+                   help="'lockstep' (every pair waits for the node's answer) or a real-time factor (1.0 = the bag's "
+                        'speed; the node drops pairs it cannot keep up with)')
+    p.add_argument('--output-dir', type=Path, default=Path('demo_output'),
+                   help='runs go to <output-dir>/<YYYYmmdd-HHMMSS>/, <output-dir>/latest links the newest')
+    p.add_argument('--config', default='ckd_tiny', help='model configuration (name or YAML path)')
+    p.add_argument('--checkpoint', default='',
+                   help="weights: '' = the configuration's shipped weights, a .pth.tar path, or 'recipe' (untrained)")
+    p.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument('--threads', type=positive_int(1), default=1,
+                   help='torch CPU threads of the node and of the ablation runs (1 avoids oversubscribing 2 cores)')
+    p.add_argument('--first-seed', type=positive_int(0), default=DEFAULT_FIRST_SEED,
+                   help='first seed searched for scenario 0 (scenario i: + i * 1000)')
+    p.add_argument('--namespace', default='/ckd_demo', help='namespace of the tracker node')
+    p.add_argument('--timeout', type=float, default=30.0, help='seconds to wait for the node (per frame in lock-step)')
+    p.add_argument('--quiet', action='store_true', help='no progress bars')
+    return p
+
+
+def resolve_checkpoint_file(config: str, checkpoint: str) -> Path | None:
+    """The weights file the node will load, for the training-seed check (None: recipe weights)."""
+    from ckd_ros.core.api import RECIPE_CHECKPOINTS, shipped_weights_path
+    from ckd_ros.core.config import load_config
+    if checkpoint in RECIPE_CHECKPOINTS:
+        return None
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise DemoError(f'--checkpoint {checkpoint} does not exist')
+        return path
+    cfg = load_config(config)
+    if cfg.is_official:
+        raise DemoError(f'the official config {cfg.name!r} has no shipped weights: pass --checkpoint <file>')
+    path = shipped_weights_path(cfg.name)
+    if not path.is_file():
+        raise DemoError(f'no shipped weights for {cfg.name!r} at {path}: create them with `make weights`, or run '
+                        "the demo with untrained weights: make demo DEMO_ARGS='--checkpoint recipe'")
+    return path
+
+
+def run(args) -> int:
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    say = lambda text: print(text, flush=True)
+
+    def stage(name: str, since: float) -> float:
+        timings[name] = time.monotonic() - since
+        return time.monotonic()
+
+    # Fail fast on the model before any work: the ablation tracker is loaded here, in this process.
+    checkpoint_file = resolve_checkpoint_file(args.config, args.checkpoint)
+    import torch
+    torch.set_num_threads(args.threads)
+    from ckd_ros import init_tracker
+    try:
+        tracker = init_tracker(args.config, checkpoint=args.checkpoint or None, device=args.device)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise DemoError(f'cannot load the model: {exc}') from None
+    excluded = training_seed_ranges(checkpoint_file)
+
+    run_dir = make_run_dir(args.output_dir)
+    say(f'demo run: {run_dir}  (model {args.config}, weights {checkpoint_file or args.checkpoint}, '
+        f'device {args.device}, {args.threads} thread(s))')
+
+    # 1. scenes -> bags
+    t = time.monotonic()
+    sequences = plan_sequences(args.sequences, args.frames, args.size, args.first_seed, excluded)
+    bags = {}
+    for seq in sequences:
+        bags[seq.name] = run_dir / 'bags' / seq.name
+        bagio.write_sequence_bag(SceneAsSequence(seq.scene, seq.name), bags[seq.name], fps=args.fps)
+        failures = ', '.join(f"{s['condition']} {s['first']}-{s['last']}" for s in seq.segments())
+        say(f'bag {bags[seq.name]}: seed {seq.seed}, {len(seq.scene)} frames {args.size[0]}x{args.size[1]}; {failures}')
+    manifest = {'seeds_excluded_by_checkpoint': excluded, 'sequences': [
+        {'name': s.name, 'seed': s.seed, 'scenario': s.scenario.name, 'description': s.scenario.description,
+         'frames': len(s.scene), 'size': list(args.size), 'fps': args.fps, 'bag': str(bags[s.name]),
+         'segments': s.segments()} for s in sequences]}
+    (run_dir / 'sequences.json').write_text(json.dumps(manifest, indent=1) + '\n')
+    gt = {s.name: bagio.read_ground_truth(bags[s.name])[1] for s in sequences}
+    t = stage('generate_bags_s', t)
+
+    # 2. the node over DDS
+    say(f"replaying into the node ({'lock-step' if args.rate is None else f'real time x{args.rate:g}'})")
+    replays, node_info = replay_through_node(sequences, bags, run_dir, args, gt, say)
+    for seq in sequences:
+        track = replays[seq.name].track
+        results.write_sequence_result(run_dir / 'results' / 'fused', seq.name, track.boxes, track.times)
+    t = stage('node_replay_s', t)
+
+    # 3. ablations without DDS
+    say('ablations: the same model without DDS, one modality blanked')
+    ablations = run_ablations(sequences, bags, run_dir, tracker, show_progress=not args.quiet)
+    t = stage('ablations_s', t)
+
+    # 4. scores, plots
+    tracks = {'fused': {n: r.track for n, r in replays.items()}, **ablations}
+    ground_truth = {s.name: GroundTruth(gt[s.name]) for s in sequences}
+    scores, conditions, fps = {}, {}, {}
+    for run_name in RUNS:
+        boxes = read_result_files(run_dir / 'results' / run_name, sequences)
+        scores[run_name] = metrics.evaluate(BENCHMARK, boxes, ground_truth)
+        conditions[run_name] = condition_scores(boxes, sequences, gt)
+        times = {n: tr.times for n, tr in tracks[run_name].items()}
+        if run_name == 'fused':   # throughput of the node pipeline: answered pairs per second of replay
+            duration = sum((r.output_log_ns[-1] - r.output_log_ns[0]) / 1e9 for r in replays.values()
+                           if len(r.output_log_ns) > 1)
+            answered = sum(max(0, len(r.output_log_ns) - 1) for r in replays.values())
+            fps[run_name] = answered / duration if duration > 0 else float('nan')
+        else:
+            measured = np.concatenate([tt[1:] for tt in times.values()])
+            fps[run_name] = len(measured) / measured.sum() if measured.sum() > 0 else float('nan')
+        report.write_report(run_dir / 'reports' / run_name, scores[run_name], RUN_LABELS[run_name], times)
+    labelled = {RUN_LABELS[r]: scores[r] for r in RUNS}
+    plots = {}
+    for metric, file in (('PR', 'precision.png'), ('SR', 'success.png'), ('NPR', 'normalized_precision.png')):
+        plots[metric] = report.plot_curves(labelled, metric, run_dir / file,
+                                           title=f'{metric}: {len(sequences)} synthetic RGB-T sequences')
+    fused_wins = {metric: all(scores['fused'].metrics[metric] > scores[r].metrics[metric]
+                              for r in ('rgb_only', 'thermal_only')) for metric in ('PR', 'NPR', 'SR')}
+    t = stage('scoring_s', t)
+
+    # 5. video
+    video, codec, video_frames, previews = write_video(sequences, bags, tracks['fused'], gt, run_dir / 'tracking',
+                                                       args.fps)
+    preview_path = None
+    if previews:
+        import cv2
+        preview_path = run_dir / 'preview.png'
+        stacked = np.concatenate([previews[k] for k in ('rgb_fails', 'thermal_fails') if k in previews], axis=0)
+        cv2.imwrite(str(preview_path), cv2.cvtColor(stacked, cv2.COLOR_RGB2BGR))
+    t = stage('video_s', t)
+
+    # 6. performance
+    all_e2e = np.concatenate([r.end_to_end_s for r in replays.values()])
+    all_node = np.concatenate([r.node_latency_s for r in replays.values()])
+    sent = sum(r.stats['sent'] for r in replays.values())
+    # frame 0 of each sequence is the initialisation through ~/set_target, not a tracked pair
+    tracked_pairs = sent - len(replays)
+    dropped = sum(int((~r.track.answered[1:]).sum()) for r in replays.values())
+    perf_metrics = report.performance_metrics(all_e2e, [], frames_sent=tracked_pairs, frames_dropped=dropped)
+    perf_metrics['BasicPerformanceMetrics.MEAN_FRAME_RATE'] = fps['fused']
+    for q in (50, 95, 99):
+        if len(all_node):
+            perf_metrics[f'NodeLatency.P{q}_LATENCY'] = float(np.percentile(all_node, q) * 1e3)
+    if len(all_node):
+        perf_metrics['NodeLatency.MEAN_LATENCY'] = float(all_node.mean() * 1e3)
+        perf_metrics['NodeLatency.MAX_LATENCY'] = float(all_node.max() * 1e3)
+    if node_info.get('node_cpu_percent_of_one_core') is not None:
+        perf_metrics['ResourceMetrics.NODE_PROCESS_CPU_PERCENT_OF_ONE_CORE'] = node_info['node_cpu_percent_of_one_core']
+    config = {'mode': 'lockstep' if args.rate is None else f'realtime x{args.rate:g}', 'model_config': args.config,
+              'checkpoint': str(checkpoint_file or args.checkpoint), 'device': args.device,
+              'torch_threads': args.threads, 'sequences': [s.name for s in sequences], 'frames': args.frames,
+              'size': list(args.size), 'bag_fps': args.fps, 'node_bring_up_s': node_info.get('bring_up_s'),
+              'latency_note': 'BasicPerformanceMetrics latencies: publication stamp to receipt of the node\'s '
+                              'TrackedTarget in the player (DDS both ways + conversion + tracking); NodeLatency: the '
+                              'node\'s own stamp-to-publish latency field'}
+    perf = report.performance_report(perf_metrics, config=config, name='ckd_ros demo: tracker node over DDS')
+    perf['sequences'] = {n: report.performance_metrics(r.end_to_end_s, r.output_log_ns, r.stamps_ns,
+                                                       frames_sent=r.stats['sent'] - 1,
+                                                       frames_dropped=int((~r.track.answered[1:]).sum()))
+                         for n, r in replays.items()}
+    perf['offline_ablations'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]} for run_name in ('rgb_only', 'thermal_only')}
+    (run_dir / 'performance.json').write_text(report.to_json(perf))
+    stage('performance_s', t)
+    timings['total_s'] = time.monotonic() - started
+
+    # 7. tables
+    text_table = metrics_table(scores, conditions, fps, markdown=False)
+    md_table = metrics_table(scores, conditions, fps, markdown=True)
+    verdict = ('fused beats both single-modality runs on PR, NPR and SR' if all(fused_wins.values()) else
+               'fused does NOT beat both single-modality runs on ' +
+               ', '.join(m for m, won in fused_wins.items() if not won) +
+               (' (untrained recipe weights: expected)' if checkpoint_file is None else ''))
+    perf_line = (f"node: {fps['fused']:.1f} pairs/s, end-to-end latency p50 "
+                 f"{perf_metrics.get('BasicPerformanceMetrics.P50_LATENCY', float('nan')):.1f} ms, p95 "
+                 f"{perf_metrics.get('BasicPerformanceMetrics.P95_LATENCY', float('nan')):.1f} ms, "
+                 f"{dropped} of {tracked_pairs} pairs dropped")
+    summary = {
+        'run_dir': str(run_dir), 'verdict': verdict, 'fused_beats_ablations': fused_wins,
+        'metrics': {r: {**{k: 100 * v for k, v in scores[r].metrics.items()}, 'frames': scores[r].num_frames,
+                        'fps': fps[r], 'conditions': conditions[r]} for r in RUNS},
+        'frames_replayed': sent, 'frames_answered': int(sum(r.track.answered.sum() for r in replays.values())),
+        'frames_dropped': dropped, 'video': str(video), 'video_codec': codec, 'video_frames': video_frames,
+        'timings_s': timings, 'node_exit_code': node_info.get('node_exit_code'), 'config': config,
+    }
+    (run_dir / 'metrics.json').write_text(report.to_json(summary))
+    seeds = ', '.join(f'{s.name} (seed {s.seed})' for s in sequences)
+    md = [f'# CKD tracker demo ({time.strftime("%Y-%m-%d %H:%M")})', '',
+          f'Model `{args.config}`, weights `{checkpoint_file or args.checkpoint}`, device {args.device}, '
+          f'{args.threads} torch thread(s); {len(sequences)} synthetic sequences x {args.frames} frames at '
+          f'{args.size[0]}x{args.size[1]}: {seeds}. Replay: {config["mode"]}.', '',
+          md_table, f'Percent. PR: centre error <= 20 px; NPR: normalised centre error <= 0.2; SR: success AUC; '
+          'SR50: IoU > 0.5. "rgb-fail": frames where the RGB image does not show the target (night, glare); '
+          '"th-fail": frames where the thermal image does not (crossover, low contrast). fps: fused = pairs per '
+          'second through the node over DDS (lock-step round trip); ablations = ROS-free tracker.', '',
+          f'**{verdict}.**', '', perf_line + '.', '',
+          'Stage timings (s): ' + ', '.join(f'{k[:-2]} {v:.1f}' for k, v in timings.items()), '']
+    (run_dir / 'metrics.md').write_text('\n'.join(md))
+
+    say('')
+    say(text_table)
+    say(verdict)
+    say(perf_line)
+    say(f"took {timings['total_s']:.0f} s (" + ', '.join(f'{k[:-2]} {v:.0f}' for k, v in timings.items()
+                                                         if k != 'total_s') + ')')
+    say('')
+    say(f'outputs in {run_dir} ({args.output_dir / "latest"} links the newest run):')
+    for label, path in (('metrics table', run_dir / 'metrics.md'), ('precision plot', plots['PR']),
+                        ('success plot', plots['SR']), ('video', video), ('preview frame', preview_path),
+                        ('performance', run_dir / 'performance.json'), ('input bags', run_dir / 'bags'),
+                        ('node outputs', run_dir / 'node_output'), ('node log', run_dir / 'node.log')):
+        if path is not None:
+            say(f'  {label:<15} {path}')
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        print(f'demo: error: --fps must be a positive number, got {args.fps}', file=sys.stderr)
+        return 2
+    # files are handed to the node process as absolute paths (its working folder need not be ours)
+    for name in ('config', 'checkpoint'):
+        value = getattr(args, name)
+        if value and Path(value).is_file():
+            setattr(args, name, str(Path(value).resolve()))
+    try:
+        return run(args)
+    except DemoError as exc:
+        print(f'demo: error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('demo: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
