@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ckd_ros.core.api import resolve_device
 from ckd_ros.core.synthetic import SyntheticScene
 
 from .checkpoints import load_training_checkpoint, save_training_checkpoint
@@ -131,12 +132,9 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def resolve_training_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    """The core's device resolution; under torchrun a bare "cuda" means this process's GPU."""
+    device = resolve_device(requested)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -262,6 +260,17 @@ def train(options: TrainOptions) -> TrainResult:
     total_epochs = cfg.TRAIN.EPOCH
     if batch_size < 1 or total_epochs < 1:
         raise ValueError(f"TRAIN.BATCH_SIZE and TRAIN.EPOCH must be >= 1, got {batch_size} and {total_epochs}")
+    model: CKDTrainingNet = build_training_model(cfg)
+    start_epoch = 1
+    history: list[dict[str, Any]] = []
+    resume_state = None
+    if options.resume is not None:
+        resume_state = load_training_checkpoint(options.resume)
+        model.load_state_dict(resume_state["net"], strict=True)
+        start_epoch = int(resume_state["epoch"]) + 1
+        history = list((resume_state.get("settings") or {}).get("history", []))
+    else:
+        initialise_from_config(model, cfg, log=print if dist_info.is_main else None)
     train_set = build_dataset(tc, "train", options.data_roots, options.seed)
     steps_per_epoch = len(train_set) // (batch_size * dist_info.world_size)
     if steps_per_epoch < 1:
@@ -275,17 +284,6 @@ def train(options: TrainOptions) -> TrainResult:
             if dist_info.is_main:
                 print(f"[ckd-train] validation disabled: {exc}")
 
-    model: CKDTrainingNet = build_training_model(cfg)
-    start_epoch = 1
-    history: list[dict[str, Any]] = []
-    resume_state = None
-    if options.resume is not None:
-        resume_state = load_training_checkpoint(options.resume)
-        model.load_state_dict(resume_state["net"], strict=True)
-        start_epoch = int(resume_state["epoch"]) + 1
-        history = list((resume_state.get("settings") or {}).get("history", []))
-    else:
-        initialise_from_config(model, cfg, log=print if dist_info.is_main else None)
     model.to(device)
     if options.sync_batchnorm:
         if device.type != "cuda":
