@@ -98,7 +98,10 @@ def test_node_loads_the_parameter_file_and_a_bad_value_fails_configure_until_fix
     overlay.write_text(yaml.safe_dump({'/**': {'ros__parameters': {
         'thermal': {'gain': 'minmax', 'range_smoothing': 0.5}, 'sync': {'slop': -1.0}}}}))
     namespace, fqn = '/params', '/params/ckd_tracker'
-    node = spawn_process(node_command(namespace, params=micro_model_params(), params_files=(CONFIG_FILE, overlay)))
+    # The file's model (ckd_tiny), with untrained weights: the test is about parameters.
+    params = micro_model_params()
+    del params['model_config']
+    node = spawn_process(node_command(namespace, params=params, params_files=(CONFIG_FILE, overlay)))
     out = OutputDrain(node)
     client = RosTestClient(rclpy_context)
     try:
@@ -112,7 +115,7 @@ def test_node_loads_the_parameter_file_and_a_bad_value_fails_configure_until_fix
         assert values['thermal.percentile_high'].double_value == 99.0       # from the shipped file
         assert values['sync.queue_size'].integer_value == 10
         assert list(values['initial_box'].double_array_value) == [0.0, 0.0, 0.0, 0.0]
-        assert values['model_config'].string_value.endswith('node_micro_config.yaml')
+        assert values['model_config'].string_value == 'ckd_tiny'
 
         assert not client.change_state(fqn, 'configure', out)
         assert client.get_state(fqn) == 'unconfigured'

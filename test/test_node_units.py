@@ -1,5 +1,5 @@
-"""Pieces of the node layer on their own: message conversions, target-box checks, statistics, the
-diagnostics layout without diagnostic_updater, and the debug view."""
+"""Pieces of the node layer on their own: message conversions, target-box checks, statistics, and the
+diagnostics layout without diagnostic_updater."""
 import math
 
 import numpy as np
@@ -165,18 +165,3 @@ def test_fallback_updater_publishes_the_diagnostic_updater_layout(rclpy_context)
         executor.shutdown()
         node.destroy_node()
         listener.destroy_node()
-
-
-def test_debug_image_puts_rgb_and_thermal_side_by_side_with_the_box_on_both():
-    from ckd_ros.ros.debug_image import LOST_COLOUR, TRACKING_COLOUR, compose_debug_image
-
-    rgb = np.zeros((60, 80, 3), np.uint8)
-    thermal = np.full((30, 40, 3), 100, np.uint8)       # other size: resized to the RGB frame
-    canvas = compose_debug_image(rgb, thermal, (10, 12, 20, 16), 0.75, lost=False)
-    assert canvas.shape == (60, 160, 3) and canvas.dtype == np.uint8
-    assert tuple(canvas[20, 10]) == TRACKING_COLOUR and tuple(canvas[20, 90]) == TRACKING_COLOUR
-    assert tuple(canvas[50, 150]) == (100, 100, 100)
-    lost = compose_debug_image(rgb, np.zeros_like(rgb), (10, 12, 20, 16), 0.1, lost=True)
-    assert tuple(lost[20, 10]) == LOST_COLOUR
-    empty = compose_debug_image(rgb, np.zeros_like(rgb), None, 0.0, lost=False)
-    assert not empty.any()

@@ -2,5 +2,5 @@
 
 ``node`` (the node and ``main``), ``params`` (parameter table and validation), ``conversions``
 (messages <-> arrays), ``synchronizer`` (paired image subscriptions), ``diagnostics`` (statistics and
-/diagnostics), ``debug_image`` (the annotated view).  ``bag_play`` belongs to the evaluation tools.
+/diagnostics); the debug view is drawn by ``ckd_ros.core.visualize``.  ``bag_play`` belongs to the evaluation tools.
 """

@@ -23,6 +23,7 @@ diagnostic, and the node keeps running.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import sys
@@ -43,10 +44,10 @@ from std_srvs.srv import Trigger
 from ckd_ros.core.image import (ImageConversionError, ThermalFrame, ThermalRegistration, rgb_image_to_rgb8,
                                 thermal_image_to_rgb8)
 from ckd_ros.core.pairing import LatestSlot, RecentPairs
+from ckd_ros.core.visualize import compose_debug_image
 from ckd_ros.msg import TrackedTarget, TrackerStatus
 from ckd_ros.ros.conversions import (DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg, check_target_box,
                                      detections_msg, finite_or, image_msg_to_array, polygon_to_box, stamp_to_ns)
-from ckd_ros.ros.debug_image import compose_debug_image
 from ckd_ros.ros.diagnostics import (ERROR, OK, UPDATER_BACKEND, WARN, IssueBoard, RateMeter, SampleWindow,
                                      create_updater)
 from ckd_ros.ros.params import (ParameterError, TrackerNodeParameters, declare_parameters, node_parameter_getter,
@@ -64,6 +65,19 @@ OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, histor
                         durability=DurabilityPolicy.VOLATILE)
 DEBUG_IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                              durability=DurabilityPolicy.VOLATILE)
+
+
+def _logged_transition(callback):
+    """rclpy turns an exception in a transition callback into ERROR without a word: log it first."""
+    @functools.wraps(callback)
+    def wrapper(self, state):
+        try:
+            return callback(self, state)
+        except Exception:
+            self.get_logger().error(f'{callback.__name__} raised:\n{traceback.format_exc()}')
+            self._issues.report('lifecycle', ERROR, f'{callback.__name__} raised: {sys.exc_info()[1]}')
+            return TransitionCallbackReturn.ERROR
+    return wrapper
 
 
 @dataclass
@@ -106,6 +120,7 @@ class CkdTrackerNode(LifecycleNode):
         self._pair_dt_abs_sum = 0.0
         self._pairs_seen = 0
         self._frames_rejected = 0
+        self._frames_unmatched_at_stop = 0
 
         # Created at configure / activate.
         self._target_pub = self._detections_pub = self._debug_pub = None
@@ -131,6 +146,7 @@ class CkdTrackerNode(LifecycleNode):
             self.get_logger().info('vision_msgs is not installed: ~/detections is not published')
 
     # ------------------------------------------------------------------ lifecycle
+    @_logged_transition
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             params = read_parameters(node_parameter_getter(self))
@@ -166,6 +182,7 @@ class CkdTrackerNode(LifecycleNode):
         self.get_logger().info(f"configured: model '{params.model_config}' on {self._device}")
         return TransitionCallbackReturn.SUCCESS
 
+    @_logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         params = self._params
         if self._tracker is None:
@@ -194,6 +211,7 @@ class CkdTrackerNode(LifecycleNode):
             f'(QoS {params.input_reliability}, depth {params.input_depth}; slop {params.sync_slop} s)')
         return super().on_activate(state)
 
+    @_logged_transition
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         self._drop_target()
@@ -202,6 +220,7 @@ class CkdTrackerNode(LifecycleNode):
         self.get_logger().info('inactive: subscriptions destroyed, target dropped')
         return super().on_deactivate(state)
 
+    @_logged_transition
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release_outputs()
         self._release_model()
@@ -209,6 +228,7 @@ class CkdTrackerNode(LifecycleNode):
         self.get_logger().info('unconfigured: model released')
         return TransitionCallbackReturn.SUCCESS
 
+    @_logged_transition
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.release_everything()
         self._finalized = True
@@ -425,6 +445,7 @@ class CkdTrackerNode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         if self._inputs is not None:
+            self._frames_unmatched_at_stop = self._inputs.frames_unmatched
             self._inputs.destroy()
             self._inputs = None
         if self._init_box_sub is not None:
@@ -540,6 +561,7 @@ class CkdTrackerNode(LifecycleNode):
         self._latency.clear()
         self._pair_dt_window.clear()
         self._pair_dt_abs_sum, self._pairs_seen, self._frames_rejected = 0.0, 0, 0
+        self._frames_unmatched_at_stop = 0
 
     def statistics(self) -> dict:
         inputs, slot = self._inputs, self._slot
@@ -550,7 +572,7 @@ class CkdTrackerNode(LifecycleNode):
             'latency': latency,
             'pairs_made': inputs.pairs_made if inputs is not None else self._pairs_seen,
             'pairs_dropped': slot.dropped if slot is not None else 0,
-            'frames_unmatched': inputs.frames_unmatched if inputs is not None else 0,
+            'frames_unmatched': inputs.frames_unmatched if inputs is not None else self._frames_unmatched_at_stop,
             'frames_rejected': self._frames_rejected,
             'pair_dt_mean_abs': self._pair_dt_abs_sum / self._pairs_seen if self._pairs_seen else 0.0,
             'pair_dt_max_abs': self._pair_dt_window.summary()['max'],
