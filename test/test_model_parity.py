@@ -36,7 +36,7 @@ FINGERPRINTS = {
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 

@@ -14,12 +14,12 @@ Public pieces (also for the training code in ``ckd_train/``):
 """
 from .ckd import CKDNet, build_branch, build_ckd_model, build_head
 from .elimination import (BranchRunResult, rank_search_tokens, run_branches, search_token_scores,
-                          template_center_mask)
+                          template_center_mask, template_rows)
 from .head import CenterHead, decode_center_boxes
 from .vit import Block, VisionTransformerCE, drop_path
 
 __all__ = [
     "Block", "BranchRunResult", "CKDNet", "CenterHead", "VisionTransformerCE", "build_branch", "build_ckd_model",
     "build_head", "decode_center_boxes", "drop_path", "rank_search_tokens", "run_branches", "search_token_scores",
-    "template_center_mask",
+    "template_center_mask", "template_rows",
 ]

@@ -12,7 +12,7 @@ numbers are those of running each branch alone, plus the shared token selection:
 
 Scoring (OSTrack ``candidate_elimination``): the probabilities of the template query rows over the
 search keys, restricted to the rows of ``template_mask`` (CTR_POINT: only template token 27), are
-averaged over those rows, then over heads; search tokens are sorted descending (``torch.sort``) and
+averaged over those rows, then over heads (only those rows are computed); search tokens are sorted descending (``torch.sort``) and
 the first ``ceil(keep_ratio * L_s)`` are kept, in that order.  The selection happens after the
 block's attention residual and before its MLP.  After the final LayerNorm the kept tokens go back to
 their original positions and removed positions become exact zeros.
@@ -51,19 +51,25 @@ def template_center_mask(mode: str, template_feat_size: int, batch: int,
     return mask.flatten(1)
 
 
-def search_token_scores(template_probs: torch.Tensor, template_mask: torch.Tensor | None) -> torch.Tensor:
-    """(B, heads, Lt, Ls) template-row attention probabilities -> (B, Ls) scores (OSTrack order of means)."""
-    batch, heads, lens_t, lens_s = template_probs.shape
+def template_rows(template_mask: torch.Tensor | None, batch: int, lens_t: int) -> torch.Tensor | None:
+    """The template query rows a CE score averages: (B, r) ascending indices of ``template_mask``
+    (bool (B, Lt), the same number r >= 1 of rows in every sample, as the official ``view`` needs),
+    or None for all template rows."""
     if template_mask is None:
-        return template_probs.mean(dim=2).mean(dim=1)
+        return None
     if template_mask.shape != (batch, lens_t) or template_mask.dtype != torch.bool:
         raise ValueError(f"template_mask must be bool ({batch}, {lens_t}), got {template_mask.dtype} "
                          f"{tuple(template_mask.shape)}")
     rows_per_sample = template_mask.sum(dim=1)
     if bool((rows_per_sample != rows_per_sample[0]).any()) or int(rows_per_sample[0]) == 0:
         raise ValueError("template_mask must select the same, non-zero number of template tokens in every sample")
-    selected = template_probs[template_mask[:, None, :, None].expand(-1, heads, -1, lens_s)]
-    return selected.view(batch, heads, -1, lens_s).mean(dim=2).mean(dim=1)
+    return template_mask.nonzero()[:, 1].view(batch, -1)
+
+
+def search_token_scores(template_probs: torch.Tensor) -> torch.Tensor:
+    """(B, heads, rows, Ls) probabilities of the chosen template query rows over the search keys ->
+    (B, Ls) scores: mean over the rows, then over heads (OSTrack order)."""
+    return template_probs.mean(dim=2).mean(dim=1)
 
 
 def rank_search_tokens(scores: torch.Tensor, keep_count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +119,8 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
         ce_mode: ``"off"``, ``"ce"`` (per branch) or ``"mce"`` (shared max-attention selection);
             elimination happens at the branches' ``ce_loc`` blocks.
         template_mask: bool (B, Lt) template rows used for scoring (CTR_POINT etc.); None = all rows.
+            Only those rows' attention probabilities are formed (softmax is per row, so the scores
+            equal the official ones taken from the full matrix).
         keep_ratio: overrides every CE block's ratio (training's ``ce_keep_rate``); None uses the
             blocks' own ratios; a ratio whose kept count equals the token count removes nothing.
         search_token_keep: (B, Ls) multiplier on the search patch embeddings before the positional
@@ -147,8 +155,7 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
     lens_s_full = first.num_search_tokens
     xs = [b.embed(z, x, k) for b, z, x, k in zip(branches, templates, searches, keeps)]
     batch, device = xs[0].shape[0], xs[0].device
-    if template_mask is not None and template_mask.shape != (batch, lens_t):
-        raise ValueError(f"template_mask must be ({batch}, {lens_t}), got {tuple(template_mask.shape)}")
+    rows = template_rows(template_mask, batch, lens_t)
     base_index = torch.arange(lens_s_full, device=device).unsqueeze(0).expand(batch, -1)
     global_index = [base_index] * n
     removed: list[list[torch.Tensor]] = [[] for _ in range(n)]
@@ -163,17 +170,17 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
         eliminate = keep_count < lens_s
         probs: list[torch.Tensor | None] = []
         for i, branch in enumerate(branches):
-            xs[i], p = branch.blocks[block_index].attention_residual(xs[i], lens_t if eliminate else None)
+            xs[i], p = branch.blocks[block_index].attention_residual(xs[i], lens_t if eliminate else None, rows)
             probs.append(p)
         if eliminate:
             if ce_mode == "mce":
                 joint = probs[chooser[0]]
                 for i in chooser[1:]:
                     joint = torch.maximum(joint, probs[i])
-                shared = rank_search_tokens(search_token_scores(joint, template_mask), keep_count)
+                shared = rank_search_tokens(search_token_scores(joint), keep_count)
                 selections = [shared] * n
             else:
-                selections = [rank_search_tokens(search_token_scores(p, template_mask), keep_count) for p in probs]
+                selections = [rank_search_tokens(search_token_scores(p), keep_count) for p in probs]
             for i, (keep_idx, drop_idx) in enumerate(selections):
                 removed[i].append(global_index[i].gather(1, drop_idx))
                 global_index[i] = global_index[i].gather(1, keep_idx)

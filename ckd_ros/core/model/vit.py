@@ -84,13 +84,15 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, template_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention output (B, N, C) and, if ``template_len`` is given, the softmax probabilities
-        of the template query rows over the search keys, (B, heads, template_len, N - template_len).
+    def forward(self, x: torch.Tensor, template_len: int | None = None, template_rows: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention output (B, N, C) and, if ``template_len`` is given, the softmax probabilities of
+        template query rows over the search keys, (B, heads, rows, N - template_len): the rows
+        ``template_rows`` (B, r) indices, or all ``template_len`` template rows when None.
 
         The output uses ``scaled_dot_product_attention`` (no full probability matrix); candidate
-        elimination only ever reads the template-query rows of the probabilities, so only those rows
-        are formed explicitly, as ``softmax(q k^T * scale)`` like the official code.
+        elimination only reads template-query rows of the probabilities, so only those rows are
+        formed explicitly, as ``softmax(q k^T * scale)`` like the official code (softmax is per row).
         """
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -99,7 +101,12 @@ class Attention(nn.Module):
         out = self.proj(out.transpose(1, 2).reshape(B, N, C))
         if template_len is None:
             return out, None
-        logits = (q[:, :, :template_len] @ k.transpose(-2, -1)) * self.scale
+        if template_rows is None:
+            q_rows = q[:, :, :template_len]
+        else:
+            index = template_rows[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
+            q_rows = q.gather(2, index)
+        logits = (q_rows @ k.transpose(-2, -1)) * self.scale
         return out, logits.softmax(dim=-1)[..., template_len:]
 
 
@@ -114,10 +121,10 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def attention_residual(self, x: torch.Tensor, template_len: int | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def attention_residual(self, x: torch.Tensor, template_len: int | None = None,
+                           template_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x + Attn(LN1(x))`` and the template-row probabilities (see :meth:`Attention.forward`)."""
-        out, probs = self.attn(self.norm1(x), template_len)
+        out, probs = self.attn(self.norm1(x), template_len, template_rows)
         return x + self.drop_path(out), probs
 
     def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
