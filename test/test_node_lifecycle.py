@@ -72,7 +72,7 @@ def test_repeated_lifecycle_cycles_leak_nothing_and_requests_are_refused_with_re
 def test_shutdown_from_every_state_and_on_signals(rclpy_context, spawn_process):
     client = RosTestClient(rclpy_context)
     try:
-        # Four nodes at once (the machine has few cores; their model loads overlap).
+        # Four nodes at once; only two load a model (torch is imported at configure).
         nodes = {}
         for namespace, extra in (('/sd_unconfigured', {}), ('/sd_inactive', {'unload_on_deactivate': True}),
                                  ('/sd_sigint', {}), ('/sd_sigterm', {})):
@@ -92,14 +92,17 @@ def test_shutdown_from_every_state_and_on_signals(rclpy_context, spawn_process):
         assert client.change_state(fqn, 'inactive_shutdown', out)
         assert proc.wait(timeout=20) == 0
 
-        for namespace, signal_number in (('/sd_sigint', signal.SIGINT), ('/sd_sigterm', signal.SIGTERM)):
-            fqn = f'{namespace}/ckd_tracker'
-            proc, out = nodes[namespace]
-            assert client.change_state(fqn, 'configure', out) and client.change_state(fqn, 'activate', out)
+        # Ctrl-C on an active node (subscriptions, worker thread, model), SIGTERM on an idle one.
+        proc, out = nodes['/sd_sigint']
+        assert client.change_state('/sd_sigint/ckd_tracker', 'configure', out)
+        assert client.change_state('/sd_sigint/ckd_tracker', 'activate', out)
+        proc_term, out_term = nodes['/sd_sigterm']
+        assert client.get_state('/sd_sigterm/ckd_tracker', out_term) == 'unconfigured'
+        for proc, out, signal_number in ((proc, out, signal.SIGINT), (proc_term, out_term, signal.SIGTERM)):
             started = time.monotonic()
             proc.send_signal(signal_number)
             assert proc.wait(timeout=20) == 0, out.text()[-3000:]
-            assert time.monotonic() - started < 10.0, 'an active node stops promptly on a signal'
+            assert time.monotonic() - started < 10.0, 'the node stops promptly on a signal'
         for proc, out in nodes.values():
             assert 'Traceback' not in out.text(), out.text()[-3000:]
     finally:
