@@ -151,9 +151,10 @@ def plan_sequences(count: int, frames: int, size: tuple[int, int], first_seed: i
                 planned.append(DemoSequence(f'{index:02d}_{scenario.name}', seed, scenario, scene))
                 break
         else:
-            raise DemoError(f'no seed in {start}..{start + SEED_SEARCH_LIMIT - 1} gives a {frames}-frame '
-                            f"'{scenario.name}' scene with its failure segments (each needs >= {need} frames); "
-                            'use more frames per sequence (--frames 60 or more)')
+            raise DemoError(f'no seed in {start}..{start + SEED_SEARCH_LIMIT - 1} outside the training seeds '
+                            f"gives a {frames}-frame '{scenario.name}' scene with its failure segments (each needs "
+                            f'>= {need} frames); use more frames per sequence (--frames 60 or more) or another '
+                            '--first-seed')
     return planned
 
 
@@ -380,23 +381,48 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def check_graph_is_free(client_node, executor, fqn: str, topics: list[str], wait_s: float = 1.5) -> None:
+class RosSession:
+    """This process's ROS side: a context of its own, a client node and an executor. Created before the
+    bags are written, so that DDS discovery of whatever else runs on the domain overlaps with that work."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('ckd_demo', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.created = time.monotonic()
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def check_graph_is_free(session: RosSession, fqn: str, topics: list[str], discovery_s: float = 3.0) -> None:
     """Refuse to start when this ROS domain already has a node called ``fqn`` or publishers on the
-    replay topics (another demo or a camera would mix its frames into ours)."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:   # give discovery a moment
-        executor.spin_once(timeout_sec=0.05)
-    names = {(ns.rstrip('/') + '/' + name) for name, ns in client_node.get_node_names_and_namespaces()}
+    replay topics (another demo or a camera would mix its frames into ours). Looks until
+    ``discovery_s`` after the session was created (discovery of other processes takes ~1 s here,
+    more on a loaded machine)."""
     domain = os.environ.get('ROS_DOMAIN_ID', '0')
-    if fqn in names:
-        raise DemoError(f'a node {fqn} is already running on ROS_DOMAIN_ID={domain} (another demo?); stop it or '
-                        'run with another ROS_DOMAIN_ID (e.g. `ROS_DOMAIN_ID=17 make demo`)')
-    for topic in topics:
-        publishers = client_node.get_publishers_info_by_topic(topic)
-        if publishers:
-            owners = ', '.join(sorted({f'{p.node_namespace.rstrip("/")}/{p.node_name}' for p in publishers}))
-            raise DemoError(f'{topic} already has publishers on ROS_DOMAIN_ID={domain} ({owners}); their frames '
-                            'would mix with the replay: stop them or run with another ROS_DOMAIN_ID')
+    while True:
+        names = {(ns.rstrip('/') + '/' + name) for name, ns in session.node.get_node_names_and_namespaces()}
+        if fqn in names:
+            raise DemoError(f'a node {fqn} is already running on ROS_DOMAIN_ID={domain} (another demo?); stop it '
+                            'or run with another ROS_DOMAIN_ID (e.g. `ROS_DOMAIN_ID=17 make demo`)')
+        for topic in topics:
+            publishers = session.node.get_publishers_info_by_topic(topic)
+            if publishers:
+                owners = ', '.join(sorted({f'{p.node_namespace.rstrip("/")}/{p.node_name}' for p in publishers}))
+                raise DemoError(f'{topic} already has publishers on ROS_DOMAIN_ID={domain} (nodes: {owners}); '
+                                'their frames would mix with the replay: stop them or run with another '
+                                'ROS_DOMAIN_ID (e.g. `ROS_DOMAIN_ID=17 make demo`)')
+        if time.monotonic() >= session.created + discovery_s:
+            return
+        session.executor.spin_once(timeout_sec=0.1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,19 +474,12 @@ def node_track_from_bag(out_bag: Path, target_topic: str, gt_boxes: np.ndarray, 
                       (log_ns - targets.stamps_ns[answered_rows]) / 1e9, targets.latencies[answered_rows], stats)
 
 
-def replay_through_node(sequences: list[DemoSequence], bags: dict[str, Path], run_dir: Path, args,
-                        gt: dict[str, np.ndarray], say: Callable[[str], None]) -> tuple[dict[str, NodeReplay], dict]:
+def replay_through_node(session: RosSession, sequences: list[DemoSequence], bags: dict[str, Path], run_dir: Path,
+                        args, gt: dict[str, np.ndarray],
+                        say: Callable[[str], None]) -> tuple[dict[str, NodeReplay], dict]:
     """Start the node, bring it up, replay every bag (target set on frame 0), shut it down."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
     from ckd_ros.ros import bag_play
 
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    client_node = rclpy.create_node('ckd_demo', context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(client_node)
     topics = bagio.DEFAULT_TOPICS
     lockstep = args.rate is None
     params = {'model_config': args.config, 'checkpoint': args.checkpoint, 'device': args.device,
@@ -470,11 +489,11 @@ def replay_through_node(sequences: list[DemoSequence], bags: dict[str, Path], ru
               'input.reliability': 'reliable' if lockstep else 'best_effort'}
     node = TrackerNodeProcess(args.namespace, 'ckd_tracker', params,
                               {'rgb/image': topics.rgb, 'thermal/image': topics.thermal},
-                              run_dir / 'node.log', client_node, executor)
+                              run_dir / 'node.log', session.node, session.executor)
     replays: dict[str, NodeReplay] = {}
     info = {}
     try:
-        check_graph_is_free(client_node, executor, node.fqn, [topics.rgb, topics.thermal])
+        check_graph_is_free(session, node.fqn, [topics.rgb, topics.thermal])
         say(f'starting the tracker node {node.fqn} (log: {node.log_path})')
         tic = time.monotonic()
         node.start()
@@ -488,7 +507,7 @@ def replay_through_node(sequences: list[DemoSequence], bags: dict[str, Path], ru
             tic = time.monotonic()
             try:
                 stats = bag_play.play(bags[seq.name], out_bag, node=node.fqn, mode=mode,
-                                      rate=args.rate or 1.0, timeout=args.timeout, context=context,
+                                      rate=args.rate or 1.0, timeout=args.timeout, context=session.context,
                                       log=lambda text: say(f'  {text}'))
             except bag_play.PlaybackError as exc:
                 node.check_alive()
@@ -503,9 +522,6 @@ def replay_through_node(sequences: list[DemoSequence], bags: dict[str, Path], ru
     finally:
         code = node.shut_down()
         info['node_exit_code'] = code
-        executor.shutdown(timeout_sec=1.0)
-        client_node.destroy_node()
-        rclpy.try_shutdown(context=context)
     if code not in (0, None):
         say(f'note: the node exited with code {code} (see {node.log_path})')
     return replays, info
@@ -773,6 +789,26 @@ def resolve_checkpoint_file(config: str, checkpoint: str) -> Path | None:
     return path
 
 
+def write_bags(args, run_dir: Path, excluded: list[tuple[int, int]], say) -> tuple[list[DemoSequence], dict, dict]:
+    """The demo scenes as MCAP bags under ``bags/`` and their manifest ``sequences.json``; returns the
+    sequences, their bag paths and their ground truth as stored in the bags."""
+    sequences = plan_sequences(args.sequences, args.frames, args.size, args.first_seed, excluded)
+    bags = {}
+    for seq in sequences:
+        bags[seq.name] = run_dir / 'bags' / seq.name
+        bagio.write_sequence_bag(SceneAsSequence(seq.scene, seq.name), bags[seq.name], fps=args.fps)
+        failures = ', '.join(f"{s['condition']} {s['first']}-{s['last']}" for s in seq.segments())
+        say(f'bag {bags[seq.name]}: seed {seq.seed}, {len(seq.scene)} frames {args.size[0]}x{args.size[1]}; '
+            f'{failures}')
+    manifest = {'seeds_excluded_by_checkpoint': excluded, 'sequences': [
+        {'name': s.name, 'seed': s.seed, 'scenario': s.scenario.name, 'description': s.scenario.description,
+         'frames': len(s.scene), 'size': list(args.size), 'fps': args.fps, 'bag': str(bags[s.name]),
+         'segments': s.segments()} for s in sequences]}
+    (run_dir / 'sequences.json').write_text(json.dumps(manifest, indent=1) + '\n')
+    gt = {s.name: bagio.read_ground_truth(bags[s.name])[1] for s in sequences}
+    return sequences, bags, gt
+
+
 def run(args) -> int:
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -797,26 +833,18 @@ def run(args) -> int:
     say(f'demo run: {run_dir}  (model {args.config}, weights {checkpoint_file or args.checkpoint}, '
         f'device {args.device}, {args.threads} thread(s))')
 
-    # 1. scenes -> bags
+    # 1. scenes -> bags (while DDS discovers what else runs on this domain)
     t = time.monotonic()
-    sequences = plan_sequences(args.sequences, args.frames, args.size, args.first_seed, excluded)
-    bags = {}
-    for seq in sequences:
-        bags[seq.name] = run_dir / 'bags' / seq.name
-        bagio.write_sequence_bag(SceneAsSequence(seq.scene, seq.name), bags[seq.name], fps=args.fps)
-        failures = ', '.join(f"{s['condition']} {s['first']}-{s['last']}" for s in seq.segments())
-        say(f'bag {bags[seq.name]}: seed {seq.seed}, {len(seq.scene)} frames {args.size[0]}x{args.size[1]}; {failures}')
-    manifest = {'seeds_excluded_by_checkpoint': excluded, 'sequences': [
-        {'name': s.name, 'seed': s.seed, 'scenario': s.scenario.name, 'description': s.scenario.description,
-         'frames': len(s.scene), 'size': list(args.size), 'fps': args.fps, 'bag': str(bags[s.name]),
-         'segments': s.segments()} for s in sequences]}
-    (run_dir / 'sequences.json').write_text(json.dumps(manifest, indent=1) + '\n')
-    gt = {s.name: bagio.read_ground_truth(bags[s.name])[1] for s in sequences}
-    t = stage('generate_bags_s', t)
+    session = RosSession()
+    try:
+        sequences, bags, gt = write_bags(args, run_dir, excluded, say)
+        t = stage('generate_bags_s', t)
 
-    # 2. the node over DDS
-    say(f"replaying into the node ({'lock-step' if args.rate is None else f'real time x{args.rate:g}'})")
-    replays, node_info = replay_through_node(sequences, bags, run_dir, args, gt, say)
+        # 2. the node over DDS
+        say(f"replaying into the node ({'lock-step' if args.rate is None else f'real time x{args.rate:g}'})")
+        replays, node_info = replay_through_node(session, sequences, bags, run_dir, args, gt, say)
+    finally:
+        session.close()
     for seq in sequences:
         track = replays[seq.name].track
         results.write_sequence_result(run_dir / 'results' / 'fused', seq.name, track.boxes, track.times)
