@@ -203,3 +203,18 @@ def test_homography_validation_and_aspect_warning():
     registration = ThermalRegistration('resize')
     assert registration.aspect_warning(256, 320, 512, 640) is None
     assert 'resize distorts' in registration.aspect_warning(512, 640, 360, 640)
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=hnp.arrays(np.uint16, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12)),
+       mode=st.sampled_from(['minmax', 'percentile', 'fixed']),
+       percentiles=st.tuples(st.floats(0, 49), st.floats(51, 100)))
+def test_sixteen_bit_fast_path_equals_the_float_path(raw, mode, percentiles):
+    """uint16 frames use a histogram and a lookup table; the result equals mapping the same values as float."""
+    settings_ = dict(mode=mode, percentile_low=percentiles[0], percentile_high=percentiles[1], fixed_min=100,
+                     fixed_max=30000)
+    fast = ThermalGainControl(**settings_)(raw)
+    reference = ThermalGainControl(**settings_)(raw.astype(np.float32))
+    assert fast.low == pytest.approx(reference.low, rel=1e-6, abs=1e-6)
+    assert fast.high == pytest.approx(reference.high, rel=1e-6, abs=1e-6)
+    np.testing.assert_array_equal(fast.image, reference.image)

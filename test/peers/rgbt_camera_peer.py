@@ -1,8 +1,9 @@
 """A camera-rig process for the node tests: publishes time-stamped RGB + thermal image pairs.
 
 RGB frames at ``--rate`` Hz and a thermal frame with every ``--thermal-every``-th RGB frame (a slower
-thermal camera), both rendered by ``ckd_ros.core.synthetic`` and stamped ``start + k / rate`` plus a
-random jitter of up to ``--jitter-ms`` per stream.  Encodings cycle through ``--rgb-encodings`` and
+thermal camera), both rendered by ``ckd_ros.core.synthetic`` and stamped like a driver does, with the
+time of publication, plus a random jitter of up to ``--jitter-ms`` per stream.  ``--cycle N`` renders
+only the first N frames and repeats them (for long, fast runs: rendering large frames is slow).  Encodings cycle through ``--rgb-encodings`` and
 ``--thermal-encodings`` frame by frame; ``--row-padding`` adds bytes to every row and ``--big-endian``
 writes 16-bit/float data big-endian, as some drivers do.
 
@@ -89,6 +90,7 @@ def main():
     parser.add_argument('--wait-subscribers', type=float, default=60.0,
                         help='wait up to this many seconds for a subscriber on both topics')
     parser.add_argument('--linger', type=float, default=1.0, help='seconds to stay up after the last frame')
+    parser.add_argument('--cycle', type=int, default=0, help='render this many frames and repeat them (0: all)')
     args = parser.parse_args()
 
     rclpy.init()
@@ -97,7 +99,9 @@ def main():
     qos = QoSProfile(depth=5, reliability=reliability, history=HistoryPolicy.KEEP_LAST)
     rgb_pub = node.create_publisher(Image, 'rgb/image', qos)
     thermal_pub = node.create_publisher(Image, 'thermal/image', qos)
-    scene = SyntheticScene(args.seed, length=max(2, args.frames), size=args.size, raw_thermal=True)
+    rendered = min(args.cycle, args.frames) if args.cycle > 0 else args.frames
+    scene = SyntheticScene(args.seed, length=max(2, rendered), size=args.size, raw_thermal=True)
+    frames = [scene.frame_raw(k) for k in range(rendered)] if args.cycle > 0 else None
     rgb_encodings = args.rgb_encodings.split(',')
     thermal_encodings = args.thermal_encodings.split(',')
     rng = np.random.default_rng(args.seed)
@@ -109,13 +113,11 @@ def main():
                                            or thermal_pub.get_subscription_count() == 0):
         rclpy.spin_once(node, timeout_sec=0.05)
 
-    start_ns = node.get_clock().now().nanoseconds
-    period_ns = int(1e9 / args.rate)
     rgb_stamps, thermal_stamps = [], []
     started = time.monotonic()
     for k in range(args.frames):
-        rgb, raw = scene.frame_raw(k)
-        base_ns = start_ns + k * period_ns
+        rgb, raw = frames[k % rendered] if frames is not None else scene.frame_raw(k)
+        base_ns = node.get_clock().now().nanoseconds     # "capture" time, as a driver stamps
         rgb_stamp = base_ns + int(rng.uniform(-args.jitter_ms, args.jitter_ms) * 1e6)
         rgb_encoding = rgb_encodings[k % len(rgb_encodings)]
         rgb_pub.publish(encode(rgb_as(rgb, rgb_encoding), rgb_encoding, args.big_endian, args.row_padding,
