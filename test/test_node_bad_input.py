@@ -25,7 +25,7 @@ def _image(array, encoding, stamp_ns, frame_id='cam'):
 
 def test_bad_frames_and_requests_are_explained_and_the_node_keeps_running(rclpy_context, spawn_process):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from geometry_msgs.msg import Point32, PolygonStamped
+    from geometry_msgs.msg import PolygonStamped
     from sensor_msgs.msg import Image
 
     from ckd_ros.msg import TrackedTarget, TrackerStatus

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from ckd_ros.ros.params import (DIAGNOSTIC_PERIOD_PARAMETER, PARAMETER_SPECS, SPECS_BY_NAME, ParameterError,
+from ckd_ros.ros.params import (DIAGNOSTIC_PERIOD_PARAMETER, PARAMETER_SPECS, ParameterError,
                                 read_parameters)
 
 CONFIG_FILE = REPO_ROOT / 'config' / 'ckd_tracker.yaml'

@@ -75,8 +75,6 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
                   'also publish vision_msgs/Detection2DArray on ~/detections (when vision_msgs is installed)'),
 )
 
-SPECS_BY_NAME = {spec.name: spec for spec in PARAMETER_SPECS}
-
 # diagnostic_updater declares this one itself; the in-package fallback declares the same name.
 DIAGNOSTIC_PERIOD_PARAMETER = 'diagnostic_updater.period'
 
