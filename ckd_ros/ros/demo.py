@@ -357,7 +357,7 @@ class TrackerNodeProcess:
                     request.transition.id = shutdown
                     self._call(ChangeState, f'{self.fqn}/change_state', request, timeout)
                 self.proc.wait(timeout=timeout)
-        except (DemoError, subprocess.TimeoutExpired):
+        except Exception:   # best effort (e.g. Ctrl-C shut the context down): SIGTERM/SIGKILL below
             pass
         finally:
             if self.proc.poll() is None:
