@@ -23,7 +23,7 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 Item = TypeVar('Item')
 
@@ -63,9 +63,10 @@ class ApproximateTimePairer:
             return [len(queue) for queue in self._queues]
 
     def clear(self) -> None:
-        """Drop every queued item (statistics are kept)."""
+        """Drop every queued item; they count as unmatched (they leave without a partner)."""
         with self._lock:
-            for queue in self._queues:
+            for index, queue in enumerate(self._queues):
+                self.unmatched[index] += len(queue)
                 queue.clear()
 
     def add(self, input_index: int, stamp_ns: int, item: Any) -> Optional[Match]:
@@ -156,33 +157,51 @@ class LatestSlot(Generic[Item]):
 
 
 class RecentPairs(Generic[Item]):
-    """The last ``capacity`` pairs by stamp, for choosing the frame a target box was drawn on."""
+    """The last ``capacity`` pairs by stamp, for choosing the frame a target box was drawn on.
 
-    def __init__(self, capacity: int):
+    With ``max_bytes`` (and ``item_bytes`` giving an item's size) the oldest pairs also leave once the
+    kept ones exceed ``max_bytes`` together, so that large images cannot make the history a memory
+    hog (30 pairs of 8K RGB are 3 GB); the newest pair is always kept.
+    """
+
+    def __init__(self, capacity: int, max_bytes: Optional[int] = None,
+                 item_bytes: Optional[Callable[[Item], int]] = None):
         if int(capacity) != capacity or capacity < 1:
             raise ValueError(f'capacity must be an integer >= 1, got {capacity}')
-        self._pairs: deque[tuple[int, Item]] = deque(maxlen=int(capacity))
+        if max_bytes is not None and (max_bytes <= 0 or item_bytes is None):
+            raise ValueError(f'max_bytes must be > 0 and needs item_bytes, got {max_bytes}')
+        self._pairs: deque[tuple[int, Item, int]] = deque()
+        self._capacity = int(capacity)
+        self._max_bytes = max_bytes
+        self._item_bytes = item_bytes
+        self.bytes = 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._pairs)
 
     def add(self, stamp_ns: int, pair: Item) -> None:
+        size = int(self._item_bytes(pair)) if self._item_bytes is not None else 0
         with self._lock:
-            self._pairs.append((int(stamp_ns), pair))
+            self._pairs.append((int(stamp_ns), pair, size))
+            self.bytes += size
+            while len(self._pairs) > self._capacity or (
+                    self._max_bytes is not None and self.bytes > self._max_bytes and len(self._pairs) > 1):
+                self.bytes -= self._pairs.popleft()[2]
 
     def clear(self) -> None:
         with self._lock:
             self._pairs.clear()
+            self.bytes = 0
 
     def newest(self) -> Optional[tuple[int, Item]]:
         """The pair with the largest stamp (arrival order may differ from stamp order)."""
         with self._lock:
-            return max(self._pairs, key=lambda entry: entry[0]) if self._pairs else None
+            return max(self._pairs, key=lambda entry: entry[0])[:2] if self._pairs else None
 
     def closest(self, stamp_ns: int) -> Optional[tuple[int, Item]]:
         """The pair whose stamp is closest to ``stamp_ns`` (the later one on a tie)."""
         with self._lock:
             if not self._pairs:
                 return None
-            return min(self._pairs, key=lambda entry: (abs(entry[0] - stamp_ns), -entry[0]))
+            return min(self._pairs, key=lambda entry: (abs(entry[0] - stamp_ns), -entry[0]))[:2]
