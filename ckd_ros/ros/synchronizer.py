@@ -83,6 +83,17 @@ class PairedImageSubscriptions:
         queued = sum(len(queue) for queue in self._synchronizer.queues)
         return max(0, sum(self.received) - 2 * self._matches_seen - queued)
 
+    def reset(self) -> None:
+        """Drop every frame waiting for a partner (time went backwards: queued frames from before the
+        jump would otherwise hold the queues, whose size cap evicts the *oldest stamp*, i.e. every new
+        frame, so nothing would pair until the stamps caught up again). Statistics are kept."""
+        if self._pairer is not None:
+            self._pairer.clear()
+            return
+        with self._synchronizer.lock:
+            for queue in self._synchronizer.queues:
+                queue.clear()
+
     def destroy(self) -> None:
         for subscription in self._subscriptions:
             self._node.destroy_subscription(subscription)
