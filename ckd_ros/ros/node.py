@@ -20,6 +20,15 @@ the worker thread converts the newest pair, tracks and publishes.  A pair that a
 worker is busy replaces the waiting one (counted in ``pairs_dropped``), so the tracker never works on
 a backlog.  Bad input never raises out of a callback: it becomes ``last_error`` and a WARN/ERROR
 diagnostic, and the node keeps running.
+
+Time: each input's stamps must advance.  A frame whose stamp does not (a frozen driver, a duplicate,
+an out-of-order frame) is not fresh, and a pair not newer than the last tracked one is skipped, so an
+output never repeats or goes back in time; a zero stamp is refused.  An input without a fresh frame for
+``input.timeout`` s is reported stalled (a /diagnostics WARN naming it, within ``input.timeout`` plus a
+watchdog period of at most 0.25 s; its rate in ``~/status`` drops to 0).  A stamp more than
+``input.jump_back_threshold`` s before the newest, or a backward jump of the node clock (a bag loop,
+``use_sim_time``), restarts pairing, the frame history and the latency statistics.  A change of the RGB
+frame size drops the target, whose box belongs to the old frame.
 """
 from __future__ import annotations
 
@@ -28,13 +37,17 @@ import gc
 import math
 import sys
 import threading
+import time
 import traceback
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PolygonStamped
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -48,11 +61,11 @@ from ckd_ros.core.visualize import compose_debug_image
 from ckd_ros.msg import TrackedTarget, TrackerStatus
 from ckd_ros.ros.conversions import (DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg, check_target_box,
                                      detections_msg, finite_or, image_msg_to_array, polygon_to_box, stamp_to_ns)
-from ckd_ros.ros.diagnostics import (ERROR, OK, UPDATER_BACKEND, WARN, IssueBoard, RateMeter, SampleWindow,
-                                     create_updater)
+from ckd_ros.ros.diagnostics import (ERROR, FRESH, JUMPED_BACK, OK, UPDATER_BACKEND, WARN, ZERO_STAMP, IssueBoard,
+                                     RateMeter, SampleWindow, StreamWatch, create_updater, summarize_issues)
 from ckd_ros.ros.params import (ParameterError, TrackerNodeParameters, declare_parameters, node_parameter_getter,
                                 read_parameters)
-from ckd_ros.ros.synchronizer import RGB, SYNC_BACKEND, PairedImageSubscriptions
+from ckd_ros.ros.synchronizer import RGB, SYNC_BACKEND, THERMAL, PairedImageSubscriptions
 from ckd_ros.srv import SetTarget
 
 NODE_NAME = 'ckd_tracker'
@@ -121,6 +134,19 @@ class CkdTrackerNode(LifecycleNode):
         self._pairs_seen = 0
         self._frames_rejected = 0
         self._frames_unmatched_at_stop = 0
+        self._pairs_out_of_order = 0     # not newer than the last tracked pair: skipped
+        self._time_restarts = 0
+
+        # Input freshness and time (reset at activation).
+        self._streams = [StreamWatch(1.0, 1.0), StreamWatch(1.0, 1.0)]
+        self._stalled = [False, False]
+        self._frozen = [False, False]
+        self._time_epoch = 0                      # +1 whenever time goes backwards
+        self._tracked_epoch = 0
+        self._tracked_stamp_ns: Optional[int] = None   # RGB stamp of the last pair tracked or initialised on
+        self._frame_size: Optional[tuple] = None      # RGB (height, width) the target's box belongs to
+        self._watch_timer = None
+        self._clock_jump_handle = None
 
         # Created at configure / activate.
         self._target_pub = self._detections_pub = self._debug_pub = None
@@ -191,8 +217,12 @@ class CkdTrackerNode(LifecycleNode):
                 return self._fail_transition('activate', failure)
         self._reset_statistics()
         self._slot = LatestSlot()
-        self._history = RecentPairs(params.target_history_size)
+        self._history = RecentPairs(params.target_history_size, max_bytes=int(params.target_history_max_mb * 2**20),
+                                    item_bytes=lambda pair: len(pair[0].data) + len(pair[1].data))
         self._gain.reset()
+        self._streams = [StreamWatch(params.input_timeout, params.input_jump_back_threshold) for _ in range(2)]
+        self._stalled, self._frozen = [False, False], [False, False]
+        self._tracked_stamp_ns, self._frame_size = None, None
         reliability = (ReliabilityPolicy.BEST_EFFORT if params.input_reliability == 'best_effort'
                        else ReliabilityPolicy.RELIABLE)
         input_qos = QoSProfile(depth=params.input_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
@@ -200,6 +230,12 @@ class CkdTrackerNode(LifecycleNode):
         self._inputs = PairedImageSubscriptions(self, RGB_TOPIC, THERMAL_TOPIC, input_qos, params.sync_queue_size,
                                                 params.sync_slop, on_pair=self._on_pair, on_frame=self._on_frame)
         self._init_box_sub = self.create_subscription(PolygonStamped, '~/init_box', self._on_init_box, OUTPUT_QOS)
+        # The watchdog of the inputs: a stall is noticed at most one period after input.timeout.
+        self._watch_timer = self.create_timer(min(0.25, max(0.02, params.input_timeout / 4.0)), self._watch_inputs)
+        self._clock_jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(params.input_jump_back_threshold * 1e9)),
+                          on_clock_change=True),
+            post_callback=self._on_clock_jump)
         with self._tracker_lock:
             self._pending_initial_box = params.initial_box
         self._worker_stop = threading.Event()
@@ -317,8 +353,102 @@ class CkdTrackerNode(LifecycleNode):
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ inputs and worker
+    def _input_topic(self, index: int) -> str:
+        return self.resolve_topic_name(RGB_TOPIC if index == RGB else THERMAL_TOPIC)
+
     def _on_frame(self, index: int, msg: Image) -> None:
-        (self._rgb_rate if index == RGB else self._thermal_rate).tick()
+        """Every frame, before pairing: is the input still delivering new frames, has time gone back?"""
+        try:
+            watch = self._streams[index]
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+            newest = watch.newest_stamp_ns
+            verdict = watch.observe(stamp_ns, zlib.crc32(msg.data))
+            if verdict in (FRESH, JUMPED_BACK):
+                (self._rgb_rate if index == RGB else self._thermal_rate).tick()
+            if verdict == ZERO_STAMP:
+                message = (f'{self._input_topic(index)}: header.stamp is zero: the camera driver must stamp each '
+                           'image with its capture time (pairing, freshness and latency need it); frame not tracked')
+                self._issues.report(f'{"rgb" if index == RGB else "thermal"} stamp', ERROR, message)
+                self.get_logger().warning(message, throttle_duration_sec=2.0)
+            elif verdict == JUMPED_BACK:
+                self._restart_time(f'{self._input_topic(index)}: stamp {stamp_ns / 1e9:.3f} s is '
+                                   f'{(newest - stamp_ns) / 1e9:.3f} s before the newest frame of that input',
+                                   keep=index)
+        except Exception:   # a bug here must not take the subscription down
+            self._issues.report('input watch', ERROR, f'checking a frame failed: {sys.exc_info()[1]}')
+            self.get_logger().error(f'checking a frame failed:\n{traceback.format_exc()}', throttle_duration_sec=5.0)
+
+    def _restart_time(self, reason: str, keep: Optional[int] = None) -> None:
+        """Time went backwards: frames, pairs and statistics from before the jump mean nothing after it."""
+        self._time_epoch += 1
+        self._time_restarts += 1
+        for index, watch in enumerate(self._streams):
+            if index != keep:
+                watch.forget_stamps()
+        if self._inputs is not None:
+            self._inputs.reset()
+        if self._history is not None:
+            self._history.clear()
+        if self._slot is not None:
+            self._slot.clear()
+        self._latency.clear()
+        self._pair_dt_window.clear()
+        self._gain.reset()
+        message = f'time went backwards ({reason}): pairing, frame history and latency statistics restarted'
+        self._issues.report('time', WARN, message)
+        self.get_logger().warning(message)
+
+    def _on_clock_jump(self, jump) -> None:
+        try:
+            if jump.delta.nanoseconds < 0:
+                self._restart_time(f'the node clock jumped back by {-jump.delta.nanoseconds / 1e9:.3f} s')
+            else:
+                self._restart_time(f'the node clock changed source ({jump.clock_change})')
+        except Exception:
+            self.get_logger().error(f'handling a clock jump failed:\n{traceback.format_exc()}')
+
+    def _watch_inputs(self) -> None:
+        """Timer: report inputs that stopped delivering new frames, or keep repeating the same pixels."""
+        try:
+            changed = False
+            for index, watch in enumerate(self._streams):
+                name, topic = ('rgb' if index == RGB else 'thermal'), self._input_topic(index)
+                stalled = watch.frames > 0 and watch.stalled()
+                if stalled:
+                    silent = watch.silent_for()
+                    detail = ''
+                    if watch.stale_frames or watch.zero_stamps:
+                        detail = (f'; {watch.stale_frames} frames repeated or went back to an older stamp, '
+                                  f'{watch.zero_stamps} had a zero stamp')
+                    self._issues.set_condition(
+                        f'{name} stalled', WARN,
+                        f'{topic} stalled: no new frame for {silent:.1f} s (input.timeout {watch.timeout_s:g} s)'
+                        f'{detail}', since=time.monotonic() - silent + watch.timeout_s)
+                    if not self._stalled[index]:
+                        self.get_logger().warning(f'{topic} stalled: no frame with a new stamp for {silent:.1f} s')
+                elif self._stalled[index]:
+                    self._issues.clear_condition(f'{name} stalled')
+                    self.get_logger().info(f'{topic} resumed')
+                changed |= stalled != self._stalled[index]
+                self._stalled[index] = stalled
+                identical = watch.identical_for()
+                frozen = not stalled and identical > watch.timeout_s
+                if frozen:
+                    self._issues.set_condition(
+                        f'{name} frozen', WARN,
+                        f'{topic}: the last {watch.identical_run + 1} frames have identical pixels ({identical:.1f} s): '
+                        'a frozen camera re-stamping its last image, or a perfectly uniform scene')
+                    if not self._frozen[index]:
+                        self.get_logger().warning(f'{topic}: frames keep repeating the same pixels for {identical:.1f} s')
+                elif self._frozen[index]:
+                    self._issues.clear_condition(f'{name} frozen')
+                changed |= frozen != self._frozen[index]
+                self._frozen[index] = frozen
+            if changed:   # say so now rather than at the next period
+                self._publish_status()
+                self._updater.force_update()
+        except Exception:
+            self.get_logger().error(f'watching the inputs failed:\n{traceback.format_exc()}', throttle_duration_sec=5.0)
 
     def _on_pair(self, rgb_msg: Image, thermal_msg: Image) -> None:
         stamp_ns = stamp_to_ns(rgb_msg.header.stamp)
@@ -328,10 +458,10 @@ class CkdTrackerNode(LifecycleNode):
         self._pair_dt_window.add(abs(pair_dt))
         self._pair_rate.tick()
         history, slot = self._history, self._slot
-        if history is not None:
+        if history is not None and stamp_ns != 0:
             history.add(stamp_ns, (rgb_msg, thermal_msg))
         if slot is not None:
-            slot.put((rgb_msg, thermal_msg))
+            slot.put((rgb_msg, thermal_msg, self._time_epoch))
 
     def _worker_loop(self, slot: LatestSlot, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -379,7 +509,19 @@ class CkdTrackerNode(LifecycleNode):
         self.get_logger().warning(f'frame rejected: {message}', throttle_duration_sec=2.0)
         return None
 
-    def _process_pair(self, rgb_msg: Image, thermal_msg: Image) -> None:
+    def _process_pair(self, rgb_msg: Image, thermal_msg: Image, epoch: int) -> None:
+        stamp_ns = stamp_to_ns(rgb_msg.header.stamp)
+        if stamp_ns == 0:
+            self._reject('rgb stamp', f'{self._input_topic(RGB)}: header.stamp is zero: the camera driver must stamp '
+                         'each image with its capture time; pair not tracked')
+            return
+        with self._tracker_lock:
+            # An output never repeats a stamp or goes back in time: a pair from before a time restart,
+            # or not newer than the last one tracked (a duplicate, a frozen stream, a late frame), is skipped.
+            if epoch != self._time_epoch or (self._tracked_stamp_ns is not None and epoch == self._tracked_epoch
+                                             and stamp_ns <= self._tracked_stamp_ns):
+                self._pairs_out_of_order += 1
+                return
         pair = self._convert_pair(rgb_msg, thermal_msg)
         if pair is None:
             return
@@ -387,25 +529,42 @@ class CkdTrackerNode(LifecycleNode):
             tracker = self._tracker
             if tracker is None:
                 return
+            size = pair.rgb.shape[:2]
+            if self._frame_size is not None and size != self._frame_size and self._target_state != TrackedTarget.STATE_IDLE:
+                message = (f'RGB image size changed from {self._frame_size[1]}x{self._frame_size[0]} to '
+                           f'{size[1]}x{size[0]}: target {self._target_id} dropped (its box belongs to the old '
+                           'image); set a new target')
+                self._issues.report('frame size', WARN, message)
+                self.get_logger().warning(message)
+                self._target_state = TrackedTarget.STATE_IDLE
+                self._last_box, self._last_score = None, 0.0
+            self._frame_size = size
             if self._pending_initial_box is not None:
                 box, self._pending_initial_box = self._pending_initial_box, None
                 problem = check_target_box(box, pair.rgb.shape[1], pair.rgb.shape[0])
+                if not problem:
+                    try:
+                        self._initialize_locked(tracker, pair, box, source="parameter 'initial_box'", epoch=epoch)
+                    except ValueError as error:   # e.g. a crop that cannot overlap a 1-pixel-wide image
+                        problem = f'cannot initialise the tracker on this frame: {error}'
+                    else:
+                        self._publish_result_locked(pair)
                 if problem:
                     self._issues.report('initial_box', ERROR, f"parameter 'initial_box': {problem}")
                     self.get_logger().error(f"parameter 'initial_box' not used: {problem}")
-                else:
-                    self._initialize_locked(tracker, pair, box, source="parameter 'initial_box'")
-                    self._publish_result_locked(pair)
             elif self._target_state != TrackedTarget.STATE_IDLE:
+                self._tracked_stamp_ns, self._tracked_epoch = pair.stamp_ns, epoch
                 self._track_locked(tracker, pair)
                 self._publish_result_locked(pair)
             box = self._last_box if self._target_state != TrackedTarget.STATE_IDLE else None
             lost, score = self._target_state == TrackedTarget.STATE_LOST, self._last_score
         self._publish_debug_image(pair, box, score, lost)
 
-    def _initialize_locked(self, tracker, pair: ConvertedPair, box, source: str) -> None:
+    def _initialize_locked(self, tracker, pair: ConvertedPair, box, source: str, epoch: int) -> None:
         box = tuple(float(v) for v in box)
         tracker.initialize(pair.rgb, pair.thermal, box)
+        self._tracked_stamp_ns, self._tracked_epoch = pair.stamp_ns, epoch
+        self._frame_size = pair.rgb.shape[:2]
         self._target_id += 1
         self._target_state = TrackedTarget.STATE_TRACKING
         self._last_box, self._last_score = box, 1.0
@@ -451,6 +610,15 @@ class CkdTrackerNode(LifecycleNode):
         if self._init_box_sub is not None:
             self.destroy_subscription(self._init_box_sub)
             self._init_box_sub = None
+        if self._watch_timer is not None:
+            self.destroy_timer(self._watch_timer)
+            self._watch_timer = None
+        if self._clock_jump_handle is not None:
+            self._clock_jump_handle.unregister()
+            self._clock_jump_handle = None
+        for kind in ('rgb stalled', 'thermal stalled', 'rgb frozen', 'thermal frozen'):
+            self._issues.clear_condition(kind)
+        self._stalled, self._frozen = [False, False], [False, False]
         self._worker_stop.set()
         if self._slot is not None:
             self._slot.close()
@@ -499,7 +667,7 @@ class CkdTrackerNode(LifecycleNode):
             success, message = False, str(error)
         if not success:
             self._issues.report('init_box', WARN, f'~/init_box refused: {message}')
-            self.get_logger().warning(f'~/init_box refused: {message}')
+            self.get_logger().warning(f'~/init_box refused: {message}', throttle_duration_sec=1.0)
 
     def _set_target(self, box, stamp_ns: int, source: str) -> tuple[bool, str]:
         """Initialise the tracker on the pair closest to ``stamp_ns`` (0: the newest); (success, reason)."""
@@ -529,7 +697,10 @@ class CkdTrackerNode(LifecycleNode):
         with self._tracker_lock:
             if self._tracker is None:
                 return False, 'the model is not loaded'
-            self._initialize_locked(self._tracker, pair, values, source)
+            try:
+                self._initialize_locked(self._tracker, pair, values, source, epoch=self._time_epoch)
+            except ValueError as error:   # e.g. a crop that cannot overlap a 1-pixel-wide image
+                return False, f'cannot initialise the tracker on this frame: {error}'
             self._pending_initial_box = None
         return True, ''
 
@@ -562,16 +733,21 @@ class CkdTrackerNode(LifecycleNode):
         self._pair_dt_window.clear()
         self._pair_dt_abs_sum, self._pairs_seen, self._frames_rejected = 0.0, 0, 0
         self._frames_unmatched_at_stop = 0
+        self._pairs_out_of_order, self._time_restarts = 0, 0
 
     def statistics(self) -> dict:
         inputs, slot = self._inputs, self._slot
         latency = self._latency.summary()
+        streams = self._streams
         return {
-            'rgb_rate': self._rgb_rate.rate(), 'thermal_rate': self._thermal_rate.rate(),
+            # A stalled input reports 0 at once, not a rate decaying over the meter's window.
+            'rgb_rate': 0.0 if streams[RGB].stalled() else self._rgb_rate.rate(),
+            'thermal_rate': 0.0 if streams[THERMAL].stalled() else self._thermal_rate.rate(),
             'pair_rate': self._pair_rate.rate(), 'output_rate': self._output_rate.rate(),
             'latency': latency,
             'pairs_made': inputs.pairs_made if inputs is not None else self._pairs_seen,
-            'pairs_dropped': slot.dropped if slot is not None else 0,
+            'pairs_dropped': (slot.dropped if slot is not None else 0) + self._pairs_out_of_order,
+            'pairs_out_of_order': self._pairs_out_of_order,
             'frames_unmatched': inputs.frames_unmatched if inputs is not None else self._frames_unmatched_at_stop,
             'frames_rejected': self._frames_rejected,
             'pair_dt_mean_abs': self._pair_dt_abs_sum / self._pairs_seen if self._pairs_seen else 0.0,
@@ -602,17 +778,17 @@ class CkdTrackerNode(LifecycleNode):
         """The diagnostic task: state, rates, pairing, latency, drops, device, recent problems."""
         state = self.lifecycle_state_label()
         stats = self.statistics()
-        level, message = OK, f'{state}, target {STATE_NAMES[self._target_state]}'
-        if state == 'active' and self._rgb_rate.rate() == 0.0 and self._thermal_rate.rate() == 0.0:
-            level, message = WARN, (f'active but no images on {self.resolve_topic_name(RGB_TOPIC)} / '
-                                    f'{self.resolve_topic_name(THERMAL_TOPIC)} (check topics and QoS)')
-        elif state == 'active' and stats['pair_rate'] == 0.0:
-            level, message = WARN, 'images arrive but no RGB-thermal pair matches (check stamps and sync.slop)'
-        worst = self._issues.worst()
-        if worst is not None and (worst[0] == ERROR or level == OK):
-            level, message = worst
+        # Every current problem: errors first, then the state of the inputs, then warnings (newest first).
+        issues = self._issues.current()
+        input_warning = self._input_warning(stats) if state == 'active' else None
+        if input_warning:
+            errors = [issue for issue in issues if issue[0] == ERROR]
+            issues = errors + [(WARN, input_warning)] + issues[len(errors):]
+        summary = summarize_issues(issues)
+        level, message = summary if summary else (OK, f'{state}, target {STATE_NAMES[self._target_state]}')
         status.summary(level, message)
         latency = stats['latency']
+        streams = self._streams
         for key, value in (
                 ('lifecycle_state', state), ('tracker_state', STATE_NAMES[self._target_state]),
                 ('target_id', self._target_id), ('model_config', self._model_config_name()),
@@ -625,10 +801,37 @@ class CkdTrackerNode(LifecycleNode):
                 ('latency_p95_s', f"{latency['p95']:.4f}"), ('latency_max_s', f"{latency['max']:.4f}"),
                 ('pairs_made', stats['pairs_made']), ('pairs_dropped', stats['pairs_dropped']),
                 ('frames_unmatched', stats['frames_unmatched']), ('frames_rejected', stats['frames_rejected']),
+                ('pairs_out_of_order', stats['pairs_out_of_order']),
+                ('input_timeout_s', f'{streams[RGB].timeout_s:g}'),
+                ('rgb_stalled', streams[RGB].frames > 0 and streams[RGB].stalled()),
+                ('thermal_stalled', streams[THERMAL].frames > 0 and streams[THERMAL].stalled()),
+                ('rgb_silent_s', f'{streams[RGB].silent_for():.2f}'),
+                ('thermal_silent_s', f'{streams[THERMAL].silent_for():.2f}'),
+                ('frames_stale_stamp', streams[RGB].stale_frames + streams[THERMAL].stale_frames),
+                ('frames_zero_stamp', streams[RGB].zero_stamps + streams[THERMAL].zero_stamps),
+                ('frames_identical', streams[RGB].identical_frames + streams[THERMAL].identical_frames),
+                ('time_restarts', self._time_restarts),
+                ('history_pairs', len(self._history) if self._history is not None else 0),
+                ('history_mib', f'{(self._history.bytes if self._history is not None else 0) / 2**20:.1f}'),
                 ('last_error', self._issues.last_error),
                 ('backends', f'images {IMAGE_BACKEND}, pairing {SYNC_BACKEND}, diagnostics {UPDATER_BACKEND}')):
             status.add(key, value)
         return status
+
+    def _input_warning(self, stats: dict) -> Optional[str]:
+        """What is wrong with the inputs of an active node beyond stalls (the watchdog reports those)."""
+        never = [index for index, watch in enumerate(self._streams) if watch.frames == 0]
+        if len(never) == 2:
+            return (f'active but no images on {self._input_topic(RGB)} / {self._input_topic(THERMAL)} '
+                    '(check topics and QoS)')
+        if never:
+            index = never[0]
+            return (f'no images on {self._input_topic(index)} since activation '
+                    f'{self._streams[index].silent_for():.1f} s ago while {self._input_topic(1 - index)} arrives '
+                    '(check the topic and QoS)')
+        if not any(self._stalled) and stats['pair_rate'] == 0.0:
+            return 'images arrive but no RGB-thermal pair matches (check stamps and sync.slop)'
+        return None
 
     def autostart(self) -> None:
         """configure + activate without a lifecycle manager (the `autostart` parameter)."""

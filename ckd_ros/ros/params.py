@@ -46,6 +46,13 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
                   "QoS reliability of the image subscriptions: 'best_effort' accepts reliable and best-effort "
                   "publishers; 'reliable' accepts only reliable ones"),
     ParameterSpec('input.depth', 5, 'QoS history depth of the image subscriptions'),
+    ParameterSpec('input.timeout', 1.0,
+                  'seconds without a new frame (a later stamp) on one input before it is reported stalled '
+                  '(/diagnostics WARN naming it, its rate in ~/status 0)'),
+    ParameterSpec('input.jump_back_threshold', 1.0,
+                  'a frame stamped this many seconds before the newest one of its input means time went '
+                  'backwards (bag loop, simulation reset): pairing, frame history and latency statistics '
+                  'restart; smaller steps back are out-of-order frames and are not tracked'),
     ParameterSpec('sync.slop', 0.05,
                   'largest RGB-thermal stamp difference (seconds, strict) for a pair; ~half the faster '
                   'camera period for hardware-synced cameras, more for free-running ones'),
@@ -69,6 +76,9 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
                   'synchronized pairs kept so that ~/set_target with a stamp initialises on that frame'),
     ParameterSpec('target.max_stamp_offset', 1.0,
                   'a stamped ~/set_target is refused when no kept pair is within this many seconds'),
+    ParameterSpec('target.history_max_mb', 256.0,
+                  'memory cap (MiB) of the pairs kept for ~/set_target: large images keep fewer than '
+                  'target.history_size pairs (the newest is always kept)'),
     ParameterSpec('status_period', 1.0, 'seconds between ~/status messages'),
     ParameterSpec('stats_window', 100, 'number of recent frames the latency statistics cover'),
     ParameterSpec('publish_detections', True,
@@ -98,6 +108,8 @@ class TrackerNodeParameters:
     unload_on_deactivate: bool
     input_reliability: str
     input_depth: int
+    input_timeout: float
+    input_jump_back_threshold: float
     sync_slop: float
     sync_queue_size: int
     thermal_gain: str
@@ -111,6 +123,7 @@ class TrackerNodeParameters:
     initial_box: Optional[tuple]          # None when all zero
     target_history_size: int
     target_max_stamp_offset: float
+    target_history_max_mb: float
     status_period: float
     stats_window: int
     publish_detections: bool
@@ -212,6 +225,9 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         unload_on_deactivate=_boolean('unload_on_deactivate', g('unload_on_deactivate')),
         input_reliability=_choice('input.reliability', g('input.reliability'), RELIABILITY_CHOICES),
         input_depth=_integer('input.depth', g('input.depth'), 1),
+        input_timeout=_number('input.timeout', g('input.timeout'), 0.0, strict_minimum=True),
+        input_jump_back_threshold=_number('input.jump_back_threshold', g('input.jump_back_threshold'), 0.0,
+                                          strict_minimum=True),
         sync_slop=_number('sync.slop', g('sync.slop'), 0.0, strict_minimum=True),
         sync_queue_size=_integer('sync.queue_size', g('sync.queue_size'), 1),
         thermal_gain=_choice('thermal.gain', g('thermal.gain'), GAIN_MODES),
@@ -227,6 +243,8 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         target_history_size=_integer('target.history_size', g('target.history_size'), 1),
         target_max_stamp_offset=_number('target.max_stamp_offset', g('target.max_stamp_offset'), 0.0,
                                         strict_minimum=True),
+        target_history_max_mb=_number('target.history_max_mb', g('target.history_max_mb'), 0.0,
+                                      strict_minimum=True),
         status_period=_number('status_period', g('status_period'), 0.0, strict_minimum=True),
         stats_window=_integer('stats_window', g('stats_window'), 1),
         publish_detections=_boolean('publish_detections', g('publish_detections')),
