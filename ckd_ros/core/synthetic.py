@@ -250,6 +250,10 @@ class SyntheticScene:
         base = _smooth_field(rng, bh, bw, cell=max(16, w // 5), channels=3)
         detail = _smooth_field(rng, bh, bw, cell=max(4, w // 40), channels=3)
         rgb = 50 + 110 * base + 40 * (detail - 0.5)
+        # muted colours (a real scene's background is mostly greyish): the saturated objects stand out
+        # in RGB, so RGB carries a cue of its own besides thermal
+        grey = rgb.mean(axis=2, keepdims=True)
+        rgb = grey + 0.35 * (rgb - grey)
         # structures (walls, windows, road marks) give the background trackable texture
         for _ in range(int(rng.integers(8, 16))):
             x0, y0 = int(rng.integers(0, bw)), int(rng.integers(0, bh))
