@@ -46,7 +46,7 @@ from typing import Optional
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PolygonStamped
-from rclpy.clock import JumpThreshold
+from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -230,8 +230,10 @@ class CkdTrackerNode(LifecycleNode):
         self._inputs = PairedImageSubscriptions(self, RGB_TOPIC, THERMAL_TOPIC, input_qos, params.sync_queue_size,
                                                 params.sync_slop, on_pair=self._on_pair, on_frame=self._on_frame)
         self._init_box_sub = self.create_subscription(PolygonStamped, '~/init_box', self._on_init_box, OUTPUT_QOS)
-        # The watchdog of the inputs: a stall is noticed at most one period after input.timeout.
-        self._watch_timer = self.create_timer(min(0.25, max(0.02, params.input_timeout / 4.0)), self._watch_inputs)
+        # The watchdog of the inputs: a stall is noticed at most one period after input.timeout. On the
+        # steady clock: with use_sim_time a paused or stopped /clock must not pause the watchdog too.
+        self._watch_timer = self.create_timer(min(0.25, max(0.02, params.input_timeout / 4.0)), self._watch_inputs,
+                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._clock_jump_handle = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(params.input_jump_back_threshold * 1e9)),
                           on_clock_change=True),
