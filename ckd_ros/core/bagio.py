@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence as SequenceType
 import numpy as np
 
 from ckd_ros.core.datasets import Dataset, Sequence, valid_box_mask
-from ckd_ros.core.image import decode_image_buffer, encode_image_buffer
+from ckd_ros.core.image import ImageConversionError, decode_image_buffer, encode_image_buffer
 from ckd_ros.core.pairing import ApproximateTimePairer
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -313,12 +313,56 @@ def _mcap_files(path: Path) -> list[Path]:
     return sorted(path.glob('*.mcap')) if path.is_dir() else []
 
 
+_MCAP_CHUNK_OPCODE = 0x06
+_MCAP_RECORD_HEADER = 9          # opcode (1 byte) + content length (8 bytes)
+
+
+def _partial_chunk_records(data: bytes) -> tuple[list, int]:
+    """The complete records of an uncompressed MCAP chunk cut short (``data`` starts at the chunk's
+    opcode), and how many bytes of ``data`` they and the chunk's header take.
+
+    A crashed recorder stops in the middle of a chunk (rosbags' chunks hold about 1 MiB, a small bag only
+    one): the records written before the cut are intact. Compressed chunks cannot be read in part.
+    """
+    import struct
+    from io import BytesIO
+
+    from mcap.data_stream import ReadDataStream
+    from mcap.records import Channel, Message, Schema
+
+    position = _MCAP_RECORD_HEADER + 8 + 8 + 8 + 4          # start/end time, uncompressed size, crc
+    if len(data) < position + 4:
+        return [], 0
+    (name_length,) = struct.unpack_from('<I', data, position)
+    position += 4
+    compression = data[position:position + name_length]
+    position += name_length + 8                              # records length
+    if compression != b'' or len(data) < position:
+        return [], 0
+    records = []
+    while len(data) - position >= _MCAP_RECORD_HEADER:
+        opcode = data[position]
+        (length,) = struct.unpack_from('<Q', data, position + 1)
+        end = position + _MCAP_RECORD_HEADER + length
+        if end > len(data):
+            break
+        stream = ReadDataStream(BytesIO(data[position + _MCAP_RECORD_HEADER:end]))
+        if opcode == 0x03:
+            records.append(Schema.read(stream))
+        elif opcode == 0x04:
+            records.append(Channel.read(stream))
+        elif opcode == 0x05:
+            records.append(Message.read(stream, length))
+        position = end
+    return records, position
+
+
 def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) -> Iterator[tuple[str, int, object]]:
     """Read an MCAP file record by record (no summary section needed), up to the first damage.
 
     rosbags needs the file's footer and summary, which a crashed recorder never writes; the records
-    before the damage are still valid, so they are yielded and the damage is reported with its byte
-    offset.
+    before the damage are still valid, so they are yielded (those of a chunk cut short too, when it is
+    uncompressed) and the damage is reported with its byte offset.
     """
     from mcap.records import Channel, Message, Schema
     from mcap.stream_reader import StreamReader
@@ -329,6 +373,27 @@ def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) 
     size = file.stat().st_size
     schemas, channels = {}, {}
     count, last = 0, None
+
+    def use(record, offset):
+        nonlocal count, last
+        if isinstance(record, Schema):
+            schemas[record.id] = record.name
+        elif isinstance(record, Channel):
+            channels[record.id] = (record.topic, schemas.get(record.schema_id))
+        elif isinstance(record, Message):
+            topic, msgtype = channels.get(record.channel_id, (None, None))
+            if topic is None or (wanted is not None and topic not in wanted):
+                return None
+            try:
+                message = store.deserialize_cdr(record.data, msgtype)
+            except Exception as exc:
+                raise BagReadError(file, f'cannot decode a {msgtype} message on {topic} at byte {offset} '
+                                   f'({type(exc).__name__}: {exc})', count, last) from exc
+            count += 1
+            last = record.log_time
+            return topic, record.log_time, message
+        return None
+
     with open(file, 'rb') as handle:
         records = StreamReader(handle).records
         while True:
@@ -338,25 +403,22 @@ def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) 
             except StopIteration:
                 break
             except Exception as exc:
-                raise BagReadError(file, f'truncated or corrupt at byte {offset} of {size} '
+                damage = offset
+                handle.seek(offset)
+                tail = handle.read()
+                if tail[:1] == bytes([_MCAP_CHUNK_OPCODE]):
+                    partial, used = _partial_chunk_records(tail)
+                    for inner in partial:
+                        item = use(inner, offset)
+                        if item is not None:
+                            yield item
+                    damage = offset + used
+                raise BagReadError(file, f'truncated or corrupt at byte {damage} of {size} '
                                    f'({type(exc).__name__}: {exc}); messages before it were read '
                                    f'(rosbags could not open the bag: {open_error})', count, last) from exc
-            if isinstance(record, Schema):
-                schemas[record.id] = record.name
-            elif isinstance(record, Channel):
-                channels[record.id] = (record.topic, schemas.get(record.schema_id))
-            elif isinstance(record, Message):
-                topic, msgtype = channels.get(record.channel_id, (None, None))
-                if topic is None or (wanted is not None and topic not in wanted):
-                    continue
-                try:
-                    message = store.deserialize_cdr(record.data, msgtype)
-                except Exception as exc:
-                    raise BagReadError(file, f'cannot decode a {msgtype} message on {topic} at byte {offset} '
-                                       f'({type(exc).__name__}: {exc})', count, last) from exc
-                count += 1
-                last = record.log_time
-                yield topic, record.log_time, message
+            item = use(record, offset)
+            if item is not None:
+                yield item
 
 
 def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None, store=None) -> Iterator[tuple[str, int, object]]:
@@ -444,12 +506,22 @@ def read_pairs(path: str | os.PathLike, topics: BagTopics = DEFAULT_TOPICS, slop
     index = 0
     seen_images = False
 
+    messages_read = 0
+
     def emit(rgb_msg, thermal_msg):
         nonlocal index
         stamp = stamp_to_ns(rgb_msg.header.stamp)
         gts = ground_truth.pop(stamp, {})
-        pair = BagPair(index, stamp, decode_image_message(rgb_msg), decode_image_message(thermal_msg),
-                       rgb_msg.encoding, thermal_msg.encoding, stamp_to_ns(thermal_msg.header.stamp), **gts)
+        images = []
+        for topic, msg in ((topics.rgb, rgb_msg), (topics.thermal, thermal_msg)):
+            try:
+                images.append(decode_image_message(msg))
+            except ImageConversionError as exc:
+                # a damaged image (e.g. a flipped bit in its size fields): the bag is corrupt from here
+                raise BagReadError(path, f'pair {index}: the image on {topic} stamped {stamp_to_ns(msg.header.stamp)} '
+                                   f'ns cannot be decoded ({exc})', messages_read, stamp) from exc
+        pair = BagPair(index, stamp, images[0], images[1], rgb_msg.encoding, thermal_msg.encoding,
+                       stamp_to_ns(thermal_msg.header.stamp), **gts)
         index += 1
         return pair
 
@@ -470,6 +542,7 @@ def read_pairs(path: str | os.PathLike, topics: BagTopics = DEFAULT_TOPICS, slop
         except BagReadError:
             yield from flush(None)   # pairs completed before the damage are good
             raise
+        messages_read += 1
         stamp = stamp_to_ns(message.header.stamp)
         yield from flush(stamp)
         if topic in gt_topics:
