@@ -129,7 +129,8 @@ class RunSummary:
 
 
 class PartialTrack(Exception):
-    """Frames were tracked before the source failed (damaged bag): ``boxes``/``times`` hold them."""
+    """Frames were tracked before the source failed (a damaged bag, an unreadable image file):
+    ``boxes``/``times`` hold them."""
 
     def __init__(self, error: Exception, boxes: np.ndarray, times: np.ndarray):
         super().__init__(str(error))
@@ -139,7 +140,8 @@ class PartialTrack(Exception):
 def track_source(tracker, source: FrameSource, progress=None) -> tuple[np.ndarray, np.ndarray]:
     """Frame 0 initialises with the first box (its output is that box, as in the official run loop),
     later frames are tracked. Times are per frame: ``initialize`` for frame 0, ``track`` after.
-    A damaged bag raises :class:`PartialTrack` carrying the frames tracked before the damage."""
+    A damaged bag or an unreadable (missing, truncated) image file raises :class:`PartialTrack` carrying
+    the frames tracked before it."""
     boxes, times = [], []
     frames = source.frames()
     index = 0
@@ -148,7 +150,7 @@ def track_source(tracker, source: FrameSource, progress=None) -> tuple[np.ndarra
             rgb, thermal = next(frames)
         except StopIteration:
             break
-        except bagio.BagReadError as exc:
+        except (bagio.BagReadError, OSError) as exc:
             raise PartialTrack(exc, np.array(boxes).reshape(-1, 4), np.array(times)) from exc
         start = time.perf_counter()
         if index == 0:
@@ -417,7 +419,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, bagio.BagReadError) as exc:
+    except (OSError, ValueError, KeyError, bagio.BagReadError) as exc:
         print(f'ckd-eval: error: {exc}', file=sys.stderr)
         return 2
 
