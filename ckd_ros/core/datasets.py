@@ -124,11 +124,27 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
                   key=lambda p: p.name)
 
 
+def _check_jpeg_complete(path: str | os.PathLike) -> None:
+    """A truncated JPEG decodes without an error (libjpeg fills the missing rows with grey and only prints
+    a warning): refuse one whose end-of-image marker (FF D9) is missing from its last bytes. Entropy-coded
+    data never holds FF D9, so finding it there means the file is complete (a short trailer is allowed)."""
+    if Path(path).suffix.lower() not in ('.jpg', '.jpeg'):
+        return
+    with open(path, 'rb') as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 64))
+        tail = handle.read()
+    if b'\xff\xd9' not in tail:
+        raise OSError(f'cannot read image {path}: truncated JPEG ({size} bytes, no end-of-image marker)')
+
+
 def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     """uint8 ``H x W x 3`` RGB (OpenCV colour read, BGR -> RGB, as the official tracker reads frames)."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OSError(f'cannot read image {path} (missing, truncated or not an image)')
+    _check_jpeg_complete(path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -138,6 +154,7 @@ def read_thermal_image(path: str | os.PathLike) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise OSError(f'cannot read image {path} (missing, truncated or not an image)')
+    _check_jpeg_complete(path)
     if image.ndim == 3:
         if image.shape[2] == 4:
             image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
