@@ -2,8 +2,8 @@
 
 The ROS-free core (model, tracker, conversion, pairing, metrics, bag I/O), the command-line tools and
 the offline training module install this way. The generated messages (ckd_ros.msg / ckd_ros.srv) and
-the node need the colcon build (see README). Dependencies: `pip install -r requirements.txt` and
-`pip install --no-deps -r requirements-nodeps.txt` (timm 0.5.4 without the torchvision it declares).
+the node need the colcon build (see README). Dependencies: `pip install -r requirements-runtime.txt`
+(or requirements.txt, which adds the ROS 2 wheels, colcon and the test tools).
 """
 from setuptools import find_packages, setup
 

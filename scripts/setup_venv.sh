@@ -4,7 +4,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.requirements.sha256"
-want="$(cat "$root/requirements.txt" "$root/requirements-runtime.txt" "$root/requirements-nodeps.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/requirements.txt" "$root/requirements-runtime.txt" | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -19,5 +19,4 @@ echo "[setup] installing pinned dependencies (first run: about 2 minutes)"
 quiet_pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 quiet_pip install -q --upgrade pip
 quiet_pip install -q -r "$root/requirements.txt"
-quiet_pip install -q --no-deps -r "$root/requirements-nodeps.txt"
 echo "$want" > "$stamp"
