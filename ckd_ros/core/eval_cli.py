@@ -43,6 +43,12 @@ class FrameSource:
     frames: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
     length: int | None
     ground_truth: datasets.GroundTruth | None = None
+    # Bags: the stamps of the ground-truth frames (one result row each) and, filled while frames() runs,
+    # the stamp of every pair it yields. A frame the bag has no pair for (a dropped image) keeps the
+    # previous box, as a consumer of the tracker's output would see it, so rows stay aligned with the
+    # ground truth.
+    frame_stamps: np.ndarray | None = None
+    pair_stamps: list = field(default_factory=list)
 
 
 def tracker_thermal(thermal: np.ndarray, encoding: str | None, gain) -> np.ndarray:
@@ -91,17 +97,48 @@ def bag_source(path: Path, topics: bagio.BagTopics, gain, max_frames: int | None
             raise ValueError(f'{path}: no ground truth on {topics.ground_truth}; pass an initial box (--init-box)')
         init_box = boxes[0]
 
+    pair_stamps: list[int] = []
+
     def frames():
         gain.reset()
+        pair_stamps.clear()
         for pair in bagio.read_pairs(path, topics, slop_s=slop_s):
-            if max_frames is not None and pair.index >= max_frames:
+            if max_frames is not None and (pair.stamp_ns > stamps[-1] if len(stamps) else pair.index >= max_frames):
                 return
+            pair_stamps.append(pair.stamp_ns)
             yield (rgb_image_to_rgb8(pair.rgb, pair.rgb_encoding),
                    tracker_thermal(pair.thermal, pair.thermal_encoding, gain))
 
     gt = datasets.GroundTruth(boxes) if len(boxes) else None
     return FrameSource(Path(path).name, np.asarray(init_box, dtype=np.float64), frames,
-                       len(boxes) or None, gt)
+                       len(boxes) or None, gt, frame_stamps=stamps if len(stamps) else None, pair_stamps=pair_stamps)
+
+
+def align_to_frames(source: FrameSource, boxes: np.ndarray, times: np.ndarray,
+                    complete: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-pair results of a bag -> one row per ground-truth frame (``source.frame_stamps``): a frame
+    without a pair keeps the previous box (the initial box before the first) and time 0. Without
+    ``complete`` (the bag broke off) only the frames up to the last tracked pair. Returns the rows and
+    how many frames had no pair."""
+    if source.frame_stamps is None:
+        return boxes, times, 0
+    tracked = {int(stamp): k for k, stamp in enumerate(source.pair_stamps[:len(boxes)])}
+    frame_stamps = source.frame_stamps
+    if not complete:
+        last = max(tracked) if tracked else None
+        frame_stamps = frame_stamps[frame_stamps <= last] if last is not None else frame_stamps[:0]
+    rows, row_times, missing = [], [], 0
+    box = np.asarray(source.init_box, dtype=np.float64)
+    for stamp in frame_stamps:
+        k = tracked.get(int(stamp))
+        if k is None:
+            missing += 1
+            row_times.append(0.0)
+        else:
+            box = boxes[k]
+            row_times.append(times[k])
+        rows.append(box)
+    return np.array(rows, dtype=np.float64).reshape(-1, 4), np.array(row_times, dtype=np.float64), missing
 
 
 def bag_folders(directory: Path) -> list[Path]:
@@ -126,6 +163,7 @@ class RunSummary:
     times: dict[str, np.ndarray] = field(default_factory=dict)
     ground_truth: dict[str, datasets.GroundTruth] = field(default_factory=dict)
     cpu: dict = field(default_factory=dict)
+    frames_without_pair: dict[str, int] = field(default_factory=dict)   # bags with dropped images
 
 
 class PartialTrack(Exception):
@@ -196,14 +234,17 @@ def run_sources(sources: Iterable[FrameSource], tracker_factory: Callable[[], ob
         except PartialTrack as partial:
             # a damaged bag: keep what was tracked under partial/ (outside the scored, resumable set)
             summary.failed[source.name] = str(partial.error)
-            if len(partial.boxes):
-                results.write_sequence_result(result_dir / 'partial', source.name, partial.boxes, partial.times,
-                                              overwrite=True)
+            boxes, times, _ = align_to_frames(source, partial.boxes, partial.times, complete=False)
+            if len(boxes):
+                results.write_sequence_result(result_dir / 'partial', source.name, boxes, times, overwrite=True)
             if not keep_going:
                 raise partial.error
             continue
         finally:
             inner.close()
+        boxes, times, missing = align_to_frames(source, boxes, times)
+        if missing:
+            summary.frames_without_pair[source.name] = missing
         # a box file without its time file is a sequence that crashed between the two writes
         stale = (result_dir / f'{source.name}.txt').exists() and not results.is_finished(result_dir, source.name)
         results.write_sequence_result(result_dir, source.name, boxes, times, overwrite=overwrite or stale)
@@ -341,6 +382,9 @@ def cmd_run(args) -> int:
                           show_progress=not args.quiet, keep_going=True)
     print(f'tracked {len(summary.tracked)}, skipped (results exist) {len(summary.skipped)}, '
           f'failed {len(summary.failed)}')
+    for name, missing in summary.frames_without_pair.items():
+        print(f'note: {name}: {missing} ground-truth frames had no RGB-thermal pair in the bag (dropped images); '
+              'they keep the previous box')
     for name, error in summary.failed.items():
         print(f'FAILED {name}: {error}', file=sys.stderr)
     gt = {n: g for n, g in summary.ground_truth.items() if g is not None}
