@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .acceleration import Acceleration
 from .checkpoint import load_model_weights
 from .config import CKDConfig, load_config
 from .model import CKDNet, build_ckd_model
@@ -83,7 +84,8 @@ def load_network(cfg: CKDConfig, checkpoint: str | os.PathLike | None, device: t
 
 
 def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.PathLike | None = None,
-                 device: str | torch.device = "auto", options: TrackerOptions | None = None) -> CKDTracker:
+                 device: str | torch.device = "auto", options: TrackerOptions | None = None,
+                 precision: str = "fp32", backend: str = "eager") -> CKDTracker:
     """Build a ready tracker.
 
     Args:
@@ -95,8 +97,14 @@ def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.Pat
             deterministic untrained recipe weights, for tests and benchmarks.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (see :func:`resolve_device`).
         options: non-official tracker behaviour; default from the config's ``TEST.*`` keys.
+        precision: ``"fp32"`` (default, official numbers), ``"bf16"`` (autocast), ``"fp16"`` (CUDA only).
+        backend: ``"eager"`` (default), ``"compile"`` (torch.compile), ``"int8"`` (dynamic int8 Linear
+            layers, CPU), ``"onnxruntime"`` (ONNX export run by ONNX Runtime, CPU); see
+            :mod:`ckd_ros.core.acceleration` and doc/performance.md for speed and accuracy.
     """
+    acceleration = Acceleration(precision=precision, backend=backend)
     cfg = load_config(config)
     resolved = resolve_device(device)
+    acceleration.check_device(resolved)
     network = load_network(cfg, checkpoint, resolved)
-    return CKDTracker(network, cfg, resolved, options)
+    return CKDTracker(network, cfg, resolved, options, acceleration)

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .acceleration import Acceleration, make_runner
 from .config import CKDConfig
 from .geometry import clip_box, hann2d, map_box_back, sample_target, validate_box
 from .model import CKDNet, decode_center_boxes
@@ -98,7 +99,7 @@ class CKDTracker:
     """
 
     def __init__(self, network: CKDNet, cfg: CKDConfig, device: torch.device | str = "cpu",
-                 options: TrackerOptions | None = None):
+                 options: TrackerOptions | None = None, acceleration: Acceleration | None = None):
         self.network = network.eval()
         self.cfg = cfg
         self.device = torch.device(device)
@@ -107,6 +108,9 @@ class CKDTracker:
         self.template_factor, self.template_size = float(test.TEMPLATE_FACTOR), int(test.TEMPLATE_SIZE)
         self.search_factor, self.search_size = float(test.SEARCH_FACTOR), int(test.SEARCH_SIZE)
         self.feat_size = self.search_size // cfg.MODEL.BACKBONE.STRIDE
+        self.acceleration = acceleration or Acceleration()
+        # how the network runs (precision/backend); fp32 eager reproduces the official numbers
+        self.runner = make_runner(self.network, self.device, self.acceleration, self.template_size, self.search_size)
         self.window = hann2d(self.feat_size).to(self.device)
         self.mean = torch.tensor(cfg.DATA.MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.DATA.STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -141,6 +145,7 @@ class CKDTracker:
         self._templates = [self.preprocess(z_rgb), self.preprocess(z_tir)]
         # CTR_POINT/CTR_REC ignore the box; the mask only depends on the template grid
         self._template_mask = self.network.template_mask(1, self.device)
+        self.runner.set_templates(self._templates, self._template_mask)
 
     def initialize(self, rgb: np.ndarray, thermal: np.ndarray, box: Sequence[float]) -> TrackResult:
         """Start tracking the target at ``box`` = (x, y, w, h) in the first frame pair."""
@@ -167,10 +172,8 @@ class CKDTracker:
         self._frame_index += 1
         x_rgb, resize_factor = sample_target(rgb, self._box, self.search_factor, self.search_size)
         x_tir, _ = sample_target(thermal, self._box, self.search_factor, self.search_size)
-        out = self.network(self._templates, [self.preprocess(x_rgb), self.preprocess(x_tir)],
-                           ce_template_mask=self._template_mask)
-        score_map = out["score_map"]
-        boxes = decode_center_boxes(self.window * score_map, out["size_map"], out["offset_map"])
+        score_map, size_map, offset_map = self.runner([self.preprocess(x_rgb), self.preprocess(x_tir)])
+        boxes = decode_center_boxes(self.window * score_map, size_map, offset_map)
         pred_box = (boxes.view(-1, 4).mean(dim=0) * self.search_size / resize_factor).tolist()
         new_box = clip_box(map_box_back(pred_box, self._box, self.search_size, resize_factor), height, width,
                            margin=CLIP_MARGIN)

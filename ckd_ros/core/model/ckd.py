@@ -50,10 +50,18 @@ class CKDNet(nn.Module):
             return None
         return template_center_mask(self.ce_template_range, self.rgb_branch.template_feat_size, batch, device)
 
+    def embed_templates(self, template: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``[z_rgb, z_tir]`` crops -> their template tokens (``z + pos_z`` per branch), which
+        :meth:`forward` accepts in place of the crops (computed once per target by the tracker)."""
+        if len(template) != 2:
+            raise ValueError("CKDNet needs template=[rgb, tir]")
+        return [self.rgb_branch.embed_template(template[0]), self.tir_branch.embed_template(template[1])]
+
     def forward(self, template: Sequence[torch.Tensor], search: Sequence[torch.Tensor],
                 ce_template_mask: torch.Tensor | None = None, ce_keep_rate: float | None = None,
                 return_block_features: bool = False) -> dict:
-        """Official signature: ``template=[z_rgb, z_tir]``, ``search=[x_rgb, x_tir]`` normalised crops.
+        """Official signature: ``template=[z_rgb, z_tir]``, ``search=[x_rgb, x_tir]`` normalised crops
+        (the templates may also be the tokens of :meth:`embed_templates`).
 
         Returns ``pred_boxes`` (B,1,4), ``score_map``, ``size_map``, ``offset_map``,
         ``backbone_feat`` (B, Lt+Ls, 2C), ``aux_dict_rgb`` / ``aux_dict_tir`` with

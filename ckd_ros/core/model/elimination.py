@@ -115,7 +115,8 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
 
     Args:
         branches: the ViT branches; the same module may appear twice (shared student).
-        templates, searches: one normalised (B, 3, H, W) crop per branch.
+        templates, searches: one normalised (B, 3, H, W) crop per branch; a template may also be its
+            tokens from :meth:`VisionTransformerCE.embed_template` (B, Lt, C), computed once per target.
         ce_mode: ``"off"``, ``"ce"`` (per branch) or ``"mce"`` (shared max-attention selection);
             elimination happens at the branches' ``ce_loc`` blocks.
         template_mask: bool (B, Lt) template rows used for scoring (CTR_POINT etc.); None = all rows.

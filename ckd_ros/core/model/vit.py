@@ -211,16 +211,27 @@ class VisionTransformerCE(nn.Module):
               search_token_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Token sequence ``[z + pos_z ; x * keep + pos_x]`` (B, Lz + Lx, C).
 
+        ``template`` is a normalised crop (B, 3, H, W) or the tokens of :meth:`embed_template` (B, Lt, C).
+
         ``search_token_keep`` (B, Lx) multiplies the search patch embeddings *before* the positional
         embedding is added (masked modelling in training; a dropped token keeps only its position).
         """
-        z = self.patch_embed(template)
+        z = self.embed_template(template) if template.ndim == 4 else template
         x = self.patch_embed(search)
-        if z.shape[1] != self.num_template_tokens or x.shape[1] != self.num_search_tokens:
+        if z.shape[1:] != (self.num_template_tokens, self.embed_dim) or x.shape[1] != self.num_search_tokens:
             raise ValueError(f"expected template {self.template_size}px and search {self.search_size}px crops, "
-                             f"got {tuple(template.shape[2:])} and {tuple(search.shape[2:])}")
+                             f"(or template tokens (B, {self.num_template_tokens}, {self.embed_dim})), "
+                             f"got {tuple(template.shape[1:])} and {tuple(search.shape[2:])}")
         if search_token_keep is not None:
             if search_token_keep.shape != x.shape[:2]:
                 raise ValueError(f"search_token_keep must be (B, {x.shape[1]}), got {tuple(search_token_keep.shape)}")
             x = x * search_token_keep.unsqueeze(-1).to(x.dtype)
-        return torch.cat([z + self.pos_embed_z, x + self.pos_embed_x], dim=1)
+        return torch.cat([z, x + self.pos_embed_x], dim=1)
+
+    def embed_template(self, template: torch.Tensor) -> torch.Tensor:
+        """Template tokens ``z + pos_z`` (B, Lt, C) of a normalised template crop (B, 3, H, W).
+
+        They depend only on the template, so a tracker computes them once per target and passes them
+        to :meth:`embed` (and :func:`run_branches`) in place of the crop: same numbers, less work per frame.
+        """
+        return self.patch_embed(template) + self.pos_embed_z
