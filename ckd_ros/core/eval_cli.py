@@ -141,13 +141,20 @@ def align_to_frames(source: FrameSource, boxes: np.ndarray, times: np.ndarray,
     return np.array(rows, dtype=np.float64).reshape(-1, 4), np.array(row_times, dtype=np.float64), missing
 
 
+def _is_bag(folder: Path) -> bool:
+    # metadata.yaml is written when a recording is closed; a recorder that crashed leaves only its
+    # .mcap file, which bagio still reads up to the damage
+    return (folder / 'metadata.yaml').is_file() or any(folder.glob('*.mcap'))
+
+
 def bag_folders(directory: Path) -> list[Path]:
-    """Bags in a folder: itself if it holds ``metadata.yaml``, else its sub-folders that do."""
-    if (directory / 'metadata.yaml').is_file():
+    """Bags in a folder: itself if it is one, else its sub-folders that are (a folder with
+    ``metadata.yaml``, or with an ``.mcap`` file whose recorder crashed before writing it)."""
+    if _is_bag(directory):
         return [directory]
-    bags = sorted(p for p in directory.iterdir() if (p / 'metadata.yaml').is_file()) if directory.is_dir() else []
+    bags = sorted(p for p in directory.iterdir() if p.is_dir() and _is_bag(p)) if directory.is_dir() else []
     if not bags:
-        raise FileNotFoundError(f'no rosbag2 folders (with metadata.yaml) in {directory}')
+        raise FileNotFoundError(f'no rosbag2 folders (with metadata.yaml or an .mcap file) in {directory}')
     return bags
 
 
