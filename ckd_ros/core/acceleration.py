@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
@@ -133,9 +134,13 @@ def quantize_linear_int8(network: CKDNet) -> CKDNet:
     The copy keeps a shared student shared (deepcopy preserves aliasing); convolutions (patch
     embedding, head) and LayerNorms stay fp32.
     """
-    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(network).cpu().eval(), {nn.Linear},
-                                                       dtype=torch.qint8)
-    return quantized
+    with warnings.catch_warnings():
+        # torch 2.13 flags torch.ao.quantization as deprecated (successor: torchao, not installed here);
+        # the dynamic int8 Linear kernels still run and are tested (test/test_acceleration.py)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(network).cpu().eval(), {nn.Linear},
+                                                      dtype=torch.qint8)
 
 
 class _MapsModule(nn.Module):
@@ -169,7 +174,6 @@ def export_onnx(network: CKDNet, template_size: int, search_size: int, path=None
     example = (torch.zeros(1, 3, template_size, template_size), torch.zeros(1, 3, template_size, template_size),
                torch.zeros(1, 3, search_size, search_size), torch.zeros(1, 3, search_size, search_size))
     buffer = io.BytesIO()
-    import warnings
     with warnings.catch_warnings():
         # the tracer warns about Python-side shape checks; shapes are fixed for this export by design
         warnings.simplefilter("ignore")

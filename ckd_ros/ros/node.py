@@ -326,7 +326,8 @@ class CkdTrackerNode(LifecycleNode):
             from ckd_ros import init_tracker
             if params.torch_threads:
                 torch.set_num_threads(params.torch_threads)
-            tracker = init_tracker(params.model_config, checkpoint=params.checkpoint or None, device=self._device)
+            tracker = init_tracker(params.model_config, checkpoint=params.checkpoint or None, device=self._device,
+                                   precision=params.precision, backend=params.backend)
             if params.warmup:
                 self._warm_up(tracker)
         except Exception as error:

@@ -17,6 +17,10 @@ from ckd_ros.core.image import GAIN_MODES, REGISTRATION_MODES, ThermalGainContro
 RELIABILITY_CHOICES = ('best_effort', 'reliable')
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 NO_INITIAL_BOX = (0.0, 0.0, 0.0, 0.0)
+# ckd_ros.core.acceleration.PRECISIONS / BACKENDS, repeated so that this module does not import torch
+# (test/test_acceleration.py checks they agree)
+PRECISION_CHOICES = ('fp32', 'bf16', 'fp16')
+BACKEND_CHOICES = ('eager', 'compile', 'int8', 'onnxruntime')
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,10 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('device', 'auto',
                   "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; CUDA that is not present falls back "
                   'to CPU with a warning'),
+    ParameterSpec('precision', 'fp32',
+                  "'fp32' (official numbers), 'bf16' (autocast; slower on CPUs without AVX-512 BF16) or 'fp16' (CUDA only)"),
+    ParameterSpec('backend', 'eager',
+                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU) or 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager); see doc/performance.md"),
     ParameterSpec('torch_threads', 0, 'CPU threads for torch (0 = torch default)'),
     ParameterSpec('warmup', True, 'run one initialize + track on a blank frame at configure (first-frame latency)'),
     ParameterSpec('unload_on_deactivate', False,
@@ -103,6 +111,8 @@ class TrackerNodeParameters:
     model_config: str
     checkpoint: str
     device: str
+    precision: str
+    backend: str
     torch_threads: int
     warmup: bool
     unload_on_deactivate: bool
@@ -220,6 +230,8 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         model_config=_text('model_config', g('model_config'), allow_empty=False),
         checkpoint=_text('checkpoint', g('checkpoint'), allow_empty=True),
         device=_device('device', g('device')),
+        precision=_choice('precision', g('precision'), PRECISION_CHOICES),
+        backend=_choice('backend', g('backend'), BACKEND_CHOICES),
         torch_threads=_integer('torch_threads', g('torch_threads'), 0),
         warmup=_boolean('warmup', g('warmup')),
         unload_on_deactivate=_boolean('unload_on_deactivate', g('unload_on_deactivate')),
