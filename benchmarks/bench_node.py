@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""The tracker node end to end: a camera process publishes RGB + thermal pairs at --rate Hz, the node
+(its own process, the installed entry point) tracks, this process counts what comes out.
+
+Reports throughput (targets per second over the streaming window), latency p50/p95/p99 (the node's
+``latency`` field: RGB stamp to publication, node clock), and drops (pairs published but not tracked:
+the node keeps only the newest pair when it falls behind, plus frames it could not pair).
+
+Needs the built workspace:
+
+    source scripts/env.sh
+    python benchmarks/bench_node.py --frames 300 --size 640x512                     # ckd_tiny, fp32 eager
+    python benchmarks/bench_node.py --backend onnxruntime --json /tmp/node_ort.json
+
+Weights are the untrained recipe weights unless --checkpoint is given (speed does not depend on them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CAMERA_PEER = REPO_ROOT / "test" / "peers" / "rgbt_camera_peer.py"
+NAMESPACE = "/bench"
+NODE = f"{NAMESPACE}/ckd_tracker"
+
+
+def node_executable() -> Path:
+    from ament_index_python.packages import get_package_prefix
+    path = Path(get_package_prefix("ckd_ros")) / "lib" / "ckd_ros" / "ckd_tracker_node"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `make build` and `source scripts/env.sh`")
+    return path
+
+
+def param(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(param(v) for v in value) + "]"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class Lines:
+    """A child's output, read in a thread (a full pipe would block the child)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: [self.lines.append(line.rstrip("\n")) for line in proc.stdout],
+                         daemon=True).start()
+
+    def event(self, name: str):
+        for line in self.lines:
+            if line.startswith("{") and json.loads(line).get("event") == name:
+                return json.loads(line)
+        return None
+
+
+def spawn(args: list) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def percentile(values, q):
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-config", default="ckd_tiny")
+    parser.add_argument("--checkpoint", default="random")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--backend", default="eager")
+    parser.add_argument("--threads", type=int, default=1, help="node torch_threads")
+    parser.add_argument("--rate", type=float, default=30.0, help="camera pairs per second")
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--size", default="640x512")
+    parser.add_argument("--skip-s", type=float, default=1.0, help="seconds of the stream left out (start-up)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from ckd_ros.core.report import machine_info
+    from ckd_ros.msg import TrackedTarget, TrackerStatus
+
+    peer = spawn([CAMERA_PEER, "--namespace", NAMESPACE, "--frames", args.frames, "--rate", args.rate,
+                  "--thermal-every", "1", "--jitter-ms", "1", "--size", args.size, "--thermal-size", args.size,
+                  "--rgb-encodings", "rgb8", "--thermal-encodings", "mono16", "--qos", "reliable",
+                  "--cycle", "30", "--wait-subscribers", "120", "--linger", "2"])
+    peer_out = Lines(peer)
+    node = None
+    rclpy.init()
+    client = rclpy.create_node("ckd_bench_node")
+    executor = SingleThreadedExecutor()
+    executor.add_node(client)
+
+    def wait(predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}\n" + "\n".join(
+                    (node_out.lines if node is not None else peer_out.lines)[-40:]))
+            executor.spin_once(timeout_sec=0.02)
+
+    try:
+        wait(lambda: peer_out.event("ready"), 120, "the camera peer")
+        ready = peer_out.event("ready")
+        params = {"model_config": args.model_config, "checkpoint": args.checkpoint, "device": "cpu",
+                  "precision": args.precision, "backend": args.backend, "torch_threads": args.threads,
+                  "autostart": True, "initial_box": ready["init_box"], "input.reliability": "reliable",
+                  "status_period": 0.5, "stats_window": 1000, "publish_detections": False}
+        command = [node_executable(), "--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", "__node:=ckd_tracker"]
+        for key, value in params.items():
+            command += ["-p", f"{key}:={param(value)}"]
+        targets, arrival = [], []
+        statuses = []
+        qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        client.create_subscription(TrackedTarget, f"{NODE}/target",
+                                   lambda m: (targets.append(m), arrival.append(time.monotonic())), qos)
+        client.create_subscription(TrackerStatus, f"{NODE}/status", statuses.append, 10)
+        node = spawn(command)
+        node_out = Lines(node)
+        wait(lambda: peer_out.event("done"), args.frames / args.rate + 300, "the camera peer to finish")
+        done = peer_out.event("done")
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.02)
+    finally:
+        for proc in (node, peer):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        executor.shutdown()
+        client.destroy_node()
+        rclpy.try_shutdown()
+
+    published = sorted(done["rgb_stamps"])
+    first_ns = published[0] + int(args.skip_s * 1e9)
+    window = [s for s in published if s >= first_ns]
+    stamps = [t.header.stamp.sec * 10**9 + t.header.stamp.nanosec for t in targets]
+    tracked = [(s, t) for s, t in zip(stamps, targets) if s >= first_ns]
+    if not window or not tracked:
+        raise SystemExit("no tracked pairs in the measuring window: " + "\n".join(node_out.lines[-40:]))
+    span_s = (window[-1] - window[0]) / 1e9 + 1 / args.rate
+    latencies_ms = [1e3 * t.latency for _, t in tracked]
+    last = statuses[-1] if statuses else None
+    result = {
+        "machine": {**machine_info(), "load_average_1min": os.getloadavg()[0]},
+        "config": args.model_config, "precision": args.precision, "backend": args.backend,
+        "node_torch_threads": args.threads, "size": args.size, "camera_rate_hz": args.rate,
+        "pairs_published": len(window), "pairs_tracked": len(tracked),
+        "throughput_pairs_per_s": len(tracked) / span_s,
+        "dropped": len(window) - len(tracked), "drop_fraction": 1 - len(tracked) / len(window),
+        "latency_ms": {"p50": percentile(latencies_ms, 50), "p95": percentile(latencies_ms, 95),
+                       "p99": percentile(latencies_ms, 99), "max": max(latencies_ms)},
+        "node_status": None if last is None else {"pairs_made": int(last.pairs_made),
+                                                  "pairs_dropped": int(last.pairs_dropped),
+                                                  "frames_unmatched": int(last.frames_unmatched),
+                                                  "output_rate": float(last.output_rate)},
+    }
+    lat = result["latency_ms"]
+    print(f"machine: {result['machine'].get('cpu_model')}, {result['machine']['cpu_count']} cores, load average "
+          f"{result['machine']['load_average_1min']:.2f}; node: {args.model_config} {args.precision}/{args.backend}, "
+          f"{args.threads} torch thread(s)")
+    print(f"{args.size} pairs at {args.rate:.0f} Hz, {len(window)} published after the first {args.skip_s:.0f} s: "
+          f"{len(tracked)} tracked = {result['throughput_pairs_per_s']:.1f} pairs/s, dropped {result['dropped']} "
+          f"({100 * result['drop_fraction']:.1f} %); latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f}, "
+          f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}")
+    if result["node_status"]:
+        print(f"node status: {result['node_status']}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
