@@ -27,16 +27,55 @@ import time
 import numpy as np
 import torch
 
-from ckd_ros.core.acceleration import Acceleration
+import copy
+
+import torch.nn.functional as F
+
+from ckd_ros.core.acceleration import Acceleration, NetworkRunner
 from ckd_ros.core.api import load_network, shipped_weights_path
 from ckd_ros.core.config import load_config
 from ckd_ros.core.metrics import centre_error, overlap
 from ckd_ros.core.synthetic import SyntheticScene
+from ckd_ros.core.model.vit import Attention
 from ckd_ros.core.tracker import CKDTracker
 
 from bench_tracker import OFFICIAL, cpu_model
 
 DEFAULT_OPTIONS = ["fp32/int8", "fp32/onnxruntime", "bf16/eager"]
+OFFICIAL_STYLE = "official-style"
+
+
+class OfficialStyleAttention(Attention):
+    """The official (timm/OSTrack) attention: the full (N x N) probability matrix is formed with an
+    explicit softmax, multiplied with v, and candidate elimination slices its template rows."""
+
+    def forward(self, x, template_len=None, template_rows=None):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        out = self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+        if template_len is None:
+            return out, None
+        rows = attn[:, :, :template_len] if template_rows is None else attn.gather(
+            2, template_rows[:, None, :, None].expand(-1, self.num_heads, -1, N))
+        return out, rows[..., template_len:]
+
+
+class OfficialStyleRunner(NetworkRunner):
+    """Templates embedded again every frame, as the official tracker does (no token cache)."""
+
+    def set_templates(self, templates, template_mask):
+        self._templates = list(templates)
+        self._mask = template_mask
+
+
+def official_style_network(network):
+    """A copy of ``network`` computing attention the official way (same weights, same numbers)."""
+    copied = copy.deepcopy(network)
+    for module in copied.modules():
+        if type(module) is Attention:
+            module.__class__ = OfficialStyleAttention
+    return copied
 
 
 def parse_option(text: str) -> Acceleration:
@@ -57,7 +96,7 @@ def success_auc(ious: np.ndarray) -> float:
     return float(np.mean([(ious > t).mean() for t in thresholds]))
 
 
-def bench(config: str, options: list[Acceleration], frames: int, seed: int) -> dict:
+def bench(config: str, options: list[Acceleration], frames: int, seed: int, official_style: bool = False) -> dict:
     cfg = load_config(config)
     trained = not cfg.is_official and shipped_weights_path(cfg.name).is_file()
     network = load_network(cfg, None if trained else "recipe", torch.device("cpu"))
@@ -69,6 +108,11 @@ def bench(config: str, options: list[Acceleration], frames: int, seed: int) -> d
         start = time.perf_counter()
         trackers[name] = CKDTracker(network, cfg, "cpu", acceleration=acceleration)
         setup_s[name] = time.perf_counter() - start
+    if official_style:
+        # the in-process stand-in for the official code (for the ratio on this machine, at this load)
+        trackers[OFFICIAL_STYLE] = CKDTracker(network, cfg, "cpu")
+        trackers[OFFICIAL_STYLE].runner = OfficialStyleRunner(official_style_network(network), torch.device("cpu"))
+        setup_s[OFFICIAL_STYLE] = 0.0
     rgb0, tir0 = scene.frame(0)
     for tracker in trackers.values():
         tracker.initialize(rgb0, tir0, tuple(truth[0]))
@@ -109,6 +153,8 @@ def bench(config: str, options: list[Acceleration], frames: int, seed: int) -> d
         if trained:
             row["success_auc"] = success_auc(overlap(pred, gt))
             row["precision_20px"] = float((centre_error(pred, gt) <= 20).mean())
+        if official_style:
+            row["ratio_vs_official_style"] = median / statistics.median(times[OFFICIAL_STYLE])
         official = OFFICIAL.get(config)
         if official:
             row["ratio_vs_official_track"] = median / official["track_s"]
@@ -124,6 +170,9 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch/ORT threads (1 is faster on a busy 2-core box)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--official-style", action="store_true",
+                        help="also time the official way of computing (explicit attention matrix, templates "
+                             "embedded every frame) in the same process")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -133,7 +182,7 @@ def main(argv=None) -> int:
           f"{machine['torch_threads']} threads, load average {machine['load_average_1min']:.2f}", flush=True)
     reports = []
     for config in args.configs:
-        report = bench(config, options, args.frames, args.seed)
+        report = bench(config, options, args.frames, args.seed, args.official_style)
         reports.append(report)
         print(f"{config} ({report['weights']} weights, {args.frames} frames 640x512, interleaved):")
         for row in report["results"]:
@@ -143,8 +192,10 @@ def main(argv=None) -> int:
                     f"min {row['box_iou_vs_fp32_min']:.3f}")
             if "success_auc" in row:
                 line += f"; success {100 * row['success_auc']:.1f}, precision@20 {100 * row['precision_20px']:.1f}"
+            if "ratio_vs_official_style" in row:
+                line += f"; x{row['ratio_vs_official_style']:.2f} of official-style"
             if "ratio_vs_official_track" in row:
-                line += f"; x{row['ratio_vs_official_track']:.2f} of the official 483/590 ms"
+                line += f"; x{row['ratio_vs_official_track']:.2f} of the official's published ms"
             print(line, flush=True)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.json:
