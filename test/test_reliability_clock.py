@@ -1,6 +1,7 @@
 """Simulated time through a real node process: the node clock follows /clock (use_sim_time) and jumps back
 (a bag replayed with --clock loops). Pairing, the frame history and the latency statistics restart, and no
-latency from before the jump leaks into the statistics or into an output."""
+latency from before the jump leaks into the statistics or into an output. When /clock pauses, stalls are
+still reported."""
 import pytest
 
 from peers.frames import MS, SECOND, Driver, FrameMaker, finite_target, stamp_ns_of
@@ -69,6 +70,12 @@ def test_a_backward_jump_of_the_sim_clock_restarts_pairing_and_latency(rclpy_con
                         'statistics without the old latencies', out)
         values = diagnostic_values(find_status(diagnostics, 'ckd_tracker: tracker'))
         assert values['time_restarts'] == '1', values['time_restarts']   # the clock jump, not again for the stamps
+
+        # The bag is paused: /clock and the images stop. The node's timers run on sim time and stop too,
+        # but the input watchdog runs on the steady clock and publishes the stall itself.
+        paused = len(diagnostics)
+        client.wait_for(lambda: any('/simclock/rgb/image stalled' in s.message for a in diagnostics[paused:]
+                                    for s in a.status), 2.5 + 1.0, 'the stall while /clock is paused', out)
         assert all(finite_target(t) for t in targets)
         assert 'Traceback' not in out.text()
     finally:

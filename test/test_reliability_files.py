@@ -269,6 +269,31 @@ def test_a_recorder_killed_mid_recording_leaves_a_readable_prefix_and_runs_keep_
     assert results.list_result_sequences(out) == [], 'a broken-off sequence is not a finished result'
 
 
+def test_an_image_with_damaged_size_fields_in_a_bag_is_a_named_read_error(tmp_path, capsys):
+    bag = tmp_path / 'lying'
+    with bagio.BagWriter(bag) as writer:
+        for k in range(5):
+            stamp = 10**9 + k * 33_000_000
+            rgb = bagio.image_message(writer.store, np.full((40, 50, 3), 10 * k, np.uint8), 'rgb8', stamp, 'c')
+            if k == 3:
+                rgb.step = 2**31 + 100          # a flipped high bit in the step field
+            writer.write_target('/ground_truth', stamp, [5.0, 5.0, 10.0, 10.0])
+            writer.write('/rgb/image', bagio.IMAGE_TYPE, stamp, rgb)
+            writer.write('/thermal/image', bagio.IMAGE_TYPE, stamp,
+                         bagio.image_message(writer.store, np.full((40, 50), 1000 * k, np.uint16), 'mono16', stamp, 'c'))
+    pairs = []
+    with pytest.raises(bagio.BagReadError, match=r'lying: pair 3: the image on /rgb/image stamped 1099000000 ns cannot be '
+                                                 r'decoded \(data length 6000 does not match step\*height') as raised:
+        for pair in bagio.read_pairs(bag):
+            pairs.append(pair)
+    assert len(pairs) == 3 and raised.value.last_stamp_ns == 1_099_000_000
+    out = tmp_path / 'results'
+    assert eval_cli.main(['run', '--bags', str(bag), '--results', str(out), '--config', MICRO_CONFIG, '--checkpoint',
+                          'random', '--threads', '1', '--quiet', '--no-report']) == 1
+    assert 'FAILED lying: ' in capsys.readouterr().err
+    assert len(results.read_result_boxes(out / 'partial' / 'lying.txt')) == 3
+
+
 def test_dropped_images_in_a_bag_keep_the_result_rows_aligned_with_the_ground_truth(tmp_path, capsys):
     bag = tmp_path / 'dropped'
     with bagio.BagWriter(bag) as writer:
