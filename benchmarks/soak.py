@@ -176,7 +176,9 @@ class Soak:
         messages = [(array_to_image_msg(rgb, 'rgb8'), array_to_image_msg(thermal, 'mono16')) for rgb, thermal in bank]
         self.start_node(init_box)
         started = time.monotonic()
-        assert self.change_state('configure') and self.change_state('activate'), 'the node did not start'
+        if not (self.change_state('configure') and self.change_state('activate')):
+            self.spin(0.5)
+            raise RuntimeError('the node did not start; its log:\n' + '\n'.join(self.log_lines[-20:]))
         self.wait_for(lambda: self.rgb_pub.get_subscription_count() and self.thermal_pub.get_subscription_count(),
                       60, 'the node to subscribe')
         samples, active_checks, cycles = [], [], 0
