@@ -1,7 +1,7 @@
 """How the CKD network runs inside the tracker: numeric precision and execution backend.
 
 ``Acceleration(precision, backend)`` (``init_tracker(..., precision=, backend=)``, node parameters
-``model.precision`` / ``model.backend``):
+``precision`` / ``backend``; speed and accuracy figures: doc/performance.md):
 
 ============  ==========================================================================================
 precision     effect
