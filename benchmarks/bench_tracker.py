@@ -7,6 +7,10 @@ Weights are the deterministic recipe weights (speed does not depend on their val
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_tracker.py                 # full-size CE off + MCE, ckd_tiny
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_tracker.py --configs ckd_tiny --frames 100
+
+The ratios to the official figures only mean something on an idle machine like theirs; on a shared
+one use benchmarks/bench_acceleration.py (same-process, frame-interleaved ratios to this package's fp32
+eager path and to the official way of computing) and benchmarks/bench_node.py (the node end to end).
 """
 from __future__ import annotations
 
