@@ -2,8 +2,10 @@
 
 A sequence is fully determined by its seed and parameters. One moving target with a thermal
 signature is rendered into an RGB and a thermal frame; around it move distractors that look
-like the target in one modality only (RGB twins are cold, thermal twins look different in RGB),
-ordinary clutter objects, and occluders. Segments of the sequence switch on the failure modes
+like the target in one modality only (RGB twins: same saturated colours, cold; thermal twins:
+as hot, muted colours), muted lukewarm clutter objects, and occluders. So each modality alone
+has a salient cue with a twin that only the other modality rules out: the target is the one
+object salient in both. Segments of the sequence switch on the failure modes
 that make fusion matter:
 
 * ``rgb_dark``: exposure drops to a few grey levels and sensor noise dominates (RGB alone fails);
@@ -128,12 +130,14 @@ def _random_color(rng: np.random.Generator, saturated: bool = True) -> np.ndarra
     return np.array(rgb, np.float32) * 255.0
 
 
-def _make_sprite(rng: np.random.Generator, aspect: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A patterned object: RGB sprite, soft alpha mask, heat profile (all SxS; aspect is applied at draw time)."""
+def _make_sprite(rng: np.random.Generator, aspect: float, saturated: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A patterned object: RGB sprite, soft alpha mask, heat profile (all SxS; aspect is applied at draw time).
+    ``saturated=False`` gives muted colours (clutter that is not salient in RGB)."""
     s = _SPRITE_SIZE
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     u, v = (xx + 0.5) / s, (yy + 0.5) / s
-    c1, c2 = _random_color(rng), _random_color(rng)
+    c1, c2 = _random_color(rng, saturated), _random_color(rng, saturated)
     pattern = rng.integers(0, 5)
     freq = rng.integers(2, 5)
     if pattern == 0:  # stripes
@@ -354,8 +358,8 @@ class SyntheticScene:
                                              "rgb_twin"))
         for _ in range(n_th if "thermal_distractor_near" in self.conditions else 0):
             cx, cy, w, h = self._twin_path(rng, hover=True)
-            sprite, alpha, _ = _make_sprite(rng, self._target_aspect)
-            # same heat as the target, different look: only RGB tells them apart
+            sprite, alpha, _ = _make_sprite(rng, self._target_aspect, saturated=False)
+            # same heat as the target, a muted look: only RGB tells them apart
             temp = np.full(n, self._target_hot * rng.uniform(0.97, 1.03), np.float32)
             self._distractors.append(_Object(cx, cy, w, h, sprite, self._target.alpha.copy(),
                                              self._target.heat_profile.copy(), temp, np.ones(n, bool),
@@ -364,7 +368,8 @@ class SyntheticScene:
             base = self._target_base * rng.uniform(0.6, 1.6)
             aspect = float(np.exp(rng.uniform(-0.8, 0.8)))
             cx, cy, w, h = self._object_geometry(rng, base, aspect, base * rng.uniform(0.02, 0.08))
-            sprite, alpha, heat = _make_sprite(rng, aspect)
+            # clutter is muted in RGB and not hot: texture, not a second target
+            sprite, alpha, heat = _make_sprite(rng, aspect, saturated=False)
             temp = np.full(n, rng.uniform(0.35, 0.6), np.float32)
             self._distractors.append(_Object(cx, cy, w, h, sprite, alpha, heat, temp, np.ones(n, bool)))
 
