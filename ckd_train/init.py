@@ -25,6 +25,18 @@ from ckd_ros.core.checkpoint import CheckpointError, load_tracker_head, load_vit
 from .model import CKDTrainingNet
 
 
+PRETRAINED_KEYS = ("RGB_BRANCH", "TIR_BRANCH", "RGB_TEACHER", "TIR_TEACHER", "PRETRAIN_FILE")
+
+
+def check_pretrained_files(cfg) -> None:
+    """Fail before any network is built when a file the configuration names does not exist."""
+    for key in PRETRAINED_KEYS:
+        path = getattr(cfg.MODEL, key)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"pretrained file {path} (MODEL.{key}) does not exist; download it or set "
+                                    f"the MODEL entry to \"\" to train from scratch")
+
+
 def initialise_from_config(model: CKDTrainingNet, cfg, log: Callable[[str], None] | None = None) -> list[str]:
     """Load the files the configuration names; returns one line per action (also passed to ``log``)."""
     actions: list[str] = []

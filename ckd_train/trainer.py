@@ -35,7 +35,7 @@ from ckd_ros.core.synthetic import SyntheticScene
 
 from .checkpoints import load_training_checkpoint, save_training_checkpoint
 from .data import CKDProcessing, CKDTrainingDataset, ProcessingSettings, TrackingSampler, worker_count
-from .init import initialise_from_config
+from .init import check_pretrained_files, initialise_from_config
 from .losses import CKDLossWeights, ckd_loss
 from .model import CKDTrainingNet, build_training_model, ce_keep_rate_for_epoch
 from .optim import build_optimizer, trainable_parameters
@@ -260,6 +260,8 @@ def train(options: TrainOptions) -> TrainResult:
     total_epochs = cfg.TRAIN.EPOCH
     if batch_size < 1 or total_epochs < 1:
         raise ValueError(f"TRAIN.BATCH_SIZE and TRAIN.EPOCH must be >= 1, got {batch_size} and {total_epochs}")
+    if options.resume is None:
+        check_pretrained_files(cfg)
     model: CKDTrainingNet = build_training_model(cfg)
     start_epoch = 1
     history: list[dict[str, Any]] = []
