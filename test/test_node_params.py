@@ -1,4 +1,4 @@
-"""Node parameters: validation names the bad parameter; config/ckd_tracker.yaml and doc/node.md document
+"""Node parameters: validation names the bad parameter; config/ckd_tracker.yaml and the README document
 every parameter with its default; the node loads the file and a bad value fails configure (recoverably)."""
 import pytest
 import yaml
@@ -78,7 +78,7 @@ def test_the_parameter_file_documents_every_parameter_with_its_default():
 
 
 def test_doc_lists_every_parameter():
-    text = (REPO_ROOT / 'doc' / 'node.md').read_text()
+    text = (REPO_ROOT / 'README.md').read_text()
     missing = [spec.name for spec in PARAMETER_SPECS if f'`{spec.name}`' not in text]
     assert not missing, missing
     assert '`~/set_target`' in text and '`~/init_box`' in text and 'best_effort' in text

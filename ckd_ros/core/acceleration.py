@@ -1,14 +1,14 @@
 """How the CKD network runs inside the tracker: numeric precision and execution backend.
 
 ``Acceleration(precision, backend)`` (``init_tracker(..., precision=, backend=)``, node parameters
-``precision`` / ``backend``; speed and accuracy figures: doc/performance.md):
+``precision`` / ``backend``; speed and accuracy figures: the README's Performance section):
 
 ============  ==========================================================================================
 precision     effect
 ============  ==========================================================================================
 ``fp32``      default; the official numbers (parity).
 ``bf16``      ``torch.autocast`` to bfloat16 (CPU or CUDA).  On a CPU without AVX-512 BF16 / AMX the
-              bf16 matrix products are emulated and *slower* than fp32 (measured: doc/performance.md).
+              bf16 matrix products are emulated and *slower* than fp32 (measured: the README's Performance section).
 ``fp16``      ``torch.autocast`` to float16, CUDA only (CPU fp16 kernels are slow and not accurate).
 ============  ==========================================================================================
 

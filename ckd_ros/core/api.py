@@ -100,7 +100,7 @@ def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.Pat
         precision: ``"fp32"`` (default, official numbers), ``"bf16"`` (autocast), ``"fp16"`` (CUDA only).
         backend: ``"eager"`` (default), ``"compile"`` (torch.compile), ``"int8"`` (dynamic int8 Linear
             layers, CPU), ``"onnxruntime"`` (ONNX export run by ONNX Runtime, CPU); see
-            :mod:`ckd_ros.core.acceleration` and doc/performance.md for speed and accuracy.
+            :mod:`ckd_ros.core.acceleration` and the README's Performance section for speed and accuracy.
     """
     acceleration = Acceleration(precision=precision, backend=backend)
     cfg = load_config(config)

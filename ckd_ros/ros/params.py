@@ -4,7 +4,7 @@ Every parameter is declared with ``dynamic_typing`` so that a wrong type or valu
 the command line does not crash the constructor; :func:`read_parameters` validates everything when
 the node is configured and raises :class:`ParameterError` naming the parameter, which the node turns
 into a configure FAILURE.  Parameters are read at configure: change them, then cleanup + configure.
-The same table documents ``config/ckd_tracker.yaml`` and ``doc/node.md`` (a test checks they agree).
+The same table documents ``config/ckd_tracker.yaml`` and the README's parameter table (a test checks they agree).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('precision', 'fp32',
                   "'fp32' (official numbers), 'bf16' (autocast; slower on CPUs without AVX-512 BF16) or 'fp16' (CUDA only)"),
     ParameterSpec('backend', 'eager',
-                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU) or 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager); see doc/performance.md"),
+                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU) or 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager); see the README's Performance section"),
     ParameterSpec('torch_threads', 0, 'CPU threads for torch (0 = torch default)'),
     ParameterSpec('warmup', True, 'run one initialize + track on a blank frame at configure (first-frame latency)'),
     ParameterSpec('unload_on_deactivate', False,
