@@ -11,6 +11,7 @@ glare) and where the thermal image fails (crossover, low contrast).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from ckd_ros.core.api import init_tracker
 from ckd_ros.core.config import CKDConfig
 from ckd_ros.core.datasets import GroundTruth
 from ckd_ros.core.metrics import evaluate, overlap
+from ckd_ros.core.tracker import TrackerOptions
 from ckd_ros.core.synthetic import SyntheticScene, rgb_failure, thermal_failure
 
 from .settings import load_train_config
@@ -68,12 +70,18 @@ class SyntheticEvaluation:
 
 
 def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 512), device: str = "cpu",
-                       modes=MODES, threads: int | None = None) -> SyntheticEvaluation:
+                       modes=MODES, threads: int | None = None, lost_threshold: float | None = None
+                       ) -> SyntheticEvaluation:
+    """Track every held-out sequence in every mode; ``lost_threshold`` switches on the tracker's
+    non-official LOST state (keep the previous box when the peak score is lower), default off."""
     if threads:
         torch.set_num_threads(threads)
     if not isinstance(config, CKDConfig):
         config = load_train_config(config).cfg  # training files (BASE + SYNTHETIC) and model configs alike
-    tracker = init_tracker(config, checkpoint=checkpoint, device=device)
+    options = TrackerOptions.from_config(config)
+    if lost_threshold is not None:
+        options = dataclasses.replace(options, lost_threshold=lost_threshold)
+    tracker = init_tracker(config, checkpoint=checkpoint, device=device, options=options)
     scenes = [SyntheticScene(int(s), length, size) for s in seeds]
     gt = {s.name: GroundTruth(s.ground_truth) for s in scenes}
     tic = time.perf_counter()
@@ -113,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="640x512", help="WIDTHxHEIGHT")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int)
+    p.add_argument("--lost-threshold", type=float, help="tracker LOST state below this peak score (default off)")
     p.add_argument("--json", type=Path, help="write the scores here")
     args = p.parse_args(argv)
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))
         result = evaluate_synthetic(args.config, args.checkpoint, _seed_range(args.seeds), args.length,
-                                    (width, height), args.device, threads=args.threads)
+                                    (width, height), args.device, threads=args.threads,
+                                    lost_threshold=args.lost_threshold)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2

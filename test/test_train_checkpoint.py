@@ -139,3 +139,16 @@ def test_param_key_freezes_unmatched_and_rejects_typos():
     bad = cfg.with_overrides({"TRAIN": {"PARAM_KEY": [["head", 5e-5], ["rgb_brnch", 1e-5]]}})
     with pytest.raises(ValueError, match="rgb_brnch"):
         build_optimizer(build_training_model(bad), bad)
+
+
+def test_held_out_evaluation_scores_three_modes(two_epochs):
+    from ckd_train.evaluate import MODES, evaluate_synthetic, run_sequence
+    result, _ = two_epochs
+    cfg = tiny_train_config().cfg
+    ev = evaluate_synthetic(cfg, result.checkpoints[-1], seeds=[900000], length=12, size=(160, 128))
+    assert set(ev.metrics) == set(MODES) and ev.frames == 12
+    for m in ev.metrics.values():
+        assert 0.0 <= m["SR"] <= 1.0 and 0.0 <= m["PR"] <= 1.0
+    assert "SR" in ev.table() and "thermal_only" in ev.table()
+    with pytest.raises(ValueError, match="mode"):
+        run_sequence(None, SyntheticScene(1, length=3, size=(64, 64)), "infrared")
