@@ -1,9 +1,11 @@
-"""Parameter groups and optimiser (CKD.md sec. 4.4).
+"""Parameter groups, optimiser and learning-rate schedule (CKD.md sec. 4.4).
 
 ``TRAIN.PARAM_KEY`` is a list of ``[name_substring, lr]``: a parameter joins the group of the first
 substring that occurs in its name; parameters matching none are frozen (``requires_grad = False``).
-AdamW (betas 0.9/0.999, eps 1e-8) with ``TRAIN.WEIGHT_DECAY`` on every trainable tensor; constant
-learning rate (the official configs have no scheduler).
+AdamW (betas 0.9/0.999, eps 1e-8) with ``TRAIN.WEIGHT_DECAY`` on every trainable tensor. The CKD
+configs use a constant learning rate (``SCHEDULER.TYPE: null``); OSTrack's ``step`` schedule (every
+group's rate times ``SCHEDULER.DECAY_RATE`` after each ``TRAIN.LR_DROP_EPOCH`` epochs) is available
+for other configurations.
 """
 from __future__ import annotations
 
@@ -46,9 +48,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """AdamW over the PARAM_KEY groups (TRAIN.OPTIMIZER must be ADAMW, the only official choice)."""
     if cfg.TRAIN.OPTIMIZER.upper() != "ADAMW":
         raise ValueError(f"TRAIN.OPTIMIZER {cfg.TRAIN.OPTIMIZER!r} is not supported; CKD trains with ADAMW")
-    if cfg.TRAIN.SCHEDULER.TYPE not in (None, "", "none", "None"):
-        raise ValueError(f"TRAIN.SCHEDULER.TYPE {cfg.TRAIN.SCHEDULER.TYPE!r} is not supported; the CKD configs "
-                         "use a constant learning rate (SCHEDULER.TYPE: null)")
+    lr_factor(cfg, 1)  # validates TRAIN.SCHEDULER
     groups = parameter_groups(model, cfg.TRAIN.PARAM_KEY)
     return torch.optim.AdamW(groups, lr=cfg.TRAIN.LR, betas=(0.9, 0.999), eps=1e-8,
                              weight_decay=cfg.TRAIN.WEIGHT_DECAY)
@@ -56,3 +56,25 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def lr_factor(cfg, epoch: int) -> float:
+    """Multiplier of every group's base rate in (1-based) ``epoch``."""
+    kind = cfg.TRAIN.SCHEDULER.TYPE
+    if kind in (None, "", "none", "None"):
+        return 1.0
+    if kind == "step":
+        step = cfg.TRAIN.LR_DROP_EPOCH
+        if step < 1:
+            raise ValueError(f"TRAIN.LR_DROP_EPOCH must be >= 1 for the step schedule, got {step}")
+        return float(cfg.TRAIN.SCHEDULER.DECAY_RATE) ** ((epoch - 1) // step)
+    raise ValueError(f"TRAIN.SCHEDULER.TYPE {kind!r} is not supported; use null (constant, the CKD configs) or 'step'")
+
+
+def apply_lr_schedule(optimizer: torch.optim.Optimizer, cfg, epoch: int) -> float:
+    """Set every group's rate for ``epoch`` from its base rate (stored once as ``initial_lr``)."""
+    factor = lr_factor(cfg, epoch)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * factor
+    return factor

@@ -38,7 +38,7 @@ from .data import CKDProcessing, CKDTrainingDataset, ProcessingSettings, Trackin
 from .init import check_pretrained_files, initialise_from_config
 from .losses import CKDLossWeights, ckd_loss
 from .model import CKDTrainingNet, build_training_model, ce_keep_rate_for_epoch
-from .optim import build_optimizer, trainable_parameters
+from .optim import apply_lr_schedule, build_optimizer, trainable_parameters
 from .settings import DATASET_KINDS, SYNTHETIC_NAMES, SyntheticSettings, TrainConfig, load_train_config
 
 
@@ -325,6 +325,7 @@ def train(options: TrainOptions) -> TrainResult:
             net.train()
             set_batchnorm_mode(model, options.batchnorm)
             keep_rate = ce_keep_rate_for_epoch(cfg, epoch)
+            lr_scale = apply_lr_schedule(optimizer, cfg, epoch)
             # every process gets the same number of whole batches (DistributedSampler split without padding)
             indices = list(range(dist_info.rank, steps_per_epoch * batch_size * dist_info.world_size,
                                  dist_info.world_size))
@@ -353,7 +354,7 @@ def train(options: TrainOptions) -> TrainResult:
                 if step % interval == 0 or step == len(loader):
                     means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                     elapsed = time.perf_counter() - tic
-                    log.write("train", {"epoch": epoch, "step": step, "global_step": global_step,
+                    log.write("train", {"epoch": epoch, "step": step, "global_step": global_step, "lr_scale": lr_scale,
                                         "samples": global_step * batch_size * dist_info.world_size,
                                         "seconds_per_step": elapsed / len(window), **means}, global_step)
                     window, tic = [], time.perf_counter()

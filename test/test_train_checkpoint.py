@@ -152,3 +152,20 @@ def test_held_out_evaluation_scores_three_modes(two_epochs):
     assert "SR" in ev.table() and "thermal_only" in ev.table()
     with pytest.raises(ValueError, match="mode"):
         run_sequence(None, SyntheticScene(1, length=3, size=(64, 64)), "infrared")
+
+
+def test_step_schedule_and_constant_default():
+    from ckd_train.model import build_training_model
+    from ckd_train.optim import apply_lr_schedule, build_optimizer, lr_factor
+    cfg = tiny_train_config().cfg
+    assert [lr_factor(cfg, e) for e in (1, 5, 30)] == [1.0, 1.0, 1.0]  # official: constant
+    step = cfg.with_overrides({"TRAIN": {"LR_DROP_EPOCH": 2, "SCHEDULER": {"TYPE": "step", "DECAY_RATE": 0.1}}})
+    assert [lr_factor(step, e) for e in (1, 2, 3, 4, 5)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    opt = build_optimizer(build_training_model(step), step)
+    apply_lr_schedule(opt, step, 3)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-4, 1e-4])
+    apply_lr_schedule(opt, step, 1)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-3, 1e-3])
+    bad = cfg.with_overrides({"TRAIN": {"SCHEDULER": {"TYPE": "cosine"}}})
+    with pytest.raises(ValueError, match="not supported"):
+        build_optimizer(build_training_model(bad), bad)
