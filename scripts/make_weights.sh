@@ -5,7 +5,7 @@
 # MCE at blocks 1/2/3, 96/192 px crops) trained from scratch with the full CKD stage-1 objective
 # (four branches: students + teachers, masked modelling 0.25, style/content distillation) on the
 # synthetic sequences with seeds SYNTHETIC.SEEDS; base seed 42; then stripped (no optimizer, no
-# teachers) and scored on held-out seeds 900000..900009 (never used in training) as fused vs
+# teachers) and scored on held-out seeds 900000..900005 (never used in training) as fused vs
 # RGB-only vs thermal-only tracking.
 #
 # Environment: CKD_WEIGHTS_WORK (work folder, default output/make_weights), CKD_WEIGHTS_EPOCHS
@@ -33,7 +33,7 @@ ckpt="$(ls "$work/checkpoints/train/ckd/$config"/OSTrack_CKD_ep*.pth.tar | sort 
 echo "[make_weights] training took $(( $(date +%s) - start )) s; exporting $ckpt"
 mkdir -p "$(dirname "$dest")"
 "$python" -m ckd_train.export "$ckpt" "$dest"
-echo "[make_weights] held-out synthetic sequences (seeds 900000..900009, 300 frames, 640x512)"
-"$python" -m ckd_train.evaluate --config ckd_tiny --checkpoint "$dest" --seeds 900000:900010 \
+echo "[make_weights] held-out synthetic sequences (seeds 900000..900005, 300 frames, 640x512)"
+"$python" -m ckd_train.evaluate --config ckd_tiny --checkpoint "$dest" --seeds 900000:900006 \
   --length 300 --size 640x512 --threads "$threads" --json "$work/heldout.json"
 echo "[make_weights] done in $(( $(date +%s) - start )) s: $dest"
