@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from ckd_ros.core.checkpoint import read_checkpoint
 
