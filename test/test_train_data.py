@@ -146,3 +146,30 @@ def test_thermal_formats_and_mismatched_frames():
         ds[0]
     with pytest.raises(ValueError, match="one entry per frame"):
         ArraySequence("x", np.zeros((3, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8), np.zeros((3, 4)))
+
+
+def test_dataset_readers_plug_in_by_official_name(tmp_path):
+    """A LasHeR-layout folder (visible/, infrared/, init.txt) named LasHeR_trainingSet feeds training."""
+    import cv2
+
+    from ckd_train.trainer import open_sequences
+    from ckd_train.settings import SyntheticSettings
+    seq_dir = tmp_path / "seq_a"
+    (seq_dir / "visible").mkdir(parents=True)
+    (seq_dir / "infrared").mkdir()
+    marker = _marker_sequence(n=24, h=120, w=160)
+    lines = []
+    for i in range(24):
+        cv2.imwrite(str(seq_dir / "visible" / f"v{i:06d}.png"), cv2.cvtColor(marker.rgb(i), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(seq_dir / "infrared" / f"i{i:06d}.png"), marker.rgb(i)[..., 0])
+        lines.append(",".join(str(int(v)) for v in marker.ground_truth[i]))
+    (seq_dir / "init.txt").write_text("\n".join(lines) + "\n")
+    sequences = open_sequences("LasHeR_trainingSet", SyntheticSettings(), {"LasHeR_trainingSet": str(tmp_path)})
+    assert [s.name for s in sequences] == ["seq_a"] and len(sequences[0]) == 24
+    ds = CKDTrainingDataset(TrackingSampler([sequences], [1.0]), CKDProcessing(ProcessingSettings()), 4)
+    item = ds[0]
+    assert item["search_rgb"].shape == (3, 256, 256) and torch.isfinite(item["search_tir"]).all()
+    with pytest.raises(ValueError, match="--data-root RGBT234=PATH"):
+        open_sequences("RGBT234", SyntheticSettings(), {})
+    with pytest.raises(ValueError, match="unknown training dataset"):
+        open_sequences("KITTI", SyntheticSettings(), {})
