@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="training file (ckd_train/configs) or model configuration name / YAML path")
     p.add_argument("--output", type=Path, default=Path("output"), help="output folder (checkpoints, logs)")
     p.add_argument("--resume", type=Path, help="training checkpoint to continue from (its next epoch)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints of an earlier run in the output folder (default: refuse)")
     p.add_argument("--epochs", type=int, help="total epochs (overrides TRAIN.EPOCH)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default TRAIN.NUM_WORKER, capped by the CPUs)")
@@ -48,14 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .trainer import TrainOptions, train  # torch import after argument errors are reported
-    options = TrainOptions(config=args.config, output_dir=args.output, resume=args.resume, epochs=args.epochs,
+    options = TrainOptions(config=args.config, output_dir=args.output, resume=args.resume, overwrite=args.overwrite, epochs=args.epochs,
                            device=args.device, workers=args.workers, threads=args.threads, seed=args.seed,
                            data_roots=dict(args.data_root), samples_per_epoch=args.samples_per_epoch,
                            batch_size=args.batch_size, batchnorm=args.batchnorm, sync_batchnorm=args.sync_batchnorm,
                            progress=not args.no_progress, validate=not args.no_val, log_interval=args.log_interval)
     try:
         result = train(options)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"ckd-train: error: {exc}", file=sys.stderr)
         return 2
     if result.checkpoints:

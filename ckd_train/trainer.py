@@ -48,6 +48,7 @@ class TrainOptions:
     config: str | Path | TrainConfig
     output_dir: Path = Path("output")
     resume: Path | None = None
+    overwrite: bool = False  # replace checkpoints an earlier run left in the output folder
     epochs: int | None = None  # overrides TRAIN.EPOCH
     device: str = "auto"
     workers: int | None = None  # DataLoader workers (default: TRAIN.NUM_WORKER capped by the CPUs)
@@ -261,6 +262,12 @@ def train(options: TrainOptions) -> TrainResult:
         raise ValueError(f"TRAIN.BATCH_SIZE and TRAIN.EPOCH must be >= 1, got {batch_size} and {total_epochs}")
     if options.resume is None:
         check_pretrained_files(cfg)
+        earlier = sorted((Path(options.output_dir) / "checkpoints" / "train" / "ckd" / (tc.name or cfg.name))
+                         .glob("OSTrack_CKD_ep*.pth.tar"))
+        if earlier and not options.overwrite:
+            raise FileExistsError(f"{earlier[0].parent} already holds {len(earlier)} checkpoint(s) of an earlier run "
+                                  f"(last: {earlier[-1].name}): continue it with --resume {earlier[-1]}, choose "
+                                  "another --output, or pass --overwrite to replace them")
     model: CKDTrainingNet = build_training_model(cfg)
     start_epoch = 1
     history: list[dict[str, Any]] = []

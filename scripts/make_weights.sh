@@ -28,7 +28,7 @@ cd "$root"
 
 start=$(date +%s)
 echo "[make_weights] training $config into $work (threads $threads)"
-"$python" -m ckd_train "$config" --output "$work" --threads "$threads" --seed 42 "${epochs_arg[@]}"
+"$python" -m ckd_train "$config" --output "$work" --overwrite --threads "$threads" --seed 42 "${epochs_arg[@]}"
 ckpt="$(ls "$work/checkpoints/train/ckd/$config"/OSTrack_CKD_ep*.pth.tar | sort | tail -n 1)"
 echo "[make_weights] training took $(( $(date +%s) - start )) s; exporting $ckpt"
 mkdir -p "$(dirname "$dest")"

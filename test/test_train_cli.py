@@ -28,3 +28,13 @@ def test_missing_dataset_root_is_reported(capsys, tmp_path):
 def test_unknown_config_is_reported(capsys, tmp_path):
     assert main(["no_such_config", "--output", str(tmp_path)]) == 2
     assert "unknown configuration name" in capsys.readouterr().err
+
+
+def test_an_earlier_run_is_not_overwritten_without_being_asked(capsys, tmp_path):
+    earlier = tmp_path / "checkpoints" / "train" / "ckd" / "ckd_tiny_smoke" / "OSTrack_CKD_ep0001.pth.tar"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run's checkpoint")
+    assert main(["ckd_tiny_smoke", "--output", str(tmp_path), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds 1 checkpoint" in err and "--resume" in err and "--overwrite" in err
+    assert earlier.read_bytes() == b"an earlier run's checkpoint"
