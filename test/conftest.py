@@ -51,3 +51,15 @@ def rclpy_context():
     rclpy.init(context=context)
     yield context
     rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a module's tests: on the shared 2-core machine a second OpenMP thread busy-waits and
+    makes timing-sensitive and model-heavy tests slower, never faster."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

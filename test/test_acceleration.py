@@ -20,11 +20,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread):
+    """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
