@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,27 +23,15 @@ import time
 import numpy as np
 import torch
 
+from ckd_ros.core import cli_args
 from ckd_ros.core.config import load_config
 from ckd_ros.core.model import build_ckd_model
 from ckd_ros.core.recipe_weights import load_recipe_weights, recipe_inputs
+from ckd_ros.core.report import PUBLISHED_OFFICIAL_SPEED_S, machine_info, machine_line
 from ckd_ros.core.tracker import CKDTracker
 
-CE_OFF = "ckd_4b_dropmae_ckd_tf_cc_mask.25"
-MCE = "ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead"
-# official figures (seconds), spec/CKD.md section 7
-OFFICIAL = {CE_OFF: {"forward_s": 0.591, "track_s": 0.590}, MCE: {"forward_s": 0.486, "track_s": 0.483}}
+CE_OFF, MCE = PUBLISHED_OFFICIAL_SPEED_S   # the full-size configurations without and with elimination
 REALTIME_PAIRS_PER_S = 30.0
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summary(samples: list[float]) -> dict:
@@ -99,20 +85,19 @@ def bench_config(name: str, frames: int, warmup: int, height: int, width: int) -
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=[CE_OFF, MCE, "ckd_tiny"])
-    parser.add_argument("--frames", type=int, default=20, help="timed frames per measurement (default 20)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (official figures: 2)")
-    parser.add_argument("--size", default="640x512", help="frame WxH for track() (default 640x512)")
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--configs", nargs="+", type=cli_args.config_name, default=[CE_OFF, MCE, "ckd_tiny"])
+    parser.add_argument("--frames", type=cli_args.integer(1), default=20,
+                        help="timed frames per measurement (default 20)")
+    parser.add_argument("--warmup", type=cli_args.integer(0), default=3)
+    parser.add_argument("--threads", type=cli_args.integer(1), default=2, help="torch threads (official figures: 2)")
+    parser.add_argument("--size", type=cli_args.size(32), default="640x512",
+                        help="frame WxH for track() (default 640x512)")
+    parser.add_argument("--json", type=cli_args.output_file, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     torch.set_num_threads(args.threads)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "torch": torch.__version__, "python": platform.python_version(),
-               "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with "
-          f"{machine['torch_threads']} threads, load average {machine['load_average_1min']:.2f}")
+    machine = machine_info()
+    print(machine_line(machine))
     print(f"batch 1, fp32, {args.warmup} warm-up + {args.frames} timed frames, track() on {width}x{height}")
     results = []
     for name in args.configs:
@@ -122,7 +107,7 @@ def main(argv=None) -> int:
         line = (f"{name} [{result['ce_mode']}]: forward {fwd['median_s'] * 1e3:.1f} ms "
                 f"(p10-p90 {fwd['p10_s'] * 1e3:.1f}-{fwd['p90_s'] * 1e3:.1f}), track {trk['median_s'] * 1e3:.1f} ms "
                 f"(p10-p90 {trk['p10_s'] * 1e3:.1f}-{trk['p90_s'] * 1e3:.1f}) = {1 / trk['median_s']:.1f} pairs/s")
-        official = OFFICIAL.get(name)
+        official = PUBLISHED_OFFICIAL_SPEED_S.get(name)
         if official:
             result["ratio_forward_vs_official"] = fwd["median_s"] / official["forward_s"]
             result["ratio_track_vs_official"] = trk["median_s"] / official["track_s"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ckd_ros.core.acceleration import (Acceleration, NetworkRunner, OnnxRuntimeRunner, make_runner,
-                                       quantize_linear_int8)
+from ckd_ros.core.acceleration import (Acceleration, NetworkRunner, OnnxRuntimeRunner, export_onnx, make_runner,
+                                       quantize_linear_int8, quantize_onnx_int8)
 from ckd_ros.core.api import init_tracker, load_network
 from ckd_ros.core.config import load_config
 from ckd_ros.core.recipe_weights import recipe_inputs
@@ -107,6 +107,48 @@ def test_onnxruntime_tracker_follows_the_fp32_trajectory(tiny):
     assert np.abs(ort - eager).max() < 1e-2
 
 
+def test_onnx_int8_quantises_every_weight_matmul(tiny):
+    cfg, network = tiny
+    import onnx
+    model = onnx.load_from_string(quantize_onnx_int8(export_onnx(network, cfg.TEST.TEMPLATE_SIZE, cfg.TEST.SEARCH_SIZE)))
+    ops = [node.op_type for node in model.graph.node]
+    linears = sum(type(m) is torch.nn.Linear for m in network.modules())
+    # one MatMulInteger per nn.Linear; the attention products (two activations) stay fp32 MatMuls
+    assert ops.count("MatMulInteger") == linears and "MatMul" in ops
+    assert ops.count("DynamicQuantizeLinear") == ops.count("MatMulInteger")
+
+
+# max |map - fp32| measured on these crops (ORT 1.32, AVX2 without VNNI), score / size / offset:
+# recipe weights 7.5e-3 / 1.0e-2 / 8.1e-2 (flat maps, every token near the quantisation grid's middle),
+# shipped (trained) weights 9.3e-4 / 1.0e-3 / 4.3e-3; the bounds are ~4x that (other CPUs' int8 kernels
+# round differently) and still fail on a wrong scale or an unquantised graph (0 difference)
+ONNX_INT8_MAP_BOUNDS = {"recipe": (0.03, 0.04, 0.3), "shipped": (4e-3, 4e-3, 2e-2)}
+
+
+@pytest.mark.parametrize("weights", ["recipe", "shipped"])
+def test_onnxruntime_int8_maps_stay_close(tiny, crops, weights):
+    cfg, network = tiny
+    if weights == "shipped":
+        network = load_network(cfg, None, CPU)
+    templates, searches = crops
+    runner = make_runner(network, CPU, Acceleration("fp32", "onnxruntime-int8"), cfg.TEST.TEMPLATE_SIZE,
+                         cfg.TEST.SEARCH_SIZE)
+    assert isinstance(runner, OnnxRuntimeRunner)
+    runner.set_templates(templates, network.template_mask(1, CPU))
+    got, want = runner(searches), _maps(network, templates, searches)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.shape == w.shape
+    errors = [float((g - w).abs().max()) for g, w in zip(got, want)]
+    assert errors[0] > 0 and all(e < bound for e, bound in zip(errors, ONNX_INT8_MAP_BOUNDS[weights])), errors
+
+
+def test_onnxruntime_int8_tracker_runs(tiny):
+    cfg, network = tiny
+    scene = SyntheticScene(3, length=6, size=(320, 256))
+    boxes = _track(CKDTracker(network, cfg, CPU, acceleration=Acceleration("fp32", "onnxruntime-int8")), scene, 5)
+    assert boxes.shape == (5, 4) and np.isfinite(boxes).all()
+
+
 def test_int8_quantises_every_linear_and_stays_close(tiny, crops):
     _, network = tiny
     quantized = quantize_linear_int8(network)
@@ -148,6 +190,7 @@ def test_bf16_autocast_is_close(tiny, crops):
     ("fp32", "tensorrt", "cpu", "backend must be one of"),
     ("bf16", "int8", "cpu", "use precision 'fp32'"),
     ("fp16", "onnxruntime", "cpu", "use precision 'fp32'"),
+    ("bf16", "onnxruntime-int8", "cpu", "use precision 'fp32'"),
     ("fp16", "eager", "cpu", "needs a CUDA device"),
 ])
 def test_bad_combinations_are_refused(precision, backend, device, message):
@@ -158,6 +201,8 @@ def test_bad_combinations_are_refused(precision, backend, device, message):
 def test_cpu_only_backends_refuse_a_gpu():
     with pytest.raises(ValueError, match="runs on the CPU only"):
         Acceleration("fp32", "int8").check_device(torch.device("cuda"))
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        Acceleration("fp32", "onnxruntime-int8").check_device(torch.device("cuda"))
 
 
 def test_init_tracker_passes_the_options(tiny):

@@ -74,7 +74,10 @@ def test_track_follows_the_official_steps(network, frames):
         pred = (boxes.view(-1, 4).mean(dim=0) * 192 / factor).tolist()
         state = clip_box(map_box_back(pred, state, 192, factor), H, W, margin=10)
         result = tracker.track(rgb[t], tir[t])
-        assert result.box == tuple(state) and result.frame_index == t and result.state == TRACKING
+        # the tracker computes size/offset on the peak's receptive field only (CenterHead.maps_at_peak):
+        # the same sums in another order, ~1e-6 px apart
+        assert result.box == pytest.approx(tuple(state), abs=1e-4)
+        assert result.frame_index == t and result.state == TRACKING
         assert result.score == pytest.approx(float(out["score_map"].max()))
         assert 0 < result.score < 1
         x, y, w, h = result.box
@@ -167,6 +170,20 @@ def test_init_tracker_without_weights(monkeypatch, tmp_path):
         init_tracker("ckd_4b_dropmae_ckd_tf_cc_mask.25", device="cpu")
     with pytest.raises(ValueError, match="unknown configuration name"):
         init_tracker("ckd_huge", checkpoint="recipe")
+
+
+def test_options_must_be_tracker_options():
+    # a dict was accepted here and failed with AttributeError on the first track()
+    with pytest.raises(TypeError, match="options must be a TrackerOptions"):
+        init_tracker(TINY, checkpoint="recipe", device="cpu", options={"lost_threshold": 0.3})
+    with pytest.raises(FileNotFoundError, match="checkpoint path is empty"):
+        init_tracker(TINY, checkpoint="", device="cpu")  # was: "checkpoint . does not exist (it is a folder)"
+
+
+def test_a_training_file_given_as_tracker_config_points_to_its_base():
+    from ckd_train.settings import TRAIN_CONFIG_DIR
+    with pytest.raises(ValueError, match="unknown key BASE.*give the tracker the model configuration"):
+        init_tracker(TRAIN_CONFIG_DIR / "ckd_tiny_smoke.yaml", checkpoint="recipe", device="cpu")
 
 
 def test_resolve_device():

@@ -23,12 +23,20 @@ backend       effect
               fp32 precision only.
 ``onnxruntime``  the network exported to ONNX (opset 17, candidate elimination included) and run by
               ONNX Runtime on the CPU, fp32 precision only.
+``onnxruntime-int8``  the same ONNX export with every weight MatMul dynamically quantised to int8
+              (``onnxruntime.quantization.quantize_dynamic``: weights int8, one scale per tensor;
+              activations quantised per call; fused by ONNX Runtime into ``DynamicQuantizeMatMul``),
+              CPU only, fp32 precision only.  Attention products, convolutions (patch embedding,
+              head) and LayerNorms stay fp32.
 ============  ==========================================================================================
 
 Every runner returns float32 ``(score_map, size_map, offset_map)``; the tracker's box decoding
-is the same for all.  A runner is told the templates once per target (:meth:`NetworkRunner.set_templates`):
-the eager/compile/int8 runners keep the template tokens (patch embedding + positional embedding),
-which the network would otherwise recompute every frame.
+is the same for all.  The eager and compile runners run the network with ``search_only`` (the last
+block skips the template tokens' outputs, which the head does not read) and, in fp32/bf16/fp16
+alike, with the two branches batched into one product per layer (``CKDNet.batch_branches``).
+A runner is told the templates once per target (:meth:`NetworkRunner.set_templates`): the
+eager/compile/int8 runners keep the template tokens (patch embedding + positional embedding), which
+the network would otherwise recompute every frame.
 """
 from __future__ import annotations
 
@@ -46,7 +54,9 @@ from torch import nn
 from .model import CKDNet
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-BACKENDS = ("eager", "compile", "int8", "onnxruntime")
+BACKENDS = ("eager", "compile", "int8", "onnxruntime", "onnxruntime-int8")
+# backends that run on the CPU in their own number format (fp32 precision only)
+CPU_ONLY_BACKENDS = ("int8", "onnxruntime", "onnxruntime-int8")
 ONNX_OPSET = 17
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,7 +74,7 @@ class Acceleration:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend in ("int8", "onnxruntime") and self.precision != "fp32":
+        if self.backend in CPU_ONLY_BACKENDS and self.precision != "fp32":
             raise ValueError(f"backend {self.backend!r} runs in its own number format: use precision 'fp32' "
                              f"with it, got {self.precision!r}")
 
@@ -77,8 +87,8 @@ class Acceleration:
         """Refuse combinations the device cannot run, with the alternative in the message."""
         if device.type != "cuda" and self.precision == "fp16":
             raise ValueError("precision 'fp16' needs a CUDA device; on the CPU use 'fp32' (exact) or "
-                             "backend 'int8' / 'onnxruntime' for speed")
-        if device.type != "cpu" and self.backend in ("int8", "onnxruntime"):
+                             "backend 'int8' / 'onnxruntime' / 'onnxruntime-int8' for speed")
+        if device.type != "cpu" and self.backend in CPU_ONLY_BACKENDS:
             raise ValueError(f"backend {self.backend!r} runs on the CPU only, the tracker device is {device}; "
                              "on a GPU use backend 'eager' or 'compile' with precision 'fp16'/'bf16'")
 
@@ -105,16 +115,24 @@ class NetworkRunner:
             self._templates = self.network.embed_templates(templates)
         self._mask = template_mask
 
-    def _forward(self, templates: list[torch.Tensor], searches: list[torch.Tensor]) -> dict:
-        return self.network(templates, searches, ce_template_mask=self._mask)
+    def _forward(self, templates: list[torch.Tensor], searches: list[torch.Tensor],
+                 peak_weight: torch.Tensor | None) -> dict:
+        # search_only: the tracker reads the maps only, so the last block skips the template tokens;
+        # peak_weight: size/offset only where the tracker's decode reads them
+        return self.network(templates, searches, ce_template_mask=self._mask, search_only=True,
+                            peak_weight=peak_weight)
 
     @torch.inference_mode()
-    def __call__(self, searches: Sequence[torch.Tensor]) -> Maps:
-        """``[x_rgb, x_tir]`` normalised search crops -> float32 (score_map, size_map, offset_map)."""
+    def __call__(self, searches: Sequence[torch.Tensor], peak_weight: torch.Tensor | None = None) -> Maps:
+        """``[x_rgb, x_tir]`` normalised search crops -> float32 (score_map, size_map, offset_map).
+
+        ``peak_weight`` (the tracker's Hann window): a runner may then compute size and offset only at
+        the arg-max of ``peak_weight * score_map`` (NaN elsewhere; the eager runner does, exactly);
+        others return full maps."""
         if self._templates is None:
             raise RuntimeError("set_templates() must be called before running the network")
         with self._autocast():
-            out = self._forward(self._templates, list(searches))
+            out = self._forward(self._templates, list(searches), peak_weight)
         return out["score_map"].float(), out["size_map"].float(), out["offset_map"].float()
 
 
@@ -125,8 +143,10 @@ class CompiledRunner(NetworkRunner):
         super().__init__(network, device, precision)
         self._compiled = torch.compile(network, dynamic=False)
 
-    def _forward(self, templates: list[torch.Tensor], searches: list[torch.Tensor]) -> dict:
-        return self._compiled(templates, searches, ce_template_mask=self._mask)
+    def _forward(self, templates: list[torch.Tensor], searches: list[torch.Tensor],
+                 peak_weight: torch.Tensor | None) -> dict:
+        # full maps: the data-dependent peak window would break the compiled graph
+        return self._compiled(templates, searches, ce_template_mask=self._mask, search_only=True)
 
 
 def quantize_linear_int8(network: CKDNet) -> CKDNet:
@@ -189,20 +209,60 @@ def export_onnx(network: CKDNet, template_size: int, search_size: int, path=None
     return data
 
 
-class OnnxRuntimeRunner:
-    """The exported network in an ONNX Runtime CPU session (threads = torch's thread count)."""
+def quantize_onnx_int8(model: bytes, per_channel: bool = False) -> bytes:
+    """``model`` (serialised ONNX) with the weights of its MatMul/Gemm nodes dynamically quantised to int8.
 
-    def __init__(self, network: CKDNet, template_size: int, search_size: int, threads: int | None = None):
+    ``onnxruntime.quantization.quantize_dynamic``: weights int8 (one scale per tensor, or per output
+    column with ``per_channel``), activations quantised to uint8 per call; MatMuls of two activations
+    (attention) stay fp32.  Per tensor is the default: with the shipped ckd_tiny weights it stayed
+    closer to fp32 than per channel (max score-map error on 30 demo-sequence crops 0.035 against 0.098,
+    score peak on the fp32 cell 30/30 against 29/30; 7-bit weights, ``reduce_range``, did not help)
+    at the same speed.
+    """
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    class _NoPreprocessAdvice(logging.Filter):
+        # quantize_dynamic logs advice to run its pre-processing (shape inference, ORT optimisation):
+        # the session optimises the quantised graph itself (fusing DynamicQuantizeMatMul) at load
+        def filter(self, record):
+            return "pre-processing" not in record.getMessage()
+
+    advice = _NoPreprocessAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ckd_onnx_int8_") as folder:
+            quantized = Path(folder) / "int8.onnx"
+            quantize_dynamic(onnx.load_from_string(model), quantized, per_channel=per_channel,
+                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+            return quantized.read_bytes()
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+class OnnxRuntimeRunner:
+    """The exported network in an ONNX Runtime CPU session (threads = torch's thread count);
+    ``int8``: its weight MatMuls dynamically quantised (:func:`quantize_onnx_int8`)."""
+
+    def __init__(self, network: CKDNet, template_size: int, search_size: int, threads: int | None = None,
+                 int8: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as error:  # pinned in requirements.txt; a system install may lack it
-            raise RuntimeError("backend 'onnxruntime' needs the onnxruntime package (pip install onnxruntime)") from error
+            backend = "onnxruntime-int8" if int8 else "onnxruntime"
+            raise RuntimeError(f"backend {backend!r} needs the onnxruntime package (pip install onnxruntime)") from error
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(export_onnx(network, template_size, search_size), options,
-                                            providers=["CPUExecutionProvider"])
+        model = export_onnx(network, template_size, search_size)
+        if int8:
+            model = quantize_onnx_int8(model)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self._templates: list[np.ndarray] | None = None
 
     @staticmethod
@@ -213,7 +273,8 @@ class OnnxRuntimeRunner:
         # the template mask is part of the exported graph (it only depends on the config)
         self._templates = [self._array(t) for t in templates]
 
-    def __call__(self, searches: Sequence[torch.Tensor]) -> Maps:
+    def __call__(self, searches: Sequence[torch.Tensor], peak_weight: torch.Tensor | None = None) -> Maps:
+        # peak_weight is not used: the exported graph computes the full maps
         if self._templates is None:
             raise RuntimeError("set_templates() must be called before running the network")
         feeds = dict(zip(ONNX_INPUTS, self._templates + [self._array(s) for s in searches]))
@@ -232,4 +293,4 @@ def make_runner(network: CKDNet, device: torch.device, acceleration: Acceleratio
         return CompiledRunner(network, device, acceleration.precision)
     if acceleration.backend == "int8":
         return NetworkRunner(quantize_linear_int8(network), device)
-    return OnnxRuntimeRunner(network, template_size, search_size)
+    return OnnxRuntimeRunner(network, template_size, search_size, int8=acceleration.backend == "onnxruntime-int8")

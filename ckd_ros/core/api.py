@@ -99,7 +99,8 @@ def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.Pat
         options: non-official tracker behaviour; default from the config's ``TEST.*`` keys.
         precision: ``"fp32"`` (default, official numbers), ``"bf16"`` (autocast), ``"fp16"`` (CUDA only).
         backend: ``"eager"`` (default), ``"compile"`` (torch.compile), ``"int8"`` (dynamic int8 Linear
-            layers, CPU), ``"onnxruntime"`` (ONNX export run by ONNX Runtime, CPU); see
+            layers, CPU), ``"onnxruntime"`` (ONNX export run by ONNX Runtime, CPU), ``"onnxruntime-int8"``
+            (the ONNX export with int8 weight MatMuls, ONNX Runtime, CPU); see
             :mod:`ckd_ros.core.acceleration` and the README's Performance section for speed and accuracy.
     """
     acceleration = Acceleration(precision=precision, backend=backend)

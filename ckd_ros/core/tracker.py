@@ -103,6 +103,9 @@ class CKDTracker:
         self.network = network.eval()
         self.cfg = cfg
         self.device = torch.device(device)
+        if options is not None and not isinstance(options, TrackerOptions):
+            raise TypeError(f"options must be a TrackerOptions (e.g. TrackerOptions(lost_threshold=0.3)) or None, "
+                            f"got {type(options).__name__}")
         self.options = options if options is not None else TrackerOptions.from_config(cfg)
         test = cfg.TEST
         self.template_factor, self.template_size = float(test.TEMPLATE_FACTOR), int(test.TEMPLATE_SIZE)
@@ -172,7 +175,8 @@ class CKDTracker:
         self._frame_index += 1
         x_rgb, resize_factor = sample_target(rgb, self._box, self.search_factor, self.search_size)
         x_tir, _ = sample_target(thermal, self._box, self.search_factor, self.search_size)
-        score_map, size_map, offset_map = self.runner([self.preprocess(x_rgb), self.preprocess(x_tir)])
+        score_map, size_map, offset_map = self.runner([self.preprocess(x_rgb), self.preprocess(x_tir)],
+                                                      peak_weight=self.window)
         boxes = decode_center_boxes(self.window * score_map, size_map, offset_map)
         pred_box = (boxes.view(-1, 4).mean(dim=0) * self.search_size / resize_factor).tolist()
         new_box = clip_box(map_box_back(pred_box, self._box, self.search_size, resize_factor), height, width,

@@ -9,7 +9,7 @@ from torch import nn
 from ..config import CKDConfig, load_config
 from .elimination import run_branches, template_center_mask
 from .head import CenterHead
-from .vit import VisionTransformerCE
+from .vit import StackedBranchWeights, VisionTransformerCE
 
 
 class CKDNet(nn.Module):
@@ -21,6 +21,14 @@ class CKDNet(nn.Module):
 
     ``ce_mode``: ``"mce"`` (official when the branches have CE blocks), ``"ce"`` (per-branch
     selection) or ``"off"``.
+
+    ``batch_branches`` (default True): with gradients disabled (inference), the two branches run as
+    one batched computation per layer (:func:`run_branches` with ``stacked_weights``; the branch
+    parameters become views of per-layer stacks, no second copy, see
+    :class:`~ckd_ros.core.model.vit.StackedBranchWeights`), a shared student as one batch of both
+    modalities.  Same numbers up to float rounding (<= 1e-5); faster with several threads, where
+    one product of twice the rows parallelises better than two.  With gradients, while tracing
+    (ONNX export), or with False, each branch runs on its own.
     """
 
     def __init__(self, rgb_branch: VisionTransformerCE, tir_branch: VisionTransformerCE,
@@ -35,6 +43,13 @@ class CKDNet(nn.Module):
         self.box_head = box_head
         self.ce_mode = ce_mode if rgb_branch.ce_loc else "off"
         self.ce_template_range = ce_template_range
+        self.batch_branches = True
+        self._stacked_weights = StackedBranchWeights()
+
+    def _apply(self, fn, recurse=True):
+        # .to()/.half() give the parameters new storage: let the old stack go now, not at the next forward
+        self._stacked_weights.clear()
+        return super()._apply(fn, recurse)
 
     @property
     def shares_student(self) -> bool:
@@ -59,7 +74,8 @@ class CKDNet(nn.Module):
 
     def forward(self, template: Sequence[torch.Tensor], search: Sequence[torch.Tensor],
                 ce_template_mask: torch.Tensor | None = None, ce_keep_rate: float | None = None,
-                return_block_features: bool = False) -> dict:
+                return_block_features: bool = False, search_only: bool = False,
+                batch_branches: bool | None = None, peak_weight: torch.Tensor | None = None) -> dict:
         """Official signature: ``template=[z_rgb, z_tir]``, ``search=[x_rgb, x_tir]`` normalised crops
         (the templates may also be the tokens of :meth:`embed_templates`).
 
@@ -67,14 +83,28 @@ class CKDNet(nn.Module):
         ``backbone_feat`` (B, Lt+Ls, 2C), ``aux_dict_rgb`` / ``aux_dict_tir`` with
         ``removed_indexes_s`` (list per CE block) and ``global_index_s``, and with
         ``return_block_features`` also ``x_list`` per branch.
+
+        ``search_only``: the last block skips the template tokens' outputs, which only
+        ``backbone_feat`` shows (the head reads the search tokens): same maps, ``backbone_feat`` is
+        then (B, Ls, 2C).  ``batch_branches``: overrides the attribute of that name for this call.
+        ``peak_weight`` (B or 1, 1, F, F), e.g. the tracker's Hann window: ``size_map`` and
+        ``offset_map`` only at the arg-max of ``peak_weight * score_map`` (NaN elsewhere), which is
+        all a GT-free decode reads; ``pred_boxes`` are decoded from that product
+        (:meth:`CenterHead.maps_at_peak`).
         """
         if len(template) != 2 or len(search) != 2:
             raise ValueError("CKDNet needs template=[rgb, tir] and search=[rgb, tir]")
-        run = run_branches([self.rgb_branch, self.tir_branch], template, search, ce_mode=self.ce_mode,
+        if batch_branches is None:
+            batch_branches = self.batch_branches
+        batch_branches = batch_branches and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+        branches = [self.rgb_branch, self.tir_branch]
+        stacked = self._stacked_weights.get(branches) if batch_branches and not self.shares_student else None
+        run = run_branches(branches, template, search, ce_mode=self.ce_mode,
                            template_mask=ce_template_mask, keep_ratio=ce_keep_rate,
-                           return_block_features=return_block_features)
+                           return_block_features=return_block_features, stacked_weights=stacked,
+                           batch_branches=batch_branches, search_only=search_only)
         feat = torch.cat(run.tokens, dim=2)
-        out = self.box_head.forward_tokens(feat)
+        out = self.box_head.forward_tokens(feat, peak_weight=peak_weight)
         out["backbone_feat"] = feat
         for i, name in enumerate(("aux_dict_rgb", "aux_dict_tir")):
             out[name] = {"removed_indexes_s": run.removed_index_search[i],

@@ -16,6 +16,13 @@ averaged over those rows, then over heads (only those rows are computed); search
 the first ``ceil(keep_ratio * L_s)`` are kept, in that order.  The selection happens after the
 block's attention residual and before its MLP.  After the final LayerNorm the kept tokens go back to
 their original positions and removed positions become exact zeros.
+
+Execution layout (same numbers up to float rounding, <= 1e-5 measured): by default each branch runs
+on its own, exactly as it would alone.  For inference, ``stacked_weights`` runs all branches as one
+group: every layer of every branch is one batched product over weights stacked by
+:class:`~ckd_ros.core.model.vit.StackedBranchWeights`; ``batch_branches`` runs branches that are the
+same module (shared student) as one batch.  ``search_only`` lets the last block update only the
+search tokens, the only ones the box head reads.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from .vit import VisionTransformerCE
+from .vit import StackedLayer, VisionTransformerCE
 
 CE_MODES = ("off", "ce", "mce")
 
@@ -105,12 +112,53 @@ def _check_branches(branches: Sequence[VisionTransformerCE]) -> None:
             raise ValueError("branches run in lock-step must have the same depth, CE blocks and token counts")
 
 
+@dataclass
+class _Group:
+    """Branches that run as one tensor (g, S, N, C): ``stacked`` = branch j is weight set j (g =
+    len(members), S = B); otherwise one weight set (g = 1) and the branches side by side (S = len * B)."""
+    members: list[int]
+    stacked: bool
+    tokens: torch.Tensor | None = None   # (g, S, N, C)
+    rows: torch.Tensor | None = None     # template rows of the CE score, (S, r)
+
+    def member(self, tensor: torch.Tensor, j: int, batch: int) -> torch.Tensor:
+        """Branch j's part of a group tensor (g, S, ...)."""
+        return tensor[j] if self.stacked else tensor[0, j * batch:(j + 1) * batch]
+
+    def join(self, per_member: list[torch.Tensor]) -> torch.Tensor:
+        """Per-member (B, ...) tensors -> the group layout (g, S, ...); a member list holding one
+        shared tensor (a shared selection) is expanded, not copied."""
+        if len(per_member) == 1:
+            return per_member[0].unsqueeze(0)
+        if self.stacked:
+            if all(t is per_member[0] for t in per_member):
+                return per_member[0].unsqueeze(0).expand(len(per_member), *per_member[0].shape)
+            return torch.stack(per_member)
+        return torch.cat(per_member).unsqueeze(0)
+
+
+def _groups(branches: Sequence[VisionTransformerCE], stacked_weights, batch_branches: bool) -> list[_Group]:
+    n = len(branches)
+    if stacked_weights is not None:
+        if len({id(b) for b in branches}) != n:
+            raise ValueError("stacked_weights need distinct branches")
+        return [_Group(list(range(n)), stacked=True)]
+    if not batch_branches:
+        return [_Group([i], stacked=False) for i in range(n)]
+    groups: dict[int, _Group] = {}
+    for i, branch in enumerate(branches):
+        groups.setdefault(id(branch), _Group([], stacked=False)).members.append(i)
+    return list(groups.values())
+
+
 def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[torch.Tensor],
                  searches: Sequence[torch.Tensor], ce_mode: str = "off",
                  template_mask: torch.Tensor | None = None, keep_ratio: float | None = None,
                  search_token_keep: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
                  selection_from: Sequence[int] | None = None,
-                 return_block_features: bool = False) -> BranchRunResult:
+                 return_block_features: bool = False,
+                 stacked_weights: Sequence[dict[str, StackedLayer]] | None = None,
+                 batch_branches: bool = False, search_only: bool = False) -> BranchRunResult:
     """Run N branches block by block with optional (multi-modal) candidate elimination.
 
     Args:
@@ -131,6 +179,14 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
         selection_from: with ``"mce"``, the indices of the branches whose attention maximum chooses
             (default: all branches); e.g. ``(2, 3)`` = the two students of the training ring.
         return_block_features: also return the per-block features (distillation losses).
+        stacked_weights: the branches' block weights stacked in branch order
+            (:meth:`~ckd_ros.core.model.vit.StackedBranchWeights.get`): all branches run as one
+            batched computation.  They are plain tensors, not the parameters: for inference only
+            (no gradients reach the parameters through them).
+        batch_branches: branches that are the same module run as one batch (any mode).
+        search_only: the last block computes only the search tokens' outputs (template tokens are
+            keys and values only), and ``tokens`` hold only the search tokens (B, Ls, C): what the
+            box head reads, with less work.  Not with ``return_block_features`` or a CE last block.
     """
     if ce_mode not in CE_MODES:
         raise ValueError(f"ce_mode must be one of {CE_MODES}, got {ce_mode!r}")
@@ -150,29 +206,44 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
         raise ValueError(f"selection_from must name branches 0..{n - 1}, got {selection_from}")
     if keep_ratio is not None and not 0 < keep_ratio <= 1:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    if stacked_weights is not None and len(stacked_weights) != branches[0].depth:
+        raise ValueError(f"stacked_weights need one entry per block ({branches[0].depth}), got {len(stacked_weights)}")
 
     first = branches[0]
     lens_t = first.num_template_tokens
     lens_s_full = first.num_search_tokens
-    xs = [b.embed(z, x, k) for b, z, x, k in zip(branches, templates, searches, keeps)]
-    batch, device = xs[0].shape[0], xs[0].device
+    embedded = [b.embed(z, x, k) for b, z, x, k in zip(branches, templates, searches, keeps)]
+    batch, device = embedded[0].shape[0], embedded[0].device
     rows = template_rows(template_mask, batch, lens_t)
+    groups = _groups(branches, stacked_weights, batch_branches)
+    for group in groups:
+        group.tokens = group.join([embedded[i] for i in group.members])
+        group.rows = None if rows is None else (rows if group.stacked else rows.repeat(len(group.members), 1))
+    del embedded
     base_index = torch.arange(lens_s_full, device=device).unsqueeze(0).expand(batch, -1)
     global_index = [base_index] * n
     removed: list[list[torch.Tensor]] = [[] for _ in range(n)]
     features: list[list[torch.Tensor]] = [[] for _ in range(n)]
+    ratios = [first.keep_ratio_at(i) if ce_mode != "off" else None for i in range(first.depth)]
+    trim_last = search_only and not return_block_features and ratios[-1] is None
 
     for block_index in range(first.depth):
-        ratio = first.keep_ratio_at(block_index) if ce_mode != "off" else None
+        ratio = ratios[block_index]
         if ratio is not None and keep_ratio is not None:
             ratio = keep_ratio
-        lens_s = xs[0].shape[1] - lens_t
+        lens_s = groups[0].tokens.shape[2] - lens_t
         keep_count = math.ceil(ratio * lens_s) if ratio is not None else lens_s
         eliminate = keep_count < lens_s
-        probs: list[torch.Tensor | None] = []
-        for i, branch in enumerate(branches):
-            xs[i], p = branch.blocks[block_index].attention_residual(xs[i], lens_t if eliminate else None, rows)
-            probs.append(p)
+        query_start = lens_t if trim_last and block_index == first.depth - 1 else 0
+        probs: list[torch.Tensor | None] = [None] * n
+        for group in groups:
+            block = branches[group.members[0]].blocks[block_index]
+            weights = stacked_weights[block_index] if group.stacked else None
+            group.tokens, p = block.attention_residual(group.tokens, lens_t if eliminate else None, group.rows,
+                                                       weights, query_start)
+            if p is not None:
+                for j, i in enumerate(group.members):
+                    probs[i] = group.member(p, j, batch)
         if eliminate:
             if ce_mode == "mce":
                 joint = probs[chooser[0]]
@@ -185,21 +256,28 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
             for i, (keep_idx, drop_idx) in enumerate(selections):
                 removed[i].append(global_index[i].gather(1, drop_idx))
                 global_index[i] = global_index[i].gather(1, keep_idx)
-                channels = xs[i].shape[2]
-                kept_tokens = xs[i][:, lens_t:].gather(1, keep_idx.unsqueeze(-1).expand(-1, -1, channels))
-                xs[i] = torch.cat([xs[i][:, :lens_t], kept_tokens], dim=1)
-        for i, branch in enumerate(branches):
-            xs[i] = branch.blocks[block_index].mlp_residual(xs[i])
+            for group in groups:
+                x = group.tokens
+                keep_idx = group.join([selections[i][0] for i in group.members])
+                kept_tokens = x[:, :, lens_t:].gather(2, keep_idx.unsqueeze(-1).expand(-1, -1, -1, x.shape[3]))
+                group.tokens = torch.cat([x[:, :, :lens_t], kept_tokens], dim=2)
+        for group in groups:
+            block = branches[group.members[0]].blocks[block_index]
+            weights = stacked_weights[block_index] if group.stacked else None
+            group.tokens = block.mlp_residual(group.tokens, weights)
             if return_block_features:
-                features[i].append(xs[i])
+                for j, i in enumerate(group.members):
+                    features[i].append(group.member(group.tokens, j, batch))
 
-    outputs = []
-    for i, branch in enumerate(branches):
-        x = branch.norm(xs[i])
-        if x.shape[1] - lens_t < lens_s_full:
-            search = x.new_zeros(batch, lens_s_full, x.shape[2])
-            search.scatter_(1, global_index[i].unsqueeze(-1).expand(-1, -1, x.shape[2]), x[:, lens_t:])
-            x = torch.cat([x[:, :lens_t], search], dim=1)
-        outputs.append(x)
+    outputs: list[torch.Tensor | None] = [None] * n
+    search_start = 0 if trim_last else lens_t
+    for group in groups:
+        for j, i in enumerate(group.members):
+            x = branches[i].norm(group.member(group.tokens, j, batch))
+            if x.shape[1] - search_start < lens_s_full:
+                search = x.new_zeros(batch, lens_s_full, x.shape[2])
+                search.scatter_(1, global_index[i].unsqueeze(-1).expand(-1, -1, x.shape[2]), x[:, search_start:])
+                x = torch.cat([x[:, :search_start], search], dim=1) if search_start else search
+            outputs[i] = x
     return BranchRunResult(tokens=outputs, global_index_search=global_index,
                            removed_index_search=removed, block_features=features if return_block_features else [])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 SCORE_CLAMP = 1e-4  # sigmoid outputs are clamped to [1e-4, 1 - 1e-4] (official _sigmoid)
@@ -91,9 +92,60 @@ class CenterHead(nn.Module):
         offset = self._tower("offset", feature_map)
         return score, size, offset
 
-    def forward(self, feature_map: torch.Tensor, gt_score_map: torch.Tensor | None = None):
+    def _tower_at(self, tower: str, feature_map: torch.Tensor, row: int, col: int) -> torch.Tensor:
+        """The tower's output at one cell (C_out,) of one sample's (1, C, F, F) map, computed on the
+        cell's receptive field only: 4 stacked 3x3 convolutions read a 9x9 window, so the expensive
+        first convolution (1536 -> 256 officially) runs on 7x7 cells instead of F x F.
+
+        Same numbers as the full tower: each layer's output cells outside the map are set to zero,
+        which is the zero padding the full computation gives the next layer."""
+        levels = 4
+        window = F.pad(feature_map, (levels,) * 4)[:, :, row:row + 2 * levels + 1, col:col + 2 * levels + 1]
+        for level in range(1, levels + 1):
+            conv, norm, relu = getattr(self, f"conv{level}_{tower}")
+            window = relu(norm(F.conv2d(window, conv.weight, conv.bias)))
+            halo = levels - level
+            if halo:
+                rows = torch.arange(row - halo, row + halo + 1, device=window.device)
+                cols = torch.arange(col - halo, col + halo + 1, device=window.device)
+                inside = ((rows >= 0) & (rows < self.feat_sz))[:, None] & ((cols >= 0) & (cols < self.feat_sz))[None, :]
+                window = window * inside.to(window.dtype)
+        return getattr(self, f"conv5_{tower}")(window).flatten()
+
+    def maps_at_peak(self, feature_map: torch.Tensor, peak_weight: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(score_map, size_map, offset_map)`` where size and offset are computed only at the cell a
+        GT-free decode of ``peak_weight * score_map`` reads (the tracker's Hann-windowed arg-max, first
+        maximum on ties as :func:`decode_center_boxes`), NaN elsewhere.
+
+        An exact shortcut for trackers: the size and offset towers cost two thirds of the head and
+        the box needs one cell of each.  ``peak_weight`` broadcasts to (B, 1, F, F).
+        """
+        score = torch.clamp(self._tower("ctr", feature_map).sigmoid(), SCORE_CLAMP, 1 - SCORE_CLAMP)
+        batch = feature_map.shape[0]
+        size = score.new_full((batch, 2, self.feat_sz, self.feat_sz), float("nan"))
+        offset = score.new_full((batch, 2, self.feat_sz, self.feat_sz), float("nan"))
+        peaks = torch.max((peak_weight * score).flatten(1), dim=1)[1].tolist()
+        for b, peak in enumerate(peaks):
+            row, col = divmod(int(peak), self.feat_sz)
+            sample = feature_map[b:b + 1]
+            size[b, :, row, col] = torch.clamp(self._tower_at("size", sample, row, col).sigmoid(),
+                                               SCORE_CLAMP, 1 - SCORE_CLAMP)
+            offset[b, :, row, col] = self._tower_at("offset", sample, row, col)
+        return score, size, offset
+
+    def forward(self, feature_map: torch.Tensor, gt_score_map: torch.Tensor | None = None,
+                peak_weight: torch.Tensor | None = None):
         """Official ``CenterPredictor.forward``: ``(score_map, boxes (B,4), size_map, offset_map)``;
-        the boxes are decoded from ``gt_score_map`` (B, F, F) instead of the prediction when given."""
+        the boxes are decoded from ``gt_score_map`` (B, F, F) instead of the prediction when given.
+
+        With ``peak_weight`` (inference): size and offset only at the arg-max of ``peak_weight *
+        score_map`` (:meth:`maps_at_peak`), and the boxes are decoded from that product."""
+        if peak_weight is not None:
+            if gt_score_map is not None:
+                raise ValueError("peak_weight and gt_score_map exclude each other")
+            score, size, offset = self.maps_at_peak(feature_map, peak_weight)
+            return score, decode_center_boxes(peak_weight * score, size, offset), size, offset
         score, size, offset = self.score_maps(feature_map)
         decode_from = score if gt_score_map is None else gt_score_map.unsqueeze(1)
         return score, decode_center_boxes(decode_from, size, offset), size, offset
@@ -111,9 +163,10 @@ class CenterHead(nn.Module):
         search = tokens[:, -n:]
         return search.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], self.feat_sz, self.feat_sz)
 
-    def forward_tokens(self, tokens: torch.Tensor, gt_score_map: torch.Tensor | None = None) -> dict:
+    def forward_tokens(self, tokens: torch.Tensor, gt_score_map: torch.Tensor | None = None,
+                       peak_weight: torch.Tensor | None = None) -> dict:
         """Official ``forward_head`` for the CENTER head: dict with ``pred_boxes`` (B, 1, 4),
-        ``score_map``, ``size_map``, ``offset_map``."""
-        score, boxes, size, offset = self(self.tokens_to_map(tokens), gt_score_map)
+        ``score_map``, ``size_map``, ``offset_map`` (``peak_weight``: see :meth:`forward`)."""
+        score, boxes, size, offset = self(self.tokens_to_map(tokens), gt_score_map, peak_weight)
         return {"pred_boxes": boxes.view(tokens.shape[0], 1, 4), "score_map": score,
                 "size_map": size, "offset_map": offset}
