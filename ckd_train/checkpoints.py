@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ckd_ros.core.checkpoint import (INFERENCE_PREFIXES, TRAINING_ONLY_PREFIXES, CheckpointError, read_checkpoint,
-                                     save_checkpoint)
+                                     save_checkpoint, strip_module_prefix)
 
 
 def _plain_options(options: Any) -> dict:
@@ -56,6 +56,9 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a training checkpoint (needs 'net' and 'epoch'; a stripped "
                               "inference file cannot resume training)")
     state = dict(raw)
+    if not isinstance(state["net"], Mapping):
+        raise CheckpointError(f"{path}: its 'net' entry is not a state dict ({type(state['net']).__name__})")
+    state["net"] = strip_module_prefix(state["net"])  # saved from a DDP wrapper
     if not isinstance(state.get("settings"), Mapping):
         state["settings"] = {}  # official files pickle a Settings object: nothing to resume from it
     missing = [p for p in TRAINING_ONLY_PREFIXES if not any(k.startswith(p) for k in state["net"])]
@@ -66,13 +69,36 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def export_inference_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,
-                                keep_teachers: bool = False) -> Path:
+                                keep_teachers: bool = False, overwrite: bool = False) -> Path:
     """Strip a training checkpoint for shipping: same top-level structure, ``optimizer`` None,
-    ``net`` reduced to the inference keys (unless ``keep_teachers``), history kept, RNG state dropped."""
+    ``net`` reduced to the inference keys (unless ``keep_teachers``), history kept, RNG state dropped.
+
+    An existing ``destination`` is refused (:class:`FileExistsError`) unless ``overwrite``; the source itself
+    never is replaced."""
+    source, destination = Path(source), Path(destination)
+    if destination.is_dir():
+        raise IsADirectoryError(f"export destination {destination} is a folder; name the file to write "
+                                f"(e.g. {destination / 'ckd.pth.tar'})")
+    for parent in destination.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"cannot write export destination {destination}: {parent} is a file, not "
+                                         "a folder; choose another destination")
+            break
+    if destination.exists() and source.exists() and destination.samefile(source):
+        raise FileExistsError(f"export destination {destination} is the source checkpoint itself: stripping it in "
+                              "place would lose the optimizer and teachers; write to another file")
+    if (destination.exists() or destination.is_symlink()) and not overwrite:
+        raise FileExistsError(f"export destination {destination} exists; pass --overwrite (overwrite=True) to replace "
+                              "it, or write to another file")
     raw = read_checkpoint(source)
-    if not isinstance(raw, Mapping) or "net" not in raw:
-        raise CheckpointError(f"{source} has no 'net' entry")
-    net = {k: v for k, v in raw["net"].items() if keep_teachers or k.startswith(INFERENCE_PREFIXES)}
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("net"), Mapping):
+        raise CheckpointError(f"{source} has no 'net' entry (a CKD checkpoint: dict with 'net', 'epoch' ...)")
+    net = {k: v for k, v in strip_module_prefix(raw["net"]).items()
+           if keep_teachers or k.startswith(INFERENCE_PREFIXES)}
+    if not any(k.startswith(INFERENCE_PREFIXES) for k in net):
+        raise CheckpointError(f"{source} holds no {'/'.join(p.rstrip('.') for p in INFERENCE_PREFIXES)} weights: "
+                              "not a CKD checkpoint")
     settings = dict(raw["settings"]) if isinstance(raw.get("settings"), Mapping) else {}
     settings.pop("torch_rng_state", None)
     settings["stripped"] = {"optimizer": True, "teachers": not keep_teachers, "source": os.path.basename(str(source))}

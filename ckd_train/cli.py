@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ckd_ros.core import cli_args
 from ckd_ros.core.checkpoint import CheckpointError
 from ckd_ros.core.config import ConfigError
 
@@ -29,21 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, help="training checkpoint to continue from (its next epoch)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoints of an earlier run in the output folder (default: refuse)")
-    p.add_argument("--epochs", type=int, help="total epochs (overrides TRAIN.EPOCH)")
+    p.add_argument("--epochs", type=cli_args.integer(1), help="total epochs (overrides TRAIN.EPOCH)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--workers", type=int, help="DataLoader workers (default TRAIN.NUM_WORKER, capped by the CPUs)")
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--workers", type=cli_args.integer(0), help="DataLoader workers (default TRAIN.NUM_WORKER, capped by the CPUs)")
+    p.add_argument("--threads", type=cli_args.integer(1), help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=42, help="base seed (official 42)")
     p.add_argument("--data-root", type=_data_root, action="append", default=[], metavar="NAME=PATH",
                    help="folder of a dataset named in DATA.TRAIN/VAL (repeatable)")
-    p.add_argument("--samples-per-epoch", type=int, help="overrides DATA.TRAIN.SAMPLE_PER_EPOCH")
-    p.add_argument("--batch-size", type=int, help="per-process batch (overrides TRAIN.BATCH_SIZE)")
+    p.add_argument("--samples-per-epoch", type=cli_args.integer(1), help="overrides DATA.TRAIN.SAMPLE_PER_EPOCH")
+    p.add_argument("--batch-size", type=cli_args.integer(1), help="per-process batch (overrides TRAIN.BATCH_SIZE)")
     p.add_argument("--batchnorm", choices=("train", "frozen"), default="train",
                    help="head BatchNorm: batch statistics (official) or frozen running statistics")
     p.add_argument("--sync-batchnorm", action="store_true", help="SyncBatchNorm across GPUs (CUDA only)")
     p.add_argument("--no-val", action="store_true", help="skip validation")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("--log-interval", type=int, help="steps per train.csv row (default TRAIN.PRINT_INTERVAL)")
+    p.add_argument("--log-interval", type=cli_args.integer(1), help="steps per train.csv row (default TRAIN.PRINT_INTERVAL)")
     return p
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                            progress=not args.no_progress, validate=not args.no_val, log_interval=args.log_interval)
     try:
         result = train(options)
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ConfigError, CheckpointError, OSError, ValueError, FloatingPointError) as exc:
         print(f"ckd-train: error: {exc}", file=sys.stderr)
         return 2
     if result.checkpoints:

@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ckd_ros.core import cli_args
 from ckd_ros.core.api import init_tracker
 from ckd_ros.core.config import CKDConfig
 from ckd_ros.core.datasets import GroundTruth
 from ckd_ros.core.metrics import evaluate, overlap
+from ckd_ros.core.results import atomic_write_text
 from ckd_ros.core.tracker import TrackerOptions
 from ckd_ros.core.synthetic import SyntheticScene, rgb_failure, thermal_failure
 
@@ -107,36 +109,43 @@ def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 
 
 def _seed_range(text: str) -> list[int]:
     lo, sep, hi = text.partition(":")
-    if not sep:
-        return [int(v) for v in text.split(",")]
-    return list(range(int(lo), int(hi)))
+    try:
+        if not sep:
+            return [int(v) for v in text.split(",")]
+        return list(range(int(lo), int(hi)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP or a comma list of integers, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ckd_train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="ckd_tiny")
     p.add_argument("--checkpoint", help="weights (default: the config's shipped weights)")
-    p.add_argument("--seeds", default="900000:900010", help="START:STOP or a comma list (held-out seeds)")
+    p.add_argument("--seeds", type=_seed_range, default="900000:900010",
+                   help="START:STOP or a comma list (held-out seeds)")
     p.add_argument("--length", type=int, default=300)
-    p.add_argument("--size", default="640x512", help="WIDTHxHEIGHT")
+    p.add_argument("--size", type=cli_args.size(16), default="640x512", help="WIDTHxHEIGHT")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=cli_args.integer(1))
     p.add_argument("--lost-threshold", type=float, help="tracker LOST state below this peak score (default off)")
     p.add_argument("--json", type=Path, help="write the scores here")
     args = p.parse_args(argv)
+    if args.json is not None and (args.json.is_dir() or any(d.exists() and not d.is_dir() for d in args.json.parents)):
+        p.error(f"--json {args.json} cannot be written (a folder, or under a file); name a file in a folder")
     try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-        result = evaluate_synthetic(args.config, args.checkpoint, _seed_range(args.seeds), args.length,
-                                    (width, height), args.device, threads=args.threads,
-                                    lost_threshold=args.lost_threshold)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        result = evaluate_synthetic(args.config, args.checkpoint, args.seeds, args.length, args.size, args.device,
+                                    threads=args.threads, lost_threshold=args.lost_threshold)
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
     print(result.table())
     print(f"{len(result.seeds)} sequences, {result.frames} frames per mode, {result.seconds:.1f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_dict(), indent=2))
+        try:
+            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2), overwrite=True)
+        except OSError as exc:
+            print(f"evaluate: error: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

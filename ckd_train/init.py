@@ -9,18 +9,29 @@
   with each tower's first conv duplicated along its input channels. ViT-only files leave the heads
   at their xavier initialisation.
 * ``MODEL.PRETRAIN_FILE``: a CKD training checkpoint loaded strictly over everything (stage 2 starts
-  from stage 1 this way). The official stage-1 files name a single-modality tracker here, whose
+  from stage 1 this way). An inference checkpoint (exactly the students' and fused head's keys:
+  ``python -m ckd_train.export`` output, the shipped weights, released files stripped of their
+  teachers) loads those keys strictly and leaves the teachers and teacher heads as the per-branch
+  loads above made them (fine-tuning from inference weights; not in the official code, which would
+  fail its strict load). The official stage-1 files name a single-modality tracker here, whose
   strict load fails (defect D7); such a file has already initialised the branches, so it is
   skipped with a message instead.
+
+Relative paths in these entries are opened from the current working folder (the official configs
+use ``./pretrained/...`` relative to the repository root), not from the YAML file's folder.
 
 Empty strings mean "keep the fresh initialisation" (training from scratch, e.g. on synthetic data).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from ckd_ros.core.checkpoint import CheckpointError, load_tracker_head, load_vit_weights, read_checkpoint
+import torch
+
+from ckd_ros.core.checkpoint import (INFERENCE_PREFIXES, TRAINING_ONLY_PREFIXES, CheckpointError, load_tracker_head,
+                                     load_vit_weights, read_checkpoint, strip_module_prefix)
 
 from .model import CKDTrainingNet
 
@@ -87,11 +98,66 @@ def initialise_from_config(model: CKDTrainingNet, cfg, log: Callable[[str], None
             note(f"PRETRAIN_FILE {m.PRETRAIN_FILE} is a single-modality tracker file (already used for the "
                  "branches); the official strict load would fail here (defect D7), skipped")
         else:
-            state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in net.items()}
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise CheckpointError(f"PRETRAIN_FILE {m.PRETRAIN_FILE} does not fit the training network "
-                                      f"(missing {missing[:6]}, unexpected {unexpected[:6]}); it must be a CKD "
-                                      "training checkpoint of the same size (with teachers)")
-            note(f"all weights <- {m.PRETRAIN_FILE} (strict)")
+            note(load_pretrain_file(model, net, m.PRETRAIN_FILE, teacher_sources=(m.RGB_TEACHER, m.TIR_TEACHER)))
     return actions
+
+
+def _fit_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> list[str]:
+    """Missing, unexpected and other-shape keys of ``state`` against ``expected`` (empty: it fits)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__} "
+                f"vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in state and (not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(v.shape))]
+    return [f"{label} {len(items)}: {items[:4]}{' ...' if len(items) > 4 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if items]
+
+
+def load_pretrain_file(model: CKDTrainingNet, net: Any, source: str, teacher_sources: tuple[str, str] = ("", "")) -> str:
+    """Load ``MODEL.PRETRAIN_FILE``'s ``net`` into the training network; returns the line to print.
+
+    * A CKD training checkpoint (students, fused head, teachers, teacher heads): strict load of everything
+      (the official behaviour; stage 2 starts from stage 1 this way).
+    * An inference checkpoint (exactly the keys ``rgb_branch.*``, ``tir_branch.*``, ``box_head.*`` of this
+      network, as ``python -m ckd_train.export`` writes and the shipped weights hold): the students and the
+      fused head are loaded strictly; the teachers and teacher heads keep what the per-branch loads
+      (``RGB_TEACHER`` / ``TIR_TEACHER``) or the fresh initialisation gave them.
+
+    A ``module.`` key prefix is accepted. Anything else (missing or unexpected keys, other shapes, another
+    network size) raises :class:`CheckpointError` naming the keys.
+    """
+    if not isinstance(net, Mapping) or not net:
+        raise CheckpointError(f"PRETRAIN_FILE {source} holds no state dict ('net' entry or a plain state dict)")
+    state = strip_module_prefix(net)
+    expected = model.state_dict()
+    inference_only = not any(k.startswith(TRAINING_ONLY_PREFIXES) for k in state)
+    if inference_only:
+        expected = OrderedDict((k, v) for k, v in expected.items() if k.startswith(INFERENCE_PREFIXES))
+    problems = _fit_problems(expected, state)
+    if problems:
+        kind = ("no teacher keys, so compared with the students and fused head only" if inference_only
+                else "teacher keys, so compared with the whole training network")
+        raise CheckpointError(f"PRETRAIN_FILE {source} does not fit the training network (it has {kind}; "
+                              f"{'; '.join(problems)}): it must be a CKD checkpoint of the configuration's network "
+                              "size, either a training checkpoint (students, teachers and heads) or an inference "
+                              "checkpoint (exactly rgb_branch, tir_branch, box_head, as python -m ckd_train.export "
+                              "writes)")
+    if not inference_only:
+        model.load_state_dict(state, strict=True)
+        return f"all weights <- {source} (strict)"
+    if getattr(model, "shares_student", False):
+        differ = [k for k in state if k.startswith("rgb_branch.")
+                  and not torch.equal(state[k], state["tir_branch." + k[len("rgb_branch."):]])]
+        if differ:
+            raise CheckpointError(f"PRETRAIN_FILE {source}: the configuration shares one student for RGB and TIR, but "
+                                  f"the file's rgb_branch/tir_branch weights differ ({len(differ)} keys, e.g. "
+                                  f"{differ[0]}); use a two-student configuration for this file")
+    model.load_state_dict(state, strict=False)  # every student / fused-head key checked above; teachers untouched
+    rgb_teacher, tir_teacher = teacher_sources
+    if not rgb_teacher and not tir_teacher:
+        origin = "their fresh initialisation: RGB_TEACHER and TIR_TEACHER are empty"
+    else:
+        origin = (f"teacher_rgb/box_head_v from {rgb_teacher or 'the fresh initialisation'}, "
+                  f"teacher_tir/box_head_i from {tir_teacher or 'the fresh initialisation'}")
+    return (f"students and fused head <- {source} (inference checkpoint without teachers: rgb_branch, tir_branch, "
+            f"box_head; {len(state)} tensors); teachers and teacher heads kept ({origin})")

@@ -13,10 +13,20 @@ Outputs under ``--output`` (default ``./output``), official layout for checkpoin
 ``checkpoints/train/ckd/<name>/OSTrack_CKD_ep<epoch:04d>.pth.tar``; ``logs/<name>/train.csv``
 (every ``TRAIN.PRINT_INTERVAL`` steps), ``logs/<name>/epochs.csv`` (epoch means, train and
 validation) and TensorBoard event files when ``torch.utils.tensorboard`` imports.
+
+A run starting at epoch ``e`` (``e - 1`` is the resumed checkpoint's epoch, ``e = 1`` for a fresh run)
+first drops the CSV rows of epochs ``>= e``: the rows of an epoch re-run after a resume, or of an epoch
+whose checkpoint a killed run never wrote, so each (epoch, step) appears once and the files hold the
+keys of an uninterrupted run. TensorBoard event files are only appended to: after a resume they may
+hold the re-run steps twice. A resume into an output folder that holds another run of the same name
+(its checkpoint is not one of that folder's) is refused unless ``--overwrite``, which then drops all
+of the other run's CSV rows; a fresh run into a folder with checkpoints is refused likewise.
 """
 from __future__ import annotations
 
 import csv
+import filecmp
+import io
 import math
 import os
 import time
@@ -30,6 +40,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ckd_ros.core.api import resolve_device
+from ckd_ros.core.checkpoint import CheckpointError
+from ckd_ros.core.results import atomic_write_text
 from ckd_ros.core.synthetic import SyntheticScene
 
 from .checkpoints import load_training_checkpoint, save_training_checkpoint
@@ -133,7 +145,10 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 def resolve_training_device(requested: str, local_rank: int) -> torch.device:
     """The core's device resolution; under torchrun a bare "cuda" means this process's GPU."""
-    device = resolve_device(requested)
+    try:
+        device = resolve_device(requested)
+    except RuntimeError as exc:  # CUDA asked for but absent: a usage error, reported without a traceback
+        raise ValueError(str(exc)) from None
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", local_rank)
@@ -143,15 +158,21 @@ def resolve_training_device(requested: str, local_rank: int) -> torch.device:
 
 # ----------------------------------------------------------------------------- logging
 class MetricLog:
-    """CSV files (and TensorBoard when importable) on the main process."""
+    """CSV files (and TensorBoard when importable) on the main process.
 
-    def __init__(self, directory: Path, tensorboard_dir: Path, enabled: bool):
+    Rows of epochs ``>= first_epoch`` already in the folder's CSV files are dropped when the log opens
+    (each file rewritten atomically); TensorBoard event files keep whatever they hold.
+    """
+
+    def __init__(self, directory: Path, tensorboard_dir: Path, enabled: bool, first_epoch: int = 1):
         self.enabled = enabled
         self._files: dict[str, tuple[Any, csv.DictWriter]] = {}
         self.directory = directory
         self._tb = None
         if enabled:
             directory.mkdir(parents=True, exist_ok=True)
+            for path in sorted(directory.glob("*.csv")):
+                _drop_rows_from_epoch(path, first_epoch)
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self._tb = SummaryWriter(str(tensorboard_dir))
@@ -188,6 +209,29 @@ class MetricLog:
         self._files.clear()
         if self._tb is not None:
             self._tb.close()
+
+
+def _drop_rows_from_epoch(path: Path, first_epoch: int) -> None:
+    """Rewrite the CSV file ``path`` without its rows of epochs ``>= first_epoch``.
+
+    Rows cut short by a killed write (field count unlike the header's) go too. A file left with no row
+    is removed, so the new run writes its own header.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "epoch" not in rows[0]:
+        return
+    header, column = rows[0], rows[0].index("epoch")
+    kept = [row for row in rows[1:]
+            if len(row) == len(header) and row[column].isdigit() and int(row[column]) < first_epoch]
+    if len(kept) == len(rows) - 1:
+        return
+    if not kept:
+        path.unlink()
+        return
+    text = io.StringIO()
+    csv.writer(text).writerows([rows[0], *kept])
+    atomic_write_text(path, text.getvalue(), overwrite=True)
 
 
 def _mean_logs(logs: list[dict[str, float]], dist_info: DistInfo, device: torch.device) -> dict[str, float]:
@@ -233,6 +277,117 @@ def _loader(dataset, indices, batch_size: int, workers: int, device: torch.devic
                                        persistent_workers=False)
 
 
+def _check_data_roots(cfg, data_roots: Mapping[str, str]) -> list[str]:
+    """Refuse a ``--data-root`` name that is no dataset (a typo would otherwise be ignored); returns the
+    known names this configuration does not use (their folders are ignored)."""
+    unknown = sorted(set(data_roots) - set(DATASET_KINDS))
+    if unknown:
+        raise ValueError(f"--data-root names unknown dataset(s) {unknown}; known: {', '.join(DATASET_KINDS)}")
+    used = set(cfg.DATA.TRAIN.DATASETS_NAME) | set(cfg.DATA.VAL.DATASETS_NAME)
+    return sorted(set(data_roots) - used)
+
+
+# settings that decide which samples a step sees: a resumed run that changes them is not the continuation
+_RUN_SETTINGS = (("seed", lambda o, c: o.get("seed")), ("batch size", lambda o, c: c["TRAIN"]["BATCH_SIZE"]),
+                 ("samples per epoch", lambda o, c: c["DATA"]["TRAIN"]["SAMPLE_PER_EPOCH"]),
+                 ("batchnorm", lambda o, c: o.get("batchnorm")))
+
+
+def _resume_differences(settings: Mapping[str, Any], options: "TrainOptions", cfg) -> list[str]:
+    """The run settings of this resumed run that differ from those the checkpoint was trained with."""
+    stored_options, stored_config = settings.get("options"), settings.get("config")
+    if not isinstance(stored_options, Mapping) or not isinstance(stored_config, Mapping):
+        return []  # official files keep no run settings
+    current_options = {"seed": options.seed, "batchnorm": options.batchnorm}
+    differences = []
+    for label, read in _RUN_SETTINGS:
+        try:
+            before, now = read(stored_options, stored_config), read(current_options, cfg.to_dict())
+        except (KeyError, TypeError):
+            continue
+        if before is not None and before != now:
+            differences.append(f"{label} {now} (checkpoint: {before})")
+    return differences
+
+
+def _check_fits(model: nn.Module, state: Mapping[str, Any], source: Path, name: str) -> None:
+    """Refuse, naming the keys, a checkpoint whose ``net`` is not this training network's (another size)."""
+    expected = model.state_dict()
+    net = state["net"]
+    missing = [k for k in expected if k not in net]
+    unexpected = [k for k in net if k not in expected]
+    reshaped = [f"{k} {tuple(net[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                if k in net and tuple(net[k].shape) != tuple(v.shape)]
+    if missing or unexpected or reshaped:
+        trained = (state.get("settings") or {}).get("config_name") or "another configuration"
+        parts = [f"{label} {len(keys)}: {keys[:3]}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if keys]
+        raise CheckpointError(f"{source} does not fit the training network of {name!r} (it was trained as "
+                              f"{trained!r}; {'; '.join(parts)}): resume with the configuration it was trained with")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _is_own_checkpoint(resume: Path, ckpt_dir: Path, resumed_epoch: int) -> bool:
+    """Whether ``resume`` belongs to the run in ``ckpt_dir``: it lies in that folder, or it is a byte-identical copy
+    of the folder's checkpoint of the same epoch (a backup of the run resumed into its own folder)."""
+    if _same_file(resume.parent, ckpt_dir):
+        return True
+    own = ckpt_dir / f"OSTrack_CKD_ep{resumed_epoch:04d}.pth.tar"
+    try:
+        return own.is_file() and own.stat().st_size == resume.stat().st_size and filecmp.cmp(own, resume, shallow=False)
+    except OSError:
+        return False
+
+
+def _csv_epochs(path: Path) -> list[int]:
+    """The epochs of the rows of a CSV log (empty when it has no epoch column or cannot be read)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    if not rows or "epoch" not in rows[0]:
+        return []
+    column = rows[0].index("epoch")
+    return [int(row[column]) for row in rows[1:] if len(row) > column and row[column].isdigit()]
+
+
+def _foreign_run(out_dir: Path, name: str, resume: Path, start_epoch: int, total_epochs: int) -> str | None:
+    """The refusal for a resume into an output folder that holds another run of ``name`` (checkpoints or CSV logs,
+    and ``resume`` is not one of its checkpoints), naming what the resumed run would replace there; None when the
+    folder holds no run of ``name`` or ``resume`` is its own checkpoint (a normal resume)."""
+    ckpt_dir = out_dir / "checkpoints" / "train" / "ckd" / name
+    log_dir = out_dir / "logs" / name
+    checkpoints = sorted(ckpt_dir.glob("OSTrack_CKD_ep*.pth.tar")) if ckpt_dir.is_dir() else []
+    logs = sorted(log_dir.glob("*.csv")) if log_dir.is_dir() else []
+    if not checkpoints and not logs:
+        return None
+    if _is_own_checkpoint(resume, ckpt_dir, start_epoch - 1):
+        return None  # a normal resume in the run's own output folder
+    replaced = [p.name for p in checkpoints
+                if p.name[len("OSTrack_CKD_ep"):-len(".pth.tar")].isdigit()
+                and start_epoch <= int(p.name[len("OSTrack_CKD_ep"):-len(".pth.tar")]) <= total_epochs]
+    trimmed = [p.name for p in logs if any(e >= start_epoch for e in _csv_epochs(p))]
+    what = []
+    if replaced:
+        what.append(f"replace its checkpoint(s) {', '.join(replaced)}")
+    if trimmed:
+        what.append(f"drop the rows of epochs >= {start_epoch} from its log(s) {', '.join(trimmed)}")
+    if not what:
+        what.append(f"mix this run's checkpoints and log rows with its {len(checkpoints)} checkpoint(s) and "
+                    f"{len(logs)} log file(s)")
+    return (f"--output {out_dir} holds another run of {name!r} ({len(checkpoints)} checkpoint(s) in "
+                          f"{ckpt_dir}, {len(logs)} CSV log(s) in {log_dir}) and {resume} is not one of its checkpoints: "
+                          f"resuming there would {' and '.join(what)}. Choose another --output, resume from that "
+                          f"folder's own checkpoint, or pass --overwrite to replace them")
+
+
 def train(options: TrainOptions) -> TrainResult:
     """Run (or resume) a training; returns the checkpoints written and the per-epoch statistics."""
     tc = options.config if isinstance(options.config, TrainConfig) else load_train_config(options.config)
@@ -246,7 +401,20 @@ def train(options: TrainOptions) -> TrainResult:
     if overrides:
         tc = tc.with_overrides(overrides)
     cfg = tc.cfg
-    if options.threads:
+    batch_size = cfg.TRAIN.BATCH_SIZE
+    total_epochs = cfg.TRAIN.EPOCH
+    if batch_size < 1 or total_epochs < 1:
+        raise ValueError(f"TRAIN.BATCH_SIZE and TRAIN.EPOCH must be >= 1, got {batch_size} and {total_epochs}")
+    if options.threads is not None and int(options.threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {options.threads}")
+    if options.workers is not None and int(options.workers) < 0:
+        raise ValueError(f"workers must be >= 0 (0 = load in the training process), got {options.workers}")
+    if options.log_interval is not None and int(options.log_interval) < 1:
+        raise ValueError(f"log_interval must be >= 1 step, got {options.log_interval}")
+    out_dir = Path(options.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"output folder {out_dir} is an existing file; choose another --output")
+    if options.threads is not None:
         torch.set_num_threads(int(options.threads))
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -256,13 +424,10 @@ def train(options: TrainOptions) -> TrainResult:
     torch.manual_seed(options.seed + dist_info.rank + 1)
     np.random.seed(options.seed + dist_info.rank + 1)
 
-    batch_size = cfg.TRAIN.BATCH_SIZE
-    total_epochs = cfg.TRAIN.EPOCH
-    if batch_size < 1 or total_epochs < 1:
-        raise ValueError(f"TRAIN.BATCH_SIZE and TRAIN.EPOCH must be >= 1, got {batch_size} and {total_epochs}")
+    unused_roots = _check_data_roots(cfg, options.data_roots)
     if options.resume is None:
         check_pretrained_files(cfg)
-        earlier = sorted((Path(options.output_dir) / "checkpoints" / "train" / "ckd" / (tc.name or cfg.name))
+        earlier = sorted((out_dir / "checkpoints" / "train" / "ckd" / (tc.name or cfg.name))
                          .glob("OSTrack_CKD_ep*.pth.tar"))
         if earlier and not options.overwrite:
             raise FileExistsError(f"{earlier[0].parent} already holds {len(earlier)} checkpoint(s) of an earlier run "
@@ -272,13 +437,34 @@ def train(options: TrainOptions) -> TrainResult:
     start_epoch = 1
     history: list[dict[str, Any]] = []
     resume_state = None
+    log_first_epoch = 1
     if options.resume is not None:
         resume_state = load_training_checkpoint(options.resume)
+        start_epoch = log_first_epoch = int(resume_state["epoch"]) + 1
+        if start_epoch > total_epochs:
+            raise ValueError(f"{options.resume} already holds epoch {start_epoch - 1} and the run has "
+                             f"{total_epochs} epoch(s): nothing to train; pass --epochs N with N > {start_epoch - 1} "
+                             "to continue it")
+        foreign = _foreign_run(out_dir, tc.name or cfg.name, Path(options.resume), start_epoch, total_epochs)
+        if foreign is not None:
+            if not options.overwrite:
+                raise FileExistsError(foreign)
+            log_first_epoch = 1  # --overwrite: the other run's CSV rows go too, so the logs are this run's only
+            if dist_info.is_main:
+                print(f"[ckd-train] --overwrite: replacing the checkpoints and CSV logs of another run in {out_dir}",
+                      flush=True)
+        _check_fits(model, resume_state, options.resume, tc.name or cfg.name)
         model.load_state_dict(resume_state["net"], strict=True)
-        start_epoch = int(resume_state["epoch"]) + 1
         history = list((resume_state.get("settings") or {}).get("history", []))
+        changed = _resume_differences(resume_state.get("settings") or {}, options, cfg)
+        if changed and dist_info.is_main:
+            print(f"[ckd-train] note: resuming with {', '.join(changed)}: not an exact continuation of the "
+                  "checkpoint's run", flush=True)
     else:
         initialise_from_config(model, cfg, log=print if dist_info.is_main else None)
+    if unused_roots and dist_info.is_main:
+        print(f"[ckd-train] note: --data-root {', '.join(unused_roots)} ignored: DATA.TRAIN/VAL do not name "
+              f"{'it' if len(unused_roots) == 1 else 'them'}", flush=True)
     train_set = build_dataset(tc, "train", options.data_roots, options.seed)
     steps_per_epoch = len(train_set) // (batch_size * dist_info.world_size)
     if steps_per_epoch < 1:
@@ -309,9 +495,8 @@ def train(options: TrainOptions) -> TrainResult:
 
     weights = CKDLossWeights.from_config(cfg)
     name = tc.name or cfg.name
-    out_dir = Path(options.output_dir)
     ckpt_dir = out_dir / "checkpoints" / "train" / "ckd" / name
-    log = MetricLog(out_dir / "logs" / name, out_dir / "tensorboard" / name, dist_info.is_main)
+    log = MetricLog(out_dir / "logs" / name, out_dir / "tensorboard" / name, dist_info.is_main, log_first_epoch)
     workers = worker_count(options.workers if options.workers is not None else cfg.TRAIN.NUM_WORKER)
     interval = options.log_interval or cfg.TRAIN.PRINT_INTERVAL
     params = trainable_parameters(model)

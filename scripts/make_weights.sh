@@ -32,7 +32,7 @@ echo "[make_weights] training $config into $work (threads $threads)"
 ckpt="$(ls "$work/checkpoints/train/ckd/$config"/OSTrack_CKD_ep*.pth.tar | sort | tail -n 1)"
 echo "[make_weights] training took $(( $(date +%s) - start )) s; exporting $ckpt"
 mkdir -p "$(dirname "$dest")"
-"$python" -m ckd_train.export "$ckpt" "$dest"
+"$python" -m ckd_train.export "$ckpt" "$dest" --overwrite  # replaces the shipped weights (the point of the script)
 echo "[make_weights] held-out synthetic sequences (seeds 900000..900005, 300 frames, 640x512)"
 "$python" -m ckd_train.evaluate --config ckd_tiny --checkpoint "$dest" --seeds 900000:900006 \
   --length 300 --size 640x512 --threads "$threads" --json "$work/heldout.json"

@@ -1,4 +1,8 @@
-"""Training checkpoints: official structure, round trip into init_tracker, stripping, exact resume."""
+"""Training checkpoints: official structure, round trip into init_tracker, stripping, exact resume, logs."""
+import csv
+import io
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +12,7 @@ from ckd_ros.core.checkpoint import CheckpointError, read_checkpoint
 from ckd_ros.core.synthetic import SyntheticScene
 from ckd_train.checkpoints import export_inference_checkpoint, load_training_checkpoint
 from ckd_train.settings import SyntheticSettings, TrainConfig, load_train_config
-from ckd_train.trainer import TrainOptions, train
+from ckd_train.trainer import MetricLog, TrainOptions, train
 
 from ckd_ros.core.config import load_config
 
@@ -169,3 +173,190 @@ def test_step_schedule_and_constant_default():
     bad = cfg.with_overrides({"TRAIN": {"SCHEDULER": {"TYPE": "cosine"}}})
     with pytest.raises(ValueError, match="not supported"):
         build_optimizer(build_training_model(bad), bad)
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _csv_rows_from_bytes(data):
+    return list(csv.DictReader(io.StringIO(data.decode(), newline="")))
+
+
+def test_resumed_run_logs_each_epoch_and_step_once(two_epochs, tmp_path):
+    result, out = two_epochs
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    logs = tmp_path / "logs" / "tiny"
+    before = {table: (logs / f"{table}.csv").read_bytes() for table in ("train", "epochs")}
+    # resume from epoch 1 though epoch 2 was logged (and checkpointed): its rows must not appear twice
+    resumed = train(_options(tmp_path, resume=tmp_path / result.checkpoints[0].relative_to(out), epochs=3))
+    assert [p.name for p in resumed.checkpoints] == ["OSTrack_CKD_ep0002.pth.tar", "OSTrack_CKD_ep0003.pth.tar"]
+    train_rows = _csv_rows(logs / "train.csv")
+    assert [(r["epoch"], r["step"]) for r in train_rows] == [(str(e), str(s)) for e in (1, 2, 3) for s in (1, 2)]
+    assert [r["global_step"] for r in train_rows] == [str(i) for i in range(1, 7)]
+    epoch_rows = _csv_rows(logs / "epochs.csv")
+    assert [(r["epoch"], r["split"]) for r in epoch_rows] == [(str(e), s) for e in (1, 2, 3) for s in ("train", "val")]
+    for table, rows in (("train", train_rows), ("epochs", epoch_rows)):
+        old = before[table].splitlines(keepends=True)
+        new = (logs / f"{table}.csv").read_bytes().splitlines(keepends=True)
+        assert new[0] == old[0]  # same header
+        n1 = sum(1 for r in rows if r["epoch"] == "1")
+        assert new[1:1 + n1] == old[1:1 + n1]  # the epoch-1 rows are the uninterrupted run's, byte for byte
+        # the re-run epoch 2 continues exactly, so its logged values equal the first run's (timings aside)
+        first_run = [r for r in _csv_rows_from_bytes(before[table]) if r["epoch"] == "2"]
+        again = [r for r in rows if r["epoch"] == "2"]
+        for a, b in zip(first_run, again, strict=True):
+            assert {k: v for k, v in a.items() if k != "seconds_per_step"} == \
+                {k: v for k, v in b.items() if k != "seconds_per_step"}
+
+
+def test_log_drops_the_rows_of_the_epochs_it_runs_again(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # rows of epochs 1-2 (checkpointed) and a row of epoch 3 whose write was cut by the kill
+    (logs / "train.csv").write_text("epoch,step,loss\r\n1,1,0.5\r\n2,1,0.4\r\n3,1,0.3\r\n3,2,0.")
+    MetricLog(logs, tmp_path / "tb", enabled=True, first_epoch=3).close()
+    assert (logs / "train.csv").read_bytes() == b"epoch,step,loss\r\n1,1,0.5\r\n2,1,0.4\r\n"
+    log = MetricLog(logs, tmp_path / "tb", enabled=True, first_epoch=1)  # --overwrite: a new header
+    log.write("train", {"epoch": 1, "step": 1, "total": 0.25})
+    log.close()
+    assert (logs / "train.csv").read_bytes() == b"epoch,step,total\r\n1,1,0.25\r\n"
+    assert list(logs.iterdir()) == [logs / "train.csv"]  # no temporary file left behind
+
+
+def test_resume_refuses_a_finished_run_and_another_network(two_epochs, tmp_path):
+    result, _ = two_epochs
+    last = result.checkpoints[-1]  # epoch 2 of 2: resuming it without more epochs trained nothing, silently
+    with pytest.raises(ValueError, match="nothing to train; pass --epochs N with N > 2"):
+        train(_options(tmp_path, resume=last))
+    assert not (tmp_path / "checkpoints").exists()
+    # a checkpoint of another network size: a short error naming the keys, not torch's page of mismatches
+    wider = load_config("ckd_4b_dropmae_ckd_tf_cc_mask.25",
+                        {**OVERRIDES, "MODEL": {**OVERRIDES["MODEL"], "BACKBONE": {"EMBED_DIM": 48, "DEPTH": 2,
+                                                                                   "NUM_HEADS": 2}}})
+    options = TrainOptions(config=TrainConfig(wider, tiny_train_config().synthetic, name="wider"), output_dir=tmp_path,
+                           device="cpu", progress=False, resume=result.checkpoints[0])
+    with pytest.raises(CheckpointError, match=r"does not fit the training network of 'wider' \(it was trained as "
+                                              r"'tiny'; other shape"):
+        train(options)
+
+
+def test_ddp_prefixed_checkpoint_resumes_and_exports(two_epochs, tmp_path):
+    result, _ = two_epochs
+    raw = read_checkpoint(result.checkpoints[0])
+    raw["net"] = {f"module.{k}": v for k, v in raw["net"].items()}  # saved from the DDP wrapper
+    prefixed = tmp_path / "ddp.pth.tar"
+    torch.save(raw, prefixed)
+    state = load_training_checkpoint(prefixed)  # was: "stripped for inference and cannot resume"
+    assert set(state["net"]) == set(read_checkpoint(result.checkpoints[0])["net"])
+    exported = read_checkpoint(export_inference_checkpoint(prefixed, tmp_path / "out.pth.tar"))  # was: empty net
+    plain = read_checkpoint(export_inference_checkpoint(result.checkpoints[0], tmp_path / "plain.pth.tar"))
+    assert list(exported["net"]) == list(plain["net"])
+    for key, value in plain["net"].items():
+        assert torch.equal(exported["net"][key], value), key
+
+
+def test_export_refuses_its_source_and_a_folder(two_epochs, tmp_path):
+    from ckd_train.export import main as export_main
+    result, _ = two_epochs
+    source = tmp_path / "ep.pth.tar"
+    shutil.copy(result.checkpoints[0], source)
+    before = source.read_bytes()
+    with pytest.raises(FileExistsError, match="source checkpoint itself"):
+        export_inference_checkpoint(source, tmp_path / "." / "ep.pth.tar")
+    assert source.read_bytes() == before  # the training checkpoint (optimizer, teachers) is intact
+    assert export_main([str(source), str(tmp_path)]) == 2  # was: IsADirectoryError traceback
+    not_ckd = tmp_path / "foreign.pth"
+    torch.save({"net": {"encoder.weight": torch.zeros(2)}}, not_ckd)
+    with pytest.raises(CheckpointError, match="holds no rgb_branch/tir_branch/box_head weights"):
+        export_inference_checkpoint(not_ckd, tmp_path / "x.pth.tar")
+
+
+def test_resume_names_changed_run_settings_and_data_roots_are_checked(two_epochs, tmp_path, capsys):
+    result, _ = two_epochs
+    with pytest.raises(ValueError, match=r"unknown dataset\(s\) \['LasHer_trainingSet'\]"):  # a typo was ignored
+        train(_options(tmp_path, data_roots={"LasHer_trainingSet": str(tmp_path)}))
+    # was silent: another seed draws other samples, so the run no longer continues the checkpoint's
+    train(_options(tmp_path, resume=result.checkpoints[0], seed=7, data_roots={"GTOT": str(tmp_path)}))
+    out = capsys.readouterr().out
+    assert "resuming with seed 7 (checkpoint: 42): not an exact continuation" in out
+    assert "--data-root GTOT ignored" in out
+    train(_options(tmp_path / "same", resume=result.checkpoints[0]))
+    assert "resuming with" not in capsys.readouterr().out
+
+
+def _tree_bytes(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_to_replace_another_run_in_the_output_folder(two_epochs, tmp_path, capsys):
+    result, out = two_epochs
+    other = tmp_path / "other"  # a folder holding another run of "tiny" (two checkpoints, CSV logs)
+    shutil.copytree(out, other)
+    before = _tree_bytes(other)
+    raw = read_checkpoint(result.checkpoints[0])  # epoch 1 of an unrelated run (other weights)
+    raw["net"]["box_head.conv1_ctr.0.weight"] += 0.01
+    foreign = tmp_path / "foreign.pth.tar"
+    torch.save(raw, foreign)
+    # was: its OSTrack_CKD_ep0002 replaced and its epoch-2 CSV rows dropped without a word
+    with pytest.raises(FileExistsError) as exc:
+        train(_options(other, resume=foreign))
+    message = str(exc.value)
+    assert "holds another run of 'tiny'" in message and "is not one of its checkpoints" in message
+    assert "replace its checkpoint(s) OSTrack_CKD_ep0002.pth.tar" in message
+    assert "epochs.csv, train.csv" in message and "--overwrite" in message and "another --output" in message
+    assert _tree_bytes(other) == before
+    # a byte-identical backup of the folder's own checkpoint is a normal resume into its own folder
+    backup = tmp_path / "backup.pth.tar"
+    shutil.copy(other / result.checkpoints[0].relative_to(out), backup)
+    resumed = train(_options(other, resume=backup))
+    assert [p.name for p in resumed.checkpoints] == ["OSTrack_CKD_ep0002.pth.tar"]
+    # --overwrite: the other run's checkpoints and CSV rows are replaced, the logs hold this run's epochs only
+    again = train(_options(other, resume=foreign, overwrite=True))
+    assert [p.name for p in again.checkpoints] == ["OSTrack_CKD_ep0002.pth.tar"]
+    assert "--overwrite: replacing the checkpoints and CSV logs of another run" in capsys.readouterr().out
+    rows = _csv_rows(other / "logs" / "tiny" / "epochs.csv")
+    assert [(r["epoch"], r["split"]) for r in rows] == [("2", "train"), ("2", "val")]
+
+
+def test_resume_into_an_empty_or_new_output_folder_is_not_refused(two_epochs, tmp_path):
+    result, out = two_epochs
+    (tmp_path / "logs" / "other_name").mkdir(parents=True)  # another configuration's logs are not this run's
+    (tmp_path / "logs" / "other_name" / "train.csv").write_text("epoch,step\n1,1\n")
+    resumed = train(_options(tmp_path, resume=result.checkpoints[0], validate=False))
+    assert [p.name for p in resumed.checkpoints] == ["OSTrack_CKD_ep0002.pth.tar"]
+    assert (tmp_path / "logs" / "other_name" / "train.csv").read_text() == "epoch,step\n1,1\n"
+
+
+def test_export_refuses_an_existing_destination_unless_overwrite(two_epochs, tmp_path, capsys):
+    from ckd_train.export import main as export_main
+    result, _ = two_epochs
+    destination = tmp_path / "shipped.pth.tar"
+    destination.write_bytes(b"a file the user made")
+    # was: silently replaced
+    assert export_main([str(result.checkpoints[0]), str(destination)]) == 2
+    err = capsys.readouterr().err
+    assert f"export destination {destination} exists; pass --overwrite" in err
+    assert destination.read_bytes() == b"a file the user made"
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+        export_inference_checkpoint(result.checkpoints[0], destination)
+    assert export_main([str(result.checkpoints[0]), str(destination), "--overwrite"]) == 0
+    assert read_checkpoint(destination)["epoch"] == 1
+    # the source itself stays refused, even with --overwrite
+    assert export_main([str(result.checkpoints[0]), str(result.checkpoints[0]), "--overwrite"]) == 2
+    assert "source checkpoint itself" in capsys.readouterr().err
+    # a destination under a file: was a bare "[Errno 17] File exists"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    for target in (a_file / "ckd.pth.tar", a_file / "sub" / "ckd.pth.tar"):
+        assert export_main([str(result.checkpoints[0]), str(target)]) == 2
+        assert f"{a_file} is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == ""
+
+
+def test_make_weights_replaces_the_shipped_weights_explicitly():
+    from pathlib import Path
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "make_weights.sh").read_text()
+    export_lines = [line for line in script.splitlines() if "-m ckd_train.export" in line]
+    assert export_lines and all("--overwrite" in line for line in export_lines)

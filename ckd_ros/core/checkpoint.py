@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ckd_ros.core.atomic import atomic_write
 
 INFERENCE_PREFIXES = ("rgb_branch.", "tir_branch.", "box_head.")
 # training-only parts of a CKD checkpoint's ``net`` that the tracker ignores
@@ -74,6 +75,8 @@ STAND_IN_CLASSES["argparse.Namespace"] = _stand_in("argparse.Namespace")  # MAE 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """``torch.load`` of ``path`` on the CPU with the restricted unpickler described above."""
+    if not str(path).strip():
+        raise FileNotFoundError("checkpoint path is empty: name a checkpoint file")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
@@ -150,8 +153,9 @@ def _as_state_dict(obj: Any, source: str) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    # DDP wrappers prefix "module."; the official trainer unwraps before saving, but other tools may not
+def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """``state`` without the ``module.`` key prefix of DDP wrappers (the official trainer unwraps before
+    saving, but other tools may not)."""
     return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
 
 
@@ -170,7 +174,7 @@ def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint")
     Floating tensors of another precision are converted to the model's dtype.  For a shared-student
     model the ``rgb_branch.*`` and ``tir_branch.*`` entries must be equal.
     """
-    state = _strip_module_prefix(_as_state_dict(raw, source))
+    state = strip_module_prefix(_as_state_dict(raw, source))
     expected = model.state_dict()
     kept = OrderedDict((k, v) for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES))
     unexpected = [k for k in kept if k not in expected]
@@ -254,26 +258,14 @@ def save_checkpoint(path: str | os.PathLike, net_state_dict: Mapping[str, torch.
     path = Path(path)
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-    net = _strip_module_prefix(_as_state_dict(net_state_dict, "net_state_dict"))
+    net = strip_module_prefix(_as_state_dict(net_state_dict, "net_state_dict"))
     payload = {
         "epoch": epoch, "actor_type": actor_type, "net_type": net_type,
         "net": OrderedDict((k, v.detach().cpu()) for k, v in net.items()),
         "net_info": None, "constructor": None,
         "optimizer": _plain(optimizer), "stats": _plain(stats), "settings": _plain(settings),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 # ---- ViT / tracker weights for training initialisation (spec 4.6) --------------------------------
@@ -308,7 +300,7 @@ def _unwrap_vit(obj: Any, source: str) -> tuple[str, "OrderedDict[str, torch.Ten
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
                 obj = obj[wrapper]
                 break
-    state = _strip_module_prefix(_as_state_dict(obj, source))
+    state = strip_module_prefix(_as_state_dict(obj, source))
     if any(k.startswith("backbone.") for k in state):
         layout = "dropmae_track" if any(k.startswith("backbone.temporal_pos_embed") for k in state) else "ostrack"
         return layout, OrderedDict((k[len("backbone."):], v) for k, v in state.items() if k.startswith("backbone."))
@@ -398,7 +390,7 @@ def load_tracker_head(head: nn.Module, source: str | os.PathLike | Mapping[str, 
     raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     if isinstance(raw, Mapping) and "net" in raw:
         raw = raw["net"]
-    state = _strip_module_prefix(_as_state_dict(raw, src))
+    state = strip_module_prefix(_as_state_dict(raw, src))
     head_state = OrderedDict((k[len("box_head."):], v) for k, v in state.items() if k.startswith("box_head."))
     if not head_state:
         raise CheckpointError(f"{src}: no box_head.* keys")

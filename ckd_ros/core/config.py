@@ -253,7 +253,11 @@ def _merge(target: dict, update: Mapping, defaults: Mapping, prefix: str) -> Non
     for key, value in update.items():
         full = f"{prefix}{key}"
         if key not in defaults:
-            raise ConfigError(f"unknown key {full}; allowed keys here: {', '.join(sorted(defaults))}")
+            hint = ""
+            if full in ("BASE", "SYNTHETIC"):  # a ckd-train training file given where a model config is read
+                hint = (" (BASE and SYNTHETIC belong to ckd-train training files: give the tracker the "
+                        "model configuration the file's BASE names)")
+            raise ConfigError(f"unknown key {full}; allowed keys here: {', '.join(sorted(defaults))}{hint}")
         default = defaults[key]
         if isinstance(default, Mapping):
             if not isinstance(value, Mapping):

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence as SequenceType
 
 import numpy as np
 
+from ckd_ros.core.atomic import atomic_write
 from ckd_ros.core.metrics import BenchmarkScore, attribute_breakdown
 from ckd_ros.core.results import atomic_write_text
 
@@ -112,12 +113,7 @@ def plot_curves(scores: Mapping[str, BenchmarkScore], metric: str, path: str | o
     ax.grid(True, alpha=0.3)
     ax.set_title(title or f'{metric} ({next(iter(scores.values())).benchmark})')
     ax.legend(loc='lower right' if metric in ('PR', 'MPR', 'NPR') else 'lower left', fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    fig.savefig(tmp, format='png')
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format='png'))
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +150,14 @@ def _system_cpu_times() -> tuple[float, float] | None:
     return sum(fields) - idle, sum(fields)
 
 
+# The official code's published CPU speed (seconds per frame, batch 1, fp32), spec/CKD.md section 7:
+# the full-size configurations without and with candidate elimination.
+PUBLISHED_OFFICIAL_SPEED_S = {
+    'ckd_4b_dropmae_ckd_tf_cc_mask.25': {'forward_s': 0.591, 'track_s': 0.590},
+    'ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead': {'forward_s': 0.486, 'track_s': 0.483},
+}
+
+
 def machine_info() -> dict:
     info = {'hostname': socket.gethostname(), 'platform': platform.platform(), 'machine': platform.machine(),
             'python': platform.python_version(), 'cpu_count': os.cpu_count()}
@@ -172,7 +176,22 @@ def machine_info() -> dict:
         info['cuda'] = bool(torch.cuda.is_available())
         if info['cuda']:
             info['gpu'] = torch.cuda.get_device_name(0)
+    if hasattr(os, 'getloadavg'):
+        info['load_average_1min'] = os.getloadavg()[0]   # timings on a busy machine say so
     return info
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One line naming the machine for printed speed figures."""
+    info = info or machine_info()
+    line = f"machine: {info.get('cpu_model') or info.get('machine')}, {info.get('cpu_count')} CPUs"
+    if info.get('gpu'):
+        line += f", GPU {info['gpu']}"
+    if info.get('torch'):
+        line += f", torch {info['torch']} with {info['torch_threads']} threads"
+    if info.get('load_average_1min') is not None:
+        line += f", load average {info['load_average_1min']:.2f}"
+    return line
 
 
 def performance_metrics(latencies_s: SequenceType[float], output_times_ns: SequenceType[int],

@@ -6,19 +6,19 @@ with truncation like the official ``astype(int)``) and ``<seq>_time.txt`` (per-f
 The toolkit takes the sequence list from the ``*_time.txt`` files, so the time file is written last:
 a sequence counts as finished only when both exist.
 
-Every file is written to a temporary file in the same folder and moved into place (``os.link`` for
-"create only", ``os.replace`` with ``overwrite=True``), so a crash never leaves a partial file
-under the final name, and an existing result is never replaced unless asked.
+Every file is written through :func:`ckd_ros.core.atomic.atomic_write` (a temporary file in the same
+folder, moved into place), so a crash never leaves a partial file under the final name, and an
+existing result is never replaced unless asked.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from ckd_ros.core.atomic import atomic_write
 from ckd_ros.core.datasets import AnnotationError, read_box_file
 
 TIME_SUFFIX = '_time.txt'
@@ -29,37 +29,13 @@ class ResultExistsError(FileExistsError):
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder.
+    """Write UTF-8 ``text`` to ``path`` through a temporary file in the same folder
+    (:func:`ckd_ros.core.atomic.atomic_write`).
 
-    Without ``overwrite`` an existing ``path`` raises :class:`ResultExistsError` and is left untouched
-    (the final move is ``os.link``, which refuses an existing target atomically).
+    Without ``overwrite`` an existing ``path`` raises :class:`ResultExistsError` and is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite and path.exists():
-        raise ResultExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')
-    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp_name, path)
-        else:
-            try:
-                os.link(tmp_name, path)
-            except FileExistsError:
-                raise ResultExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it') from None
-            except OSError:
-                # file systems without hard links: fall back to check-then-replace
-                if path.exists():
-                    raise ResultExistsError(f'{path} exists; pass overwrite=True (--overwrite) to replace it')
-                os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return path
+    return atomic_write(path, lambda handle: handle.write(text.encode('utf-8')), overwrite,
+                        exists_error=ResultExistsError)
 
 
 def format_boxes(boxes, integer: bool = True) -> str:
