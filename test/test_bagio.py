@@ -1,5 +1,6 @@
 """rosbag2 round trips with rosbags (MCAP and sqlite3), 16-bit thermal, ground truth, damage handling."""
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -137,6 +138,14 @@ def test_corrupt_sqlite_and_missing_bag(tmp_path):
         list(bagio.read_pairs(bag))
     with pytest.raises(bagio.BagReadError, match='bag not found'):
         list(bagio.read_pairs(tmp_path / 'nope'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(bagio.BagReadError, match='not a rosbag2 bag: the folder has no metadata.yaml or .mcap'):
+        list(bagio.read_pairs(tmp_path / 'empty'))
+    with pytest.raises(bagio.BagReadError, match='not a rosbag2 bag'):
+        bagio.bag_info(tmp_path / 'empty')
+    (bag / 'metadata.yaml').unlink()
+    with pytest.raises(bagio.BagReadError, match='a sqlite3 database without metadata.yaml: its recording never'):
+        list(bagio.read_pairs(bag))
 
 
 def test_no_overwrite_and_failed_write_leaves_nothing(tmp_path):
@@ -181,10 +190,15 @@ def test_boxes_at_stamps_fills_dropped_frames():
 # ------------------------------------------------------------------ ckd-bag play over real DDS
 
 @pytest.mark.ros
-@pytest.mark.parametrize('mode', ['lockstep', 'realtime'])
-def test_play_records_node_outputs(tmp_path, rclpy_context, mode):
+@pytest.mark.parametrize('mode, storage, rgbt', [('lockstep', 'mcap', False), ('realtime', 'mcap', False),
+                                                 ('lockstep', 'sqlite3', True)])
+def test_play_records_node_outputs(tmp_path, rclpy_context, mode, storage, rgbt):
     """bag_play against a small tracker stand-in (in this process, over DDS): it answers each pair
-    with the ground-truth box shifted by 1 px, and only after its set_target was called."""
+    with the ground-truth box shifted by 1 px, and only after its set_target was called. ``rgbt``: an
+    RGBT234-style bag (per-modality ground truth) on a custom ground-truth topic, and a stand-in that
+    refuses the first set_target (play sends frame 0 again and retries)."""
+    import dataclasses
+
     pytest.importorskip('ckd_ros.msg', reason='interfaces not built (make build / source scripts/env.sh)')
     import threading
 
@@ -197,15 +211,28 @@ def test_play_records_node_outputs(tmp_path, rclpy_context, mode):
     from ckd_ros.srv import SetTarget
 
     seq = _sequence(tmp_path, count=8)
+    topics = bagio.DEFAULT_TOPICS
+    if rgbt:
+        seq = dataclasses.replace(seq, ground_truth_rgb=seq.ground_truth + [0, 1, 0, 0],
+                                  ground_truth_thermal=seq.ground_truth + [0, -1, 0, 0], dataset='rgbt234',
+                                  attributes=('OCC', 'LI'))
+        topics = bagio.BagTopics(ground_truth='/truth')
     bag = tmp_path / 'in'
-    bagio.write_sequence_bag(seq, bag, fps=50.0)
-    truth = {int(s): b for s, b in zip(*bagio.read_ground_truth(bag))}   # bag stamps -> GT
+    bagio.write_sequence_bag(seq, bag, fps=50.0, topics=topics)
+    truth = {int(s): b for s, b in zip(*bagio.read_ground_truth(bag, topics.ground_truth))}   # bag stamps -> GT
 
     node = rclpy.create_node('ckd_tracker', context=rclpy_context)
     pub = node.create_publisher(TrackedTarget, '/ckd_tracker/target', 10)
-    state = {'box': None, 'frames': {}}
+    state = {'box': None, 'frames': {}, 'calls': 0}
 
     def on_set_target(request, response):
+        # a slow service (a real node initialises the tracker here): the frames after it must still be
+        # stamped at their publication, not half a second in the past
+        time.sleep(0.5)
+        state['calls'] += 1
+        if rgbt and state['calls'] == 1:
+            response.success, response.message = False, 'no pair with that stamp yet'
+            return response
         state['box'] = [request.x, request.y, request.width, request.height]
         response.success, response.target_id = True, 1
         return response
@@ -213,6 +240,7 @@ def test_play_records_node_outputs(tmp_path, rclpy_context, mode):
     def on_image(msg):
         # answer once both images of a stamp are in
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        state.setdefault('age_s', []).append((time.time_ns() - (key[0] * 1_000_000_000 + key[1])) / 1e9)
         frames = state['frames'].setdefault(key, {})
         frames[msg.header.frame_id] = msg
         if state['box'] is None or len(frames) < 2:
@@ -236,18 +264,39 @@ def test_play_records_node_outputs(tmp_path, rclpy_context, mode):
     try:
         out = tmp_path / 'out'
         stats = bag_play.play(bag, out, node='/ckd_tracker', mode=mode, rate=1.0, timeout=10.0,
-                              context=rclpy_context)
+                              storage=storage, topics=topics, context=rclpy_context)
     finally:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
     assert stats['sent'] == 8 and stats['answered'] >= 7 and stats.get('missed_lockstep', 0) == 0
+    assert bagio.bag_info(out)['storage'] == storage and [p.name for p in tmp_path.iterdir() if p.name[0] == '.'] == []
     assert state['box'] == [1.0, 2.0, 3.0, 4.0]          # initialised with frame 0's ground truth
     track = bagio.read_targets(out, '/ckd_tracker/target')
     assert (track.latencies == 0.25).all()                # both images arrived, thermal as mono16
-    gt_stamps, gt_boxes = bagio.read_ground_truth(out)
+    gt_stamps, gt_boxes = bagio.read_ground_truth(out, topics.ground_truth)
     assert len(gt_stamps) == 8
+    # one ground-truth record per published stamp, also when frame 0 was sent twice
+    assert state['calls'] == (2 if rgbt else 1)
+    assert {t['name']: t['count'] for t in bagio.bag_info(out)['topics']}[topics.ground_truth] == 8
+    records = bagio.read_ground_truth_records(out, topics.ground_truth, modalities=True)
+    if rgbt:
+        np.testing.assert_array_equal(records.rgb, seq.ground_truth_rgb)
+        np.testing.assert_array_equal(records.thermal, seq.ground_truth_thermal)
+        assert bag_play.score_bag_command(out, '/ckd_tracker', topics).endswith(
+            '--target-topic /ckd_tracker/target --gt-topic /truth')
+        # the output bag says where the played sequence came from: score-bag scores with its protocol
+        assert bagio.bag_source_info(out) == bagio.BagSource('rgbt234', 'seq', ('OCC', 'LI'))
+        from ckd_ros.core import eval_cli
+        assert eval_cli.main(['score-bag', str(out), '--gt-topic', '/truth', '--results', str(tmp_path / 'r')]) == 0
+        scores = json.loads((tmp_path / 'r' / 'report' / 'scores.json').read_text())
+        assert scores['benchmark'] == 'rgbt234' and set(scores['attributes']) == {'OCC', 'LI'}
+    else:
+        assert records.rgb is None and records.thermal is None
     np.testing.assert_array_equal(gt_boxes[:4], [truth[s] for s in sorted(truth)][:4])
     boxes, answered = bagio.boxes_at_stamps(track, gt_stamps, init_box=gt_boxes[0])
     assert answered[1:].all()
     np.testing.assert_array_equal(boxes[1:, 0], np.arange(1, 8) + 2)   # the stand-in: GT x (1 + k) + 1
     assert (track.log_times_ns >= track.stamps_ns).all()  # received after publication (fresh stamps)
+    # every image after frame 0 (sent once per set_target call) arrived within 0.25 s of its stamp,
+    # despite the 0.5 s set_target call
+    assert max(state['age_s'][2 * state['calls']:]) < 0.25, state['age_s']

@@ -91,6 +91,30 @@ def test_run_resumes_after_interruption(lasher_root, tmp_path):
     np.testing.assert_array_equal(boxes, [_square_box(SEQUENCES['cc'], k) for k in range(FRAMES)])
 
 
+def test_a_result_of_another_length_is_not_taken_for_finished(lasher_root, tmp_path, monkeypatch, capsys):
+    """A --max-frames run's results were skipped as finished by a later full run, whose scoring then
+    stopped with '3 result boxes for 5 ground-truth frames'."""
+    _fake_factory(monkeypatch)
+    out = tmp_path / 'run'
+    args = ['run', '--dataset', str(lasher_root), '--results', str(out), '--quiet']
+    assert eval_cli.main(args + ['--max-frames', '3', '--sequences', 'aa']) == 0
+    short = (out / 'aa.txt').read_text()
+    assert len(short.splitlines()) == 3
+    capsys.readouterr()
+    assert eval_cli.main(args) == 1
+    captured = capsys.readouterr()
+    assert 'tracked 2, skipped (results exist) 0, failed 1' in captured.out
+    assert (f'FAILED aa: the existing result {out / "aa.txt"} has 3 frames, this run makes {FRAMES} (written with '
+            'another --max-frames?); pass --overwrite') in captured.err
+    assert (out / 'aa.txt').read_text() == short, 'never replaced unasked'
+    assert json.loads((out / 'report' / 'scores.json').read_text())['num_sequences'] == 2   # bb, cc scored
+    # the same --max-frames again resumes (skips it); --overwrite tracks it fully
+    assert eval_cli.main(args + ['--max-frames', '3', '--sequences', 'aa']) == 0
+    assert 'skipped (results exist) 1' in capsys.readouterr().out
+    assert eval_cli.main(args + ['--overwrite']) == 0
+    assert len((out / 'aa.txt').read_text().splitlines()) == FRAMES
+
+
 def _fake_factory(monkeypatch):
     monkeypatch.setattr(eval_cli, 'make_tracker_factory', lambda *a, **k: HotSpotTracker)
 
@@ -119,7 +143,7 @@ def test_run_command_writes_report_and_performance(lasher_root, tmp_path, monkey
     assert json.loads((rep / 'scores.json').read_text())['metrics'] == doc['metrics']
 
 
-def test_score_command_matches_metrics(lasher_root, tmp_path):
+def test_score_command_matches_metrics(lasher_root, tmp_path, capsys):
     out = tmp_path / 'res'
     rng = np.random.default_rng(0)
     for name, start in SEQUENCES.items():
@@ -133,10 +157,10 @@ def test_score_command_matches_metrics(lasher_root, tmp_path):
                                 {n: ground_truth_of(ds[n]) for n in ds.names})
     assert doc['metrics'] == expected.metrics
     assert doc['fps']['aa'] == pytest.approx(50.0)
-    # no ground truth for a result -> clear error, exit code 2 path via SystemExit message
+    # no ground truth for a result -> clear error, exit status 2
     results.write_sequence_result(out, 'zz', np.ones((2, 4)))
-    with pytest.raises(SystemExit, match='without ground truth: zz'):
-        eval_cli.main(['score', '--results', str(out), '--benchmark', 'lasher', '--dataset', str(lasher_root)])
+    assert eval_cli.main(['score', '--results', str(out), '--benchmark', 'lasher', '--dataset', str(lasher_root)]) == 2
+    assert 'ckd-eval: error: results for sequences without ground truth: zz' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
@@ -146,14 +170,21 @@ def test_convert_then_run_over_bags_equals_dataset_run(lasher_root, tmp_path, mo
     assert bag_cli.main(['convert', '--dataset', str(lasher_root), '--out', str(bags), '--fps', '10',
                          '--storage', storage, '--quiet']) == 0
     assert sorted(p.name for p in bags.iterdir()) == ['aa', 'bb', 'cc']
-    assert bag_cli.main(['info', str(bags / 'aa')]) == 0
+    assert bag_cli.main(['info', str(bags / 'bb')]) == 0
     text = capsys.readouterr().out
     assert 'mono16 64x48' in text and '10.00 Hz' in text
-    eval_cli.main(['run', '--bags', str(bags), '--results', str(tmp_path / 'from_bags'), '--quiet',
-                   '--benchmark', 'lasher'])
-    eval_cli.main(['run', '--dataset', str(lasher_root), '--results', str(tmp_path / 'from_ds'), '--quiet'])
+    assert 'source:    lasher sequence bb (attributes NO, PO)'  in text
+    assert bagio.bag_source_info(bags / 'bb') == bagio.BagSource('lasher', 'bb', ('NO', 'PO'))
+    # no --benchmark: the protocol and attribute tables of the dataset the bags were converted from
+    assert eval_cli.main(['run', '--bags', str(bags), '--results', str(tmp_path / 'from_bags'), '--quiet']) == 0
+    assert "benchmark lasher: the protocol of the bags' dataset (lasher)" in capsys.readouterr().out
+    assert eval_cli.main(['run', '--dataset', str(lasher_root), '--results', str(tmp_path / 'from_ds'), '--quiet']) == 0
     for name in SEQUENCES:
         assert (tmp_path / 'from_bags' / f'{name}.txt').read_text() == (tmp_path / 'from_ds' / f'{name}.txt').read_text()
+    from_bags, from_ds = (json.loads((tmp_path / run / 'report' / 'scores.json').read_text())
+                          for run in ('from_bags', 'from_ds'))
+    assert from_bags['benchmark'] == from_ds['benchmark'] == 'lasher'
+    assert from_bags['metrics'] == from_ds['metrics'] and from_bags['attributes'] == from_ds['attributes']
 
 
 def test_damaged_bag_keeps_partial_results(tmp_path, monkeypatch):
@@ -210,3 +241,181 @@ def test_score_bag_counts_dropped_frames(tmp_path):
     assert doc['frames_answered'] == 4 and doc['num_frames'] == 5    # generic: frames after the first
     # the time file holds the node's latency for answered frames, nan for dropped ones
     assert doc['fps']['out_bag'] == pytest.approx(1 / 0.035)
+
+
+def _fake_run_args(source, results_dir, *extra):
+    return ['run', *source, '--results', str(results_dir), '--quiet', *extra]
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_bags_of_an_rgbt234_dataset_score_with_its_per_modality_ground_truth(lasher_root, tmp_path, monkeypatch,
+                                                                            capsys, storage):
+    """RGBT234/GTOT bags carry the visible and infrared ground truth (<gt>/rgb, <gt>/thermal); the rgbt234
+    protocol needs both. Before, run --bags and score --bags read only <gt> and refused the protocol."""
+    _fake_factory(monkeypatch)
+    for name, start in SEQUENCES.items():
+        gt = np.array([_square_box(start, k) for k in range(FRAMES)], float)
+        np.savetxt(lasher_root / name / 'visible.txt', gt + [2, 0, 0, 0], fmt='%d', delimiter=',')
+        np.savetxt(lasher_root / name / 'infrared.txt', gt - [0, 3, 0, 0], fmt='%d', delimiter=',')
+    bags = tmp_path / 'bags'
+    assert bag_cli.main(['convert', '--dataset', str(lasher_root), '--kind', 'rgbt234', '--out', str(bags),
+                         '--storage', storage, '--quiet']) == 0
+    assert eval_cli.main(_fake_run_args(['--dataset', str(lasher_root)], tmp_path / 'ds')) == 0
+    expected = json.loads((tmp_path / 'ds' / 'report' / 'scores.json').read_text())
+    assert expected['benchmark'] == 'rgbt234' and set(expected['metrics']) == {'MPR', 'MSR'}
+    assert eval_cli.main(_fake_run_args(['--bags', str(bags)], tmp_path / 'bg', '--benchmark', 'rgbt234')) == 0
+    assert json.loads((tmp_path / 'bg' / 'report' / 'scores.json').read_text())['metrics'] == expected['metrics']
+    assert eval_cli.main(['score', '--results', str(tmp_path / 'ds'), '--bags', str(bags), '--benchmark', 'rgbt234',
+                          '--report', str(tmp_path / 'rep')]) == 0
+    assert json.loads((tmp_path / 'rep' / 'scores.json').read_text())['metrics'] == expected['metrics']
+
+
+def _output_bag(path, storage='mcap', resent_first=False, keep_stamps=False, targets=('/ckd_tracker/target',)):
+    """An output bag as ckd-bag play writes it: the ground truth of each sent pair (logged when sent) and
+    the node's answers (logged 40 ms later); pairs 2 and 4 dropped. ``resent_first``: frame 0 sent
+    twice (a retried set_target); ``keep_stamps``: stamps are the input bag's, not the send times."""
+    gt = [[10 + 2 * k, 10, 8, 8] for k in range(6)]
+    with bagio.BagWriter(path, storage=storage) as writer:
+        for k, box in enumerate(gt):
+            sent = 1_700_000_000_000_000_000 + k * 100_000_000
+            stamp = k * 33_000_000 if keep_stamps else sent
+            for _ in range(2 if resent_first and k == 0 else 1):
+                writer.write_target('/ground_truth', stamp, box, log_time_ns=sent)
+            if k in (2, 4):
+                continue
+            for topic in targets:
+                writer.write(topic, bagio.TARGET_TYPE, sent + 40_000_000,
+                             bagio.target_message(writer.store, stamp, np.array(box, float) + [1, 0, 0, 0], score=0.9,
+                                                  state=bagio.STATE_TRACKING, latency=0.035))
+    return gt
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_score_bag_counts_each_frame_once_and_times_from_sending(tmp_path, storage):
+    """Frame 0 re-sent for a retried set_target is one frame, not two (before: 6 frames scored, the
+    extra one a perfect box); with --keep-stamps the latency is receive minus send time (before: receive
+    time minus a stamp from the input bag, 1.7e12 ms)."""
+    _output_bag(tmp_path / 'plain', storage)
+    _output_bag(tmp_path / 'resent', storage, resent_first=True, keep_stamps=True)
+    docs = {}
+    for name in ('plain', 'resent'):
+        assert eval_cli.main(['score-bag', str(tmp_path / name)]) == 0
+        rep = tmp_path / f'{name}_results' / 'report'
+        docs[name] = json.loads((rep / 'scores.json').read_text()), json.loads((rep / 'performance.json').read_text())
+        assert len(results.read_result_boxes(tmp_path / f'{name}_results' / f'{name}.txt')) == 6
+    for scores, perf in docs.values():
+        assert scores['num_frames'] == 5 and scores['frames_total'] == 6 and scores['frames_answered'] == 4
+        assert perf['BasicPerformanceMetrics.MEAN_LATENCY'] == pytest.approx(40.0)
+        assert perf['BasicPerformanceMetrics.MEAN_PLAYBACK_FRAME_RATE'] == pytest.approx(12.0)
+    assert docs['plain'][0]['metrics'] == docs['resent'][0]['metrics']
+
+
+def test_score_bag_finds_the_output_of_a_node_with_another_name(tmp_path, capsys):
+    """The demo's node is /ckd_demo/ckd_tracker: score-bag needed --target-topic, else 'no TrackedTarget
+    messages on /ckd_tracker/target'. The bag's only tracker output is taken; several need a choice."""
+    _output_bag(tmp_path / 'demo', targets=('/ckd_demo/ckd_tracker/target',))
+    assert eval_cli.main(['score-bag', str(tmp_path / 'demo')]) == 0
+    assert 'target topic /ckd_demo/ckd_tracker/target (the bag\'s only tracker output' in capsys.readouterr().out
+    assert json.loads((tmp_path / 'demo_results' / 'report' / 'scores.json').read_text())['frames_answered'] == 4
+    _output_bag(tmp_path / 'two', targets=('/a/ckd_tracker/target', '/b/ckd_tracker/target'))
+    assert eval_cli.main(['score-bag', str(tmp_path / 'two')]) == 2
+    assert ('has several tracker outputs (/a/ckd_tracker/target, /b/ckd_tracker/target); choose one with '
+            '--target-topic') in capsys.readouterr().err
+    assert eval_cli.main(['score-bag', str(tmp_path / 'two'), '--target-topic', '/b/ckd_tracker/target']) == 0
+
+
+def test_bag_paths_name_their_sequence_and_share_a_results_folder(lasher_root, tmp_path, monkeypatch, capsys):
+    """'.' or 'runs/aa/' name the bag's folder (before: sequence '', result files '.txt' and '_time.txt');
+    score-bag and run score only their own sequences in a results folder that holds others (before:
+    'results for sequences without ground truth' after the files were written)."""
+    _fake_factory(monkeypatch)
+    runs = tmp_path / 'runs'
+    _output_bag(runs / 'aa')
+    _output_bag(runs / 'bb')
+    shared = tmp_path / 'shared results'
+    monkeypatch.chdir(runs / 'aa')
+    assert eval_cli.main(['score-bag', '.', '--results', str(shared)]) == 0
+    assert eval_cli.main(['score-bag', f'{runs / "bb"}/', '--results', str(shared)]) == 0
+    assert results.list_result_sequences(shared) == ['aa', 'bb']
+    assert list(json.loads((shared / 'report' / 'scores.json').read_text())['per_sequence']) == ['bb']
+    assert eval_cli.main(['score-bag', '.']) == 0      # default: next to the bag, named after it
+    assert results.list_result_sequences(runs / 'aa_results') == ['aa']
+    # both output bags scored together: their folder gives the ground truth
+    assert eval_cli.main(['score', '--results', str(shared), '--bags', str(runs), '--benchmark', 'generic',
+                          '--report', str(tmp_path / 'both')]) == 0
+    assert json.loads((tmp_path / 'both' / 'scores.json').read_text())['num_frames'] == 10
+    # run over one sequence, then another, into one folder
+    out = tmp_path / 'subsets'
+    assert eval_cli.main(_fake_run_args(['--dataset', str(lasher_root), '--sequences', 'aa'], out)) == 0
+    assert eval_cli.main(_fake_run_args(['--dataset', str(lasher_root), '--sequences', 'bb'], out)) == 0
+    assert list(json.loads((out / 'report' / 'scores.json').read_text())['per_sequence']) == ['bb']
+    bags = tmp_path / 'bags'
+    assert bag_cli.main(['convert', '--dataset', str(lasher_root), '--out', str(bags), '--quiet',
+                         '--sequences', 'cc']) == 0
+    monkeypatch.chdir(bags / 'cc')
+    assert eval_cli.main(_fake_run_args(['--bags', '.'], out, '--benchmark', 'lasher')) == 0
+    assert results.list_result_sequences(out) == ['aa', 'bb', 'cc']
+
+
+def test_command_line_mistakes_are_clear_errors(lasher_root, tmp_path, monkeypatch, capsys):
+    """Exit status 2 and one line naming the problem, never a traceback or a silent success."""
+    _fake_factory(monkeypatch)
+    bags = tmp_path / 'bags'
+    assert bag_cli.main(['convert', '--dataset', str(lasher_root), '--out', str(bags), '--quiet',
+                         '--gt-topic', '/gt']) == 0
+    capsys.readouterr()
+
+    def error(main, args):
+        assert main(args) == 2
+        return capsys.readouterr().err
+
+    # before: "tracked 0", exit 0
+    assert 'no bag named zz in' in error(eval_cli.main, _fake_run_args(['--bags', str(bags), '--sequences', 'zz'],
+                                                                        tmp_path / 'r'))
+    # before: IndexError traceback
+    assert f'{bags / "aa"} has no ground truth on /ground_truth' in error(
+        eval_cli.main, ['score', '--results', str(tmp_path), '--benchmark', 'lasher', '--bags', str(bags)])
+    # before: KeyError traceback
+    err = error(bag_cli.main, ['convert', '--dataset', str(lasher_root), '--out', str(tmp_path / 'b2'),
+                               '--sequences', 'zz', '--quiet'])
+    assert 'no sequence zz in the lasher dataset' in err and not (tmp_path / 'b2').exists()
+    # before: the single-sequence options were silently ignored
+    assert 'not both' in error(bag_cli.main, ['convert', '--dataset', str(lasher_root), '--rgb', 'x', '--out',
+                                              str(tmp_path / 'b3')])
+    assert "sequence 'zz' not in lasher dataset" in error(
+        eval_cli.main, _fake_run_args(['--dataset', str(lasher_root), '--sequences', 'zz'], tmp_path / 'r'))
+    for bad in (['--max-frames', '0'], ['--init-box', '1,2,3'], ['--threads', '-1']):
+        with pytest.raises(SystemExit) as exit_:
+            eval_cli.main(_fake_run_args(['--bags', str(bags)], tmp_path / 'r', *bad))
+        assert exit_.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_info_shows_every_bag_of_a_folder(lasher_root, tmp_path, capsys):
+    bags = tmp_path / 'bags'
+    assert bag_cli.main(['convert', '--dataset', str(lasher_root), '--out', str(bags), '--quiet']) == 0
+    capsys.readouterr()
+    # a folder of bags (before: "cannot open bag"); a missing one is reported, the others still shown
+    assert bag_cli.main(['info', str(bags), str(tmp_path / 'nope'), '--no-scan']) == 2
+    out = capsys.readouterr()
+    assert [line.split()[-1] for line in out.out.splitlines() if line.startswith('bag:')] == [
+        str(bags / n) for n in SEQUENCES]
+    assert 'nope: bag not found' in out.err
+    assert bag_cli.main(['info', str(bags), '--json']) == 0
+    assert [doc['path'] for doc in json.loads(capsys.readouterr().out)] == [str(bags / n) for n in SEQUENCES]
+    assert bag_cli.main(['info', str(bags / 'aa'), '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['message_count'] == 3 * FRAMES
+
+
+def test_a_sequence_with_only_its_initial_box_is_tracked_not_scored(lasher_root, tmp_path, monkeypatch, capsys):
+    """A box file with one line (the documented 'initial box' form): run tracks it, writes its results
+    and exits 0 (before: exit 2 after tracking, 'no frame after the first has a valid ground-truth box')."""
+    _fake_factory(monkeypatch)
+    seq = lasher_root / 'aa'
+    (tmp_path / 'init.txt').write_text((seq / 'init.txt').read_text().splitlines()[0] + '\n')
+    bag = tmp_path / 'bag'
+    assert bag_cli.main(['convert', '--rgb', str(seq / 'visible'), '--thermal', str(seq / 'infrared'), '--boxes',
+                         str(tmp_path / 'init.txt'), '--out', str(bag), '--quiet']) == 0
+    assert eval_cli.main(_fake_run_args(['--bags', str(bag)], tmp_path / 'r')) == 0
+    assert 'not scored (no ground truth after frame 0): bag' in capsys.readouterr().out
+    np.testing.assert_array_equal(results.read_result_boxes(tmp_path / 'r' / 'bag.txt'),
+                                  [_square_box(SEQUENCES['aa'], k) for k in range(FRAMES)])

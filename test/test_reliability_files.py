@@ -1,8 +1,8 @@
 """Untrusted and damaged files: checkpoints that would run code, truncated or bit-flipped checkpoints and
 bags, a recorder killed mid-recording, bags with dropped images, unreadable dataset images, and processes
-SIGKILLed in the middle of writing results or checkpoints. Each gives an error naming the file and the
-problem, keeps what was done before, never leaves a half-written file under a final name, and a rerun
-resumes without overwriting anything."""
+SIGKILLed in the middle of writing results, checkpoints or converted bags. Each gives an error naming the
+file and the problem, keeps what was done before, never leaves a half-written file under a final name,
+and a rerun resumes without overwriting anything."""
 import json
 import os
 import pickle
@@ -235,18 +235,23 @@ def test_truncated_and_bit_flipped_bags_raise_a_named_error_and_keep_what_was_re
             pass               # a flipped bit in the image bytes reads as other pixels: bags carry no CRC
 
 
+def _record_then_kill(bag, storage: str, pairs: int) -> None:
+    """Run test/peers/bag_recorder.py into ``bag`` and SIGKILL it once it has written ``pairs`` pairs."""
+    recorder = _spawn([PEERS_DIR / 'bag_recorder.py', bag, storage])
+    try:
+        for _ in range(200):
+            event, _ = _read_events(recorder, 'wrote')
+            if event['pairs'] >= pairs:
+                break
+    finally:
+        _kill(recorder)
+
+
 def test_a_recorder_killed_mid_recording_leaves_a_readable_prefix_and_runs_keep_partial_results(tmp_path, capsys):
     from peers.bag_recorder import START_NS, PERIOD_NS, frame_pair
 
     bag = tmp_path / 'crashed'
-    recorder = _spawn([PEERS_DIR / 'bag_recorder.py', bag, 'mcap'])
-    try:
-        for _ in range(200):
-            event, _ = _read_events(recorder, 'wrote')
-            if event['pairs'] >= 30:
-                break
-    finally:
-        _kill(recorder)
+    _record_then_kill(bag, 'mcap', pairs=30)
     assert not (bag / 'metadata.yaml').exists(), 'the recorder never closed the bag'
     pairs = []
     with pytest.raises(bagio.BagReadError, match=r'crashed\.mcap: truncated or corrupt at byte \d+ of \d+') as raised:
@@ -267,6 +272,27 @@ def test_a_recorder_killed_mid_recording_leaves_a_readable_prefix_and_runs_keep_
     partial = results.read_result_boxes(out / 'partial' / 'crashed.txt')
     assert len(partial) == len(pairs) and np.isfinite(partial).all()
     assert results.list_result_sequences(out) == [], 'a broken-off sequence is not a finished result'
+
+
+def test_a_sqlite3_recorder_killed_mid_recording_leaves_no_bag_and_a_rerun_records_under_the_name(tmp_path):
+    """rosbags commits a sqlite3 database only when it closes: a recording killed in place left an empty
+    database under the bag's name that blocked the next recording (staged by default now)."""
+    from peers.bag_recorder import START_NS, PERIOD_NS
+
+    bag = tmp_path / 'crashed'
+    _record_then_kill(bag, 'sqlite3', pairs=5)
+    assert not os.path.lexists(bag), 'nothing under the bag name before the recording is complete'
+    dead = [p.name for p in tmp_path.iterdir()]
+    assert len(dead) == 1 and dead[0].startswith('.crashed.') and dead[0].endswith('.tmp')
+    with pytest.raises(FileNotFoundError, match='no rosbag2 folders'):
+        bagio.bag_folders(tmp_path)    # the staging folder is not taken for a bag
+
+    with bagio.BagWriter(bag, 'sqlite3') as writer:       # no overwrite needed
+        for k in range(3):
+            writer.write_pair(START_NS + k * PERIOD_NS, np.zeros((H, W, 3), np.uint8), np.zeros((H, W), np.uint16))
+    assert [p.name for p in tmp_path.iterdir()] == ['crashed'], 'the dead staging folder is gone'
+    assert [p.stamp_ns for p in bagio.read_pairs(bag)] == [START_NS + k * PERIOD_NS for k in range(3)]
+    assert bagio.bag_info(bag)['storage'] == 'sqlite3'
 
 
 def test_an_image_with_damaged_size_fields_in_a_bag_is_a_named_read_error(tmp_path, capsys):
@@ -320,6 +346,73 @@ def test_dropped_images_in_a_bag_keep_the_result_rows_aligned_with_the_ground_tr
     for k in (4, 5, 9):
         assert boxes[k].tolist() == boxes[k - 1].tolist() and times[k] == 0.0
     assert (out / 'report' / 'scores.json').is_file(), 'the aligned run is scored'
+
+
+# ------------------------------------------------------------------ bag conversion
+def _bag_pairs(bag):
+    return [(p.stamp_ns, p.rgb.tobytes(), p.thermal.tobytes()) for p in bagio.read_pairs(bag)]
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_sigkill_mid_conversion_leaves_no_partial_bag_and_a_rerun_completes(tmp_path, capsys, storage):
+    """The converter is killed with aa converted and bb's third pair being written (sqlite3 commits
+    only when the bag closes: in place, that left an empty database under bb's name)."""
+    from ckd_ros.core import bag_cli
+    root = _lasher(tmp_path / 'lasher')
+    bags = tmp_path / 'bags'
+
+    def convert_args(out):
+        return ['--dataset', str(root), '--kind', 'lasher', '--out', str(out), '--storage', storage, '--quiet']
+
+    proc = _spawn([PEERS_DIR / 'convert_hang.py', FRAMES + 3, *convert_args(bags)])
+    try:
+        event, _ = _read_events(proc, 'hang')
+    finally:
+        _kill(proc)
+    assert event == {'event': 'hang', 'bag': str(bags / 'bb'), 'pairs': 2}
+    assert not os.path.lexists(bags / 'bb'), 'no bag under its final name before it is complete'
+    assert [p.name for p in bags.iterdir() if not p.name.startswith('.')] == ['aa']
+    assert bagio.bag_folders(bags) == [bags / 'aa'], 'the staging folder is not taken for a bag'
+    assert bag_cli.main(['info', str(bags / 'bb')]) == 2
+    assert 'bag not found' in capsys.readouterr().err
+    assert len(list(bagio.read_pairs(bags / 'aa'))) == FRAMES
+
+    reference = tmp_path / 'reference'
+    assert bag_cli.main(['convert', *convert_args(reference)]) == 0
+    assert bag_cli.main(['convert', *convert_args(bags)]) == 0      # no --overwrite, no cleanup
+    assert 'skip aa' in capsys.readouterr().err
+    assert sorted(p.name for p in bags.iterdir()) == ['aa', 'bb', 'cc'], 'the dead staging folder is gone'
+    for name in SEQUENCES:
+        assert bagio.bag_info(bags / name)['storage'] == storage
+        assert _bag_pairs(bags / name) == _bag_pairs(reference / name), name
+
+
+def test_overwriting_a_bag_keeps_the_old_one_until_the_new_one_is_complete(tmp_path):
+    seq = _small_sequence(tmp_path)
+    bag = tmp_path / 'bag'
+    bagio.write_sequence_bag(seq, bag, storage='sqlite3', max_frames=3)
+    old = {p.name: p.read_bytes() for p in bag.iterdir()}
+
+    class Broken(Exception):
+        pass
+
+    def fail_at_fifth(done):
+        fail_at_fifth.frames += done
+        assert sorted(p.name for p in bag.iterdir()) == sorted(old)   # still the old bag, untouched
+        if fail_at_fifth.frames == 5:
+            raise Broken
+    fail_at_fifth.frames = 0
+    with pytest.raises(Broken):
+        bagio.write_sequence_bag(seq, bag, storage='sqlite3', overwrite=True, progress=fail_at_fifth)
+    assert {p.name: p.read_bytes() for p in bag.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['bag', 'gt.txt', 'rgb', 'thermal']
+    bagio.write_sequence_bag(seq, bag, storage='sqlite3', overwrite=True)
+    assert len(list(bagio.read_pairs(bag))) == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['bag', 'gt.txt', 'rgb', 'thermal']
+    # a folder that only looks like a staging folder (no writer's lock in it) is never removed
+    (tmp_path / '.bag.mine.tmp').mkdir()
+    bagio.write_sequence_bag(seq, bag, storage='sqlite3', overwrite=True)
+    assert (tmp_path / '.bag.mine.tmp').is_dir()
 
 
 # ------------------------------------------------------------------ datasets and results
@@ -433,7 +526,8 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_ones_and_trainin
     finally:
         _kill(proc)
     folder = out / 'checkpoints' / 'train' / 'ckd' / config.name
-    assert Path(event['path']).parent == folder and Path(event['path']).name.startswith('OSTrack_CKD_ep0002.pth.tar.')
+    # the write went to a hidden temporary file next to the checkpoint (ckd_ros.core.atomic)
+    assert Path(event['path']).parent == folder and Path(event['path']).name.startswith('.OSTrack_CKD_ep0002.pth.tar.')
     assert sorted(p.name for p in folder.glob('*.pth.tar')) == ['OSTrack_CKD_ep0001.pth.tar']
     first = load_training_checkpoint(folder / 'OSTrack_CKD_ep0001.pth.tar')
     assert first['epoch'] == 1

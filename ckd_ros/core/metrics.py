@@ -308,6 +308,8 @@ def evaluate(benchmark: str, results: Mapping[str, np.ndarray], ground_truth: Ma
     per_seq = {}
     for name in sequences:
         gt = ground_truth[name]
+        if len(gt.boxes) == 0:
+            raise ValueError(f'sequence {name!r}: its ground truth has no frames')
         pred = _prepare_prediction(name, results[name], len(gt.boxes), round_predictions)
         try:
             per_seq[name] = _PROTOCOLS[key](pred, gt)
