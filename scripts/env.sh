@@ -24,6 +24,11 @@ fi
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-42}"
+# Camera images (~1 MB) exceed Fast DDS's default 512 KiB shared-memory segment and crawl through as
+# fragments; the package's profile gives shared memory room for them (README: "Large images over Fast DDS").
+if [ "$RMW_IMPLEMENTATION" = "rmw_fastrtps_cpp" ]; then
+  export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_ckd_root/config/fastdds_large_images.xml}"
+fi
 # The project's own sources must not shadow the installed package (which holds the generated messages).
 export PYTHONSAFEPATH=1
 unset _ckd_root _ckd_prefix
