@@ -11,6 +11,7 @@ Needs the built workspace:
     source scripts/env.sh
     python benchmarks/bench_node.py --frames 300 --size 640x512                     # ckd_tiny, fp32 eager
     python benchmarks/bench_node.py --backend onnxruntime --json /tmp/node_ort.json
+    python benchmarks/bench_node.py --dds-profile none          # Fast DDS built-in transports, for comparison
 
 Weights are the untrained recipe weights unless --checkpoint is given (speed does not depend on them).
 """
@@ -27,26 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ckd_ros.core import cli_args
+from ckd_ros.ros.node_command import tracker_node_args
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CAMERA_PEER = REPO_ROOT / "test" / "peers" / "rgbt_camera_peer.py"
 NAMESPACE = "/bench"
 NODE = f"{NAMESPACE}/ckd_tracker"
-
-
-def node_executable() -> Path:
-    from ament_index_python.packages import get_package_prefix
-    path = Path(get_package_prefix("ckd_ros")) / "lib" / "ckd_ros" / "ckd_tracker_node"
-    if not path.is_file():
-        raise SystemExit(f"{path} is missing: run `make build` and `source scripts/env.sh`")
-    return path
-
-
-def param(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(param(v) for v in value) + "]"
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 class Lines:
@@ -75,27 +63,49 @@ def percentile(values, q):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-config", default="ckd_tiny")
+    parser.add_argument("--model-config", type=cli_args.config_name, default="ckd_tiny")
     parser.add_argument("--checkpoint", default="random")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--backend", default="eager")
-    parser.add_argument("--threads", type=int, default=1, help="node torch_threads")
-    parser.add_argument("--rate", type=float, default=30.0, help="camera pairs per second")
-    parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--size", default="640x512")
-    parser.add_argument("--skip-s", type=float, default=1.0, help="seconds of the stream left out (start-up)")
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--threads", type=cli_args.integer(1), default=1, help="node torch_threads")
+    parser.add_argument("--rate", type=cli_args.number(0.0), default=30.0, help="camera pairs per second")
+    parser.add_argument("--frames", type=cli_args.integer(2), default=300)
+    parser.add_argument("--size", type=cli_args.size(32), default="640x512")
+    parser.add_argument("--skip-s", type=cli_args.number(0.0, inclusive=True), default=1.0,
+                        help="seconds of the stream left out (start-up)")
+    parser.add_argument("--json", type=cli_args.output_file, help="also write the results to this JSON file")
+    parser.add_argument("--dds-profile", help="FASTDDS_DEFAULT_PROFILES_FILE for the camera and node processes: "
+                        "a path, or 'none' for Fast DDS's built-in transports (default: inherited, which "
+                        "scripts/env.sh sets to config/fastdds_large_images.xml)")
     args = parser.parse_args(argv)
+    stream_s = args.frames / args.rate
+    if args.skip_s >= stream_s:
+        parser.error(f"--frames {args.frames} at --rate {args.rate:g} Hz stream for {stream_s:g} s, all of it left "
+                     f"out by --skip-s {args.skip_s:g}: stream longer (more --frames) or skip less")
+    try:
+        import torch
+
+        from ckd_ros.core.acceleration import Acceleration
+        Acceleration(precision=args.precision, backend=args.backend).check_device(torch.device("cpu"))
+    except ValueError as exc:
+        parser.error(f"--precision {args.precision} --backend {args.backend}: {exc}")
+    if args.dds_profile not in (None, "none") and not Path(args.dds_profile).is_file():
+        parser.error(f"--dds-profile {args.dds_profile} is not a file (give a Fast DDS XML profile, or 'none')")
+    if args.dds_profile == "none":
+        os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+    elif args.dds_profile:
+        os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(args.dds_profile).resolve())
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-    from ckd_ros.core.report import machine_info
+    from ckd_ros.core.report import machine_info, machine_line
     from ckd_ros.msg import TrackedTarget, TrackerStatus
 
+    size = "{}x{}".format(*args.size)
     peer = spawn([CAMERA_PEER, "--namespace", NAMESPACE, "--frames", args.frames, "--rate", args.rate,
-                  "--thermal-every", "1", "--jitter-ms", "1", "--size", args.size, "--thermal-size", args.size,
+                  "--thermal-every", "1", "--jitter-ms", "1", "--size", size, "--thermal-size", size,
                   "--rgb-encodings", "rgb8", "--thermal-encodings", "mono16", "--qos", "reliable",
                   "--cycle", "30", "--wait-subscribers", "120", "--linger", "2"])
     peer_out = Lines(peer)
@@ -120,9 +130,7 @@ def main(argv=None) -> int:
                   "precision": args.precision, "backend": args.backend, "torch_threads": args.threads,
                   "autostart": True, "initial_box": ready["init_box"], "input.reliability": "reliable",
                   "status_period": 0.5, "stats_window": 1000, "publish_detections": False}
-        command = [node_executable(), "--ros-args", "-r", f"__ns:={NAMESPACE}", "-r", "__node:=ckd_tracker"]
-        for key, value in params.items():
-            command += ["-p", f"{key}:={param(value)}"]
+        command = tracker_node_args("ckd_tracker", NAMESPACE, params)
         targets, arrival = [], []
         statuses = []
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
@@ -159,9 +167,12 @@ def main(argv=None) -> int:
     latencies_ms = [1e3 * t.latency for _, t in tracked]
     last = statuses[-1] if statuses else None
     result = {
-        "machine": {**machine_info(), "load_average_1min": os.getloadavg()[0]},
+        "machine": machine_info(),
+        # the DDS transport settings of all three processes (README: "Large images over Fast DDS")
+        "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
+        "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
         "config": args.model_config, "precision": args.precision, "backend": args.backend,
-        "node_torch_threads": args.threads, "size": args.size, "camera_rate_hz": args.rate,
+        "node_torch_threads": args.threads, "size": size, "camera_rate_hz": args.rate,
         "pairs_published": len(window), "pairs_tracked": len(tracked),
         "throughput_pairs_per_s": len(tracked) / span_s,
         "dropped": len(window) - len(tracked), "drop_fraction": 1 - len(tracked) / len(window),
@@ -173,10 +184,10 @@ def main(argv=None) -> int:
                                                   "output_rate": float(last.output_rate)},
     }
     lat = result["latency_ms"]
-    print(f"machine: {result['machine'].get('cpu_model')}, {result['machine']['cpu_count']} cores, load average "
-          f"{result['machine']['load_average_1min']:.2f}; node: {args.model_config} {args.precision}/{args.backend}, "
-          f"{args.threads} torch thread(s)")
-    print(f"{args.size} pairs at {args.rate:.0f} Hz, {len(window)} published after the first {args.skip_s:.0f} s: "
+    print(f"{machine_line(result['machine'])}; node: {args.model_config} {args.precision}/{args.backend}, "
+          f"{args.threads} torch thread(s); {result['rmw'] or 'default rmw'}, Fast DDS profile "
+          f"{result['fastdds_profile'] or 'none (built-in transports)'}")
+    print(f"{size} pairs at {args.rate:g} Hz, {len(window)} published after the first {args.skip_s:g} s: "
           f"{len(tracked)} tracked = {result['throughput_pairs_per_s']:.1f} pairs/s, dropped {result['dropped']} "
           f"({100 * result['drop_fraction']:.1f} %); latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f}, "
           f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}")

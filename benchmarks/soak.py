@@ -15,7 +15,12 @@ Checks (exit code 1 when one fails, each printed with its figure):
 Run from a shell with the built package (``source scripts/env.sh``)::
 
     python benchmarks/soak.py                         # 20000 pairs at 100 Hz, ckd_tiny, cycles every 2000
-    python benchmarks/soak.py --pairs 400 --cycle-every 100 --model-config test/data/node_micro_config.yaml
+    python benchmarks/soak.py --pairs 400 --cycle-every 100 --model-config test/data/node_micro_config.yaml \
+        --checkpoint random          # a short check (a configuration without shipped weights needs a checkpoint)
+
+The RSS trend per 10k pairs is only checked from ``SLOPE_MIN_PAIRS`` pairs on: a shorter run's trend is
+its noise extrapolated (a 0.3 MiB wobble over 100 pairs reads as +30 MiB per 10k); the growth and
+per-cycle checks apply to every run.
 
 The pairs are 64x48 by default (the node's cost, not the network's, is under test); frames are drawn
 from a bank of pre-rendered ones (a square drifting over noise) with fresh stamps for every pair.
@@ -35,7 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ckd_ros.core import cli_args
+
 SECOND = 1_000_000_000
+SLOPE_MIN_PAIRS = 5000   # fewer pairs: the per-10k-pairs RSS trend is not checked (see the module docstring)
 
 
 def _proc_status(pid: int, key: str) -> int:
@@ -261,6 +269,7 @@ class Soak:
             'targets_received': len(self.targets), 'lifecycle_cycles': len(active_checks),
             'rss_mib': {'after_warmup': rss[0] if rss else None, 'end': final['rss_mib'], 'max': max(rss) if rss else None,
                         'growth_after_warmup': (rss[-1] - rss[0]) if rss else 0.0, 'slope_per_10k_pairs': slope,
+                        'slope_checked': args.pairs >= SLOPE_MIN_PAIRS,
                         'after_each_cycle': cycle_rss, 'slope_per_cycle': cycle_slope},
             'threads_streaming_per_phase': phase_threads, 'threads_active': thread_counts,
             'fds_active': sorted(set(fd_counts)),
@@ -270,7 +279,7 @@ class Soak:
         }
         checks = {
             'rss_growth': result['rss_mib']['growth_after_warmup'] < args.max_rss_growth_mib,
-            'rss_slope': slope < args.max_rss_slope_mib,
+            'rss_slope': slope < args.max_rss_slope_mib or args.pairs < SLOPE_MIN_PAIRS,
             'rss_per_cycle': cycle_slope < args.max_rss_per_cycle_mib,
             'threads_stable': len(thread_counts) <= 1,
             'fds_stable': len(set(fd_counts)) <= 1 or max(fd_counts) - min(fd_counts) <= 2,
@@ -316,38 +325,40 @@ def print_summary(result: dict) -> None:
     print(f"latency p50: first quarter {1000 * lat['first_quarter_p50']:.1f} ms, last quarter "
           f"{1000 * lat['last_quarter_p50']:.1f} ms; p95 {1000 * (lat['p95'] or 0):.1f} ms")
     for name, ok in result['checks'].items():
-        print(f"  {'ok  ' if ok else 'FAIL'} {name}")
+        note = (f' (not checked: fewer than {SLOPE_MIN_PAIRS} pairs)'
+                if name == 'rss_slope' and result['config']['pairs'] < SLOPE_MIN_PAIRS else '')
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}{note}")
     print('PASSED' if result['passed'] else 'FAILED')
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, height = (int(v) for v in text.lower().split('x'))
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError(f'frames must be at least 16x16, got {text}')
-    return width, height
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--pairs', type=int, default=20000)
-    parser.add_argument('--rate', type=float, default=100.0, help='pairs per second sent')
-    parser.add_argument('--size', type=_size, default=(64, 48), help='WIDTHxHEIGHT of both images')
-    parser.add_argument('--model-config', default='ckd_tiny')
+    parser.add_argument('--pairs', type=cli_args.integer(1), default=20000)
+    parser.add_argument('--rate', type=cli_args.number(0.0), default=100.0, help='pairs per second sent')
+    parser.add_argument('--size', type=cli_args.size(16), default=(64, 48), help='WIDTHxHEIGHT of both images')
+    parser.add_argument('--model-config', type=cli_args.config_name, default='ckd_tiny')
     parser.add_argument('--checkpoint', default='', help="node parameter 'checkpoint' ('' = shipped weights)")
-    parser.add_argument('--torch-threads', type=int, default=1)
-    parser.add_argument('--cycle-every', type=int, default=2000, help='deactivate + activate every N pairs (0: never)')
-    parser.add_argument('--cleanup-every', type=int, default=3, help='every Nth cycle is cleanup + configure too')
+    parser.add_argument('--torch-threads', type=cli_args.integer(1), default=1)
+    parser.add_argument('--cycle-every', type=cli_args.integer(0), default=2000,
+                        help='deactivate + activate every N pairs (0: never)')
+    parser.add_argument('--cleanup-every', type=cli_args.integer(0), default=3,
+                        help='every Nth cycle is cleanup + configure too (0: never)')
     parser.add_argument('--namespace', default='/soak')
     parser.add_argument('--max-rss-growth-mib', type=float, default=30.0)
     parser.add_argument('--max-rss-slope-mib', type=float, default=5.0, help='MiB per 10k pairs')
     parser.add_argument('--max-rss-per-cycle-mib', type=float, default=0.5,
                         help='trend of the RSS after each lifecycle cycle')
     parser.add_argument('--max-latency-drift', type=float, default=2.0)
-    parser.add_argument('--json', type=Path, help='write the result (with every sample) here')
+    parser.add_argument('--json', type=cli_args.output_file, help='write the result (with every sample) here')
     args = parser.parse_args(argv)
     soak = Soak(args)
     try:
         result = soak.run()
+    except RuntimeError as exc:   # the node did not start, exited, or stopped answering: its log tail says why
+        print(f'soak: error: {exc}', file=sys.stderr)
+        return 2
     finally:
         soak.close()
     print_summary(result)

@@ -8,15 +8,17 @@ when it reaches `inactive` (event handlers; portable to distributions whose laun
 `autostart` argument), so the node's own `autostart` parameter stays false here.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.conditions import IfCondition
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
+
+from ckd_ros.ros.node_command import LAUNCH_PARAMETER_ARGUMENTS, launch_parameter_overrides
 
 PACKAGE = 'ckd_ros'
 EXECUTABLE = 'ckd_tracker_node'
@@ -32,28 +34,44 @@ def generate_launch_description():
         DeclareLaunchArgument('rgb_topic', default_value='rgb/image', description='RGB sensor_msgs/Image topic'),
         DeclareLaunchArgument('thermal_topic', default_value='thermal/image',
                               description='thermal sensor_msgs/Image topic'),
-        DeclareLaunchArgument('device', default_value='auto', description="'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        # '' = the value of params_file (the shipped file: auto, ckd_tiny, the configuration's weights)
+        DeclareLaunchArgument('device', default_value='',
+                              description="'auto', 'cpu', 'cuda' or 'cuda:N'; '' = params_file's value"),
         DeclareLaunchArgument('checkpoint', default_value='',
-                              description="weights file; '' = the model configuration's default weights"),
-        DeclareLaunchArgument('model_config', default_value='ckd_tiny',
-                              description='ckd_tiny, ckd_small, an official CKD config name, or a YAML path'),
+                              description="weights file; '' = params_file's value (shipped file: the model "
+                                          "configuration's default weights)"),
+        DeclareLaunchArgument('model_config', default_value='',
+                              description="ckd_tiny, ckd_small, an official CKD config name, or a YAML path; "
+                                          "'' = params_file's value"),
         DeclareLaunchArgument('use_rviz', default_value='false', description='start RViz with rviz/ckd_tracker.rviz'),
+        # Images over Fast DDS shared memory need a segment larger than the default 512 KiB; the camera
+        # drivers should use the same file (README: "Large images over Fast DDS").  A profile already set
+        # in the environment wins.
+        DeclareLaunchArgument('fastdds_profile',
+                              default_value=EnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', default_value=[
+                                  share, '/config/fastdds_large_images.xml']),
+                              description='Fast DDS XML profile of the node process (FASTDDS_DEFAULT_PROFILES_FILE)'),
     ]
+    rviz = Node(
+        package='rviz2', executable='rviz2', name='ckd_tracker_rviz', output='screen',
+        arguments=['-d', PathJoinSubstitution([share, 'rviz', 'ckd_tracker.rviz'])],
+        condition=IfCondition(LaunchConfiguration('use_rviz')),
+    )
+    # The node is made once the arguments are known: only the given ones override params_file.
+    return LaunchDescription([*arguments, OpaqueFunction(function=_tracker_actions), rviz])
+
+
+def _tracker_actions(context):
+    given = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_PARAMETER_ARGUMENTS}
     tracker = LifecycleNode(
         package=PACKAGE,
         executable=EXECUTABLE,
         name=LaunchConfiguration('node_name'),
         namespace=LaunchConfiguration('namespace'),
         output='screen',
-        parameters=[
-            LaunchConfiguration('params_file'),
-            {
-                'device': LaunchConfiguration('device'),
-                'checkpoint': LaunchConfiguration('checkpoint'),
-                'model_config': LaunchConfiguration('model_config'),
-                'autostart': False,   # this file drives the lifecycle
-            },
-        ],
+        additional_env={'FASTDDS_DEFAULT_PROFILES_FILE': LaunchConfiguration('fastdds_profile')},
+        # autostart false: this file drives the lifecycle
+        parameters=[LaunchConfiguration('params_file'), launch_parameter_overrides(given)],
         remappings=[
             ('rgb/image', LaunchConfiguration('rgb_topic')),
             ('thermal/image', LaunchConfiguration('thermal_topic')),
@@ -65,10 +83,5 @@ def generate_launch_description():
         target_lifecycle_node=tracker, goal_state='inactive',
         entities=[EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(tracker),
                                               transition_id=Transition.TRANSITION_ACTIVATE))]))
-    rviz = Node(
-        package='rviz2', executable='rviz2', name='ckd_tracker_rviz', output='screen',
-        arguments=['-d', PathJoinSubstitution([share, 'rviz', 'ckd_tracker.rviz'])],
-        condition=IfCondition(LaunchConfiguration('use_rviz')),
-    )
     # The handler is registered before the node starts so that no transition event is missed.
-    return LaunchDescription([*arguments, activate_when_inactive, tracker, configure, rviz])
+    return [activate_when_inactive, tracker, configure]

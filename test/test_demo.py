@@ -53,6 +53,12 @@ def test_short_demo_writes_every_output_with_sane_numbers(demo_run):
     # the table printed is the one written
     assert 'fused (node over DDS)' in demo_run['stdout'] and 'thermal only (RGB blanked)' in demo_run['stdout']
     assert str(run_dir / 'metrics.md') in demo_run['stdout']
+    # the speed figures name their machine (README: every figure names its machine)
+    machine_lines = [line for line in demo_run['stdout'].splitlines() if line.startswith('machine: ')]
+    assert len(machine_lines) == 1 and 'CPUs' in machine_lines[0], demo_run['stdout'][-2000:]
+    assert machine_lines[0] in (run_dir / 'metrics.md').read_text()
+    assert summary['machine']['cpu_count'] >= 1
+    assert 'lock-step round trip' in (run_dir / 'metrics.md').read_text()
     md = (run_dir / 'metrics.md').read_text()
     assert '| fused (node over DDS) |' in md and '| RGB only (thermal blanked) |' in md
 
@@ -156,13 +162,17 @@ def test_node_over_dds_tracks_exactly_like_the_ros_free_tracker(demo_run):
 
 
 def test_every_run_gets_a_new_folder_and_latest_moves(tmp_path):
-    from ckd_ros.ros.demo import DemoError, make_run_dir
+    from ckd_ros.ros.demo import DemoError, link_latest, make_run_dir
     now = time.time()
     first = make_run_dir(tmp_path, now)
     (first / 'metrics.md').write_text('first run')
+    link_latest(first)
     second = make_run_dir(tmp_path, now)          # same second: a suffixed folder, never the same one
     assert second != first and second.name.startswith(first.name) and second.parent == tmp_path
     assert (first / 'metrics.md').read_text() == 'first run'
+    # `latest` moves when a run has finished, not when it starts (a failed run leaves it on the last good one)
+    assert (tmp_path / 'latest').resolve() == first.resolve()
+    link_latest(second)
     assert (tmp_path / 'latest').resolve() == second.resolve()
     (tmp_path / 'latest').unlink()
     (tmp_path / 'latest').mkdir()
@@ -170,6 +180,8 @@ def test_every_run_gets_a_new_folder_and_latest_moves(tmp_path):
         make_run_dir(tmp_path, now)
     with pytest.raises(DemoError, match='not a folder'):
         make_run_dir(first / 'metrics.md')
+    with pytest.raises(DemoError, match='cannot create --output-dir'):   # was a NotADirectoryError traceback
+        make_run_dir(first / 'metrics.md' / 'runs')
 
 
 def test_scenes_come_from_unseen_seeds_and_hold_their_failure_segments(tmp_path):
@@ -205,12 +217,18 @@ def test_scenes_come_from_unseen_seeds_and_hold_their_failure_segments(tmp_path)
     (['--rate', '0'], "'lockstep' or a positive real-time factor"),
     (['--frames', '5'], 'integer >= 20'),
     (['--checkpoint', '/nonexistent/w.pth.tar'], '--checkpoint /nonexistent/w.pth.tar does not exist'),
+    # accepted before: lock-step then gave up on every answer at once and counted the frames as dropped
+    (['--timeout', '-1'], '--timeout must be a positive number'),
+    (['--timeout', 'nan'], '--timeout must be a positive number'),
+    # a traceback before, after the bags had been written
+    (['--namespace', 'bad-ns'], "--namespace 'bad-ns' is not a valid ROS namespace"),
 ])
 def test_bad_options_are_refused_with_the_reason(tmp_path, args, message):
     proc = run_demo(demo_command(tmp_path / 'out') + args, timeout=60)   # the last value of an option wins
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / 'out' / 'latest').exists(), 'nothing is written for a refused run'
+    assert 'Traceback' not in proc.stderr
 
 
 def test_refuses_to_replay_into_a_domain_where_someone_publishes_the_camera_topics(tmp_path, rclpy_context):
@@ -236,5 +254,6 @@ def test_refuses_to_replay_into_a_domain_where_someone_publishes_the_camera_topi
     assert proc.returncode == 2, out + err
     assert '/rgb/image already has publishers' in err
     assert 'ROS_DOMAIN_ID' in err
-    run_dir = (tmp_path / 'latest').resolve()
-    assert not (run_dir / 'node.log').exists(), 'the node was never started'
+    runs = [p for p in tmp_path.iterdir() if p.name != 'latest']
+    assert len(runs) == 1 and not (runs[0] / 'node.log').exists(), 'the node was never started'
+    assert not (tmp_path / 'latest').exists(), '`latest` links finished runs only'

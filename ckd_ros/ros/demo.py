@@ -14,7 +14,7 @@
    "RGB only", all-zero RGB = "thermal only"): what each camera alone carries;
 4. scores all three (PR / NPR / SR, generic protocol) overall and on the frames where one camera
    fails, and writes everything below into ``<output-dir>/<YYYYmmdd-HHMMSS>/`` (``<output-dir>/latest``
-   points to the newest run; an existing run folder is never written into):
+   points to the newest finished run; an existing run folder is never written into):
 
    ``metrics.md`` / ``metrics.json``  the table (also printed), configuration, timings
    ``precision.png`` ``success.png`` ``normalized_precision.png``  fused vs the ablations
@@ -41,13 +41,15 @@ from typing import Callable
 
 import numpy as np
 
-from ckd_ros.core import bagio, metrics, report, results
+from ckd_ros.core import bagio, cli_args, metrics, report, results
 from ckd_ros.core.datasets import GroundTruth
 from ckd_ros.core.synthetic import (CONDITIONS, RGB_FAILURES, THERMAL_FAILURES, SyntheticScene, rgb_failure,
                                     thermal_failure)
+from ckd_ros.ros.node_command import tracker_node_args
 
-# Seeds of the demo scenes. ckd_train uses 0..32 (SYNTHETIC.SEEDS) and 100000..100008 (VAL_SEEDS) by
-# default and ckd_train.evaluate holds out 900000..900010; the demo stays clear of all of them and
+# Seeds of the demo scenes. The shipped weights' recipe (ckd_train/configs/ckd_tiny_synthetic.yaml)
+# trains on seeds [0, 64) and validates on [500000, 500008), and ckd_train.evaluate holds out
+# 900000..; the demo stays clear of all of them and
 # also checks the checkpoint's recorded training seeds (see training_seed_ranges).
 DEFAULT_FIRST_SEED = 700_000
 SEED_STRIDE = 1_000          # scenario i searches seeds first_seed + i * SEED_STRIDE + k
@@ -181,12 +183,20 @@ def training_seed_ranges(checkpoint_path: Path | None) -> list[tuple[int, int]]:
 # Output folder
 
 def make_run_dir(output_root: Path, now: float | None = None) -> Path:
-    """A new ``<output_root>/<YYYYmmdd-HHMMSS>[-N]`` (never an existing one) and ``<output_root>/latest``
-    pointing to it (replaced atomically)."""
+    """A new ``<output_root>/<YYYYmmdd-HHMMSS>[-N]`` (never an existing one).  ``<output_root>/latest``
+    is moved to it by :func:`link_latest` once the run has finished, so that a run that fails or is
+    interrupted leaves ``latest`` on the last complete one."""
     output_root = Path(output_root)
     if output_root.exists() and not output_root.is_dir():
         raise DemoError(f'--output-dir {output_root} exists and is not a folder')
-    output_root.mkdir(parents=True, exist_ok=True)
+    try:
+        output_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:   # a parent is a file, no permission, read-only file system
+        raise DemoError(f'cannot create --output-dir {output_root}: {exc.strerror or exc}') from None
+    latest = output_root / 'latest'
+    if latest.exists() and not latest.is_symlink():   # checked now, not after the run
+        raise DemoError(f'{latest} exists and is not a link; move it away (the demo keeps `latest` pointing to '
+                        'the newest run)')
     stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(now))
     for suffix in range(1000):
         run_dir = output_root / (stamp if suffix == 0 else f'{stamp}-{suffix}')
@@ -197,6 +207,12 @@ def make_run_dir(output_root: Path, now: float | None = None) -> Path:
             continue
     else:
         raise DemoError(f'could not create a new run folder under {output_root}')
+    return run_dir
+
+
+def link_latest(run_dir: Path) -> Path:
+    """Point ``<output_root>/latest`` at ``run_dir`` (replaced atomically)."""
+    output_root = run_dir.parent
     latest = output_root / 'latest'
     if latest.exists() and not latest.is_symlink():
         raise DemoError(f'{latest} exists and is not a link; move it away (the demo keeps `latest` pointing to '
@@ -206,34 +222,11 @@ def make_run_dir(output_root: Path, now: float | None = None) -> Path:
         tmp.unlink()
     tmp.symlink_to(run_dir.name)
     os.replace(tmp, latest)
-    return run_dir
+    return latest
 
 
 # --------------------------------------------------------------------------------------------
 # The node process and its lifecycle
-
-def node_executable() -> Path:
-    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
-    try:
-        prefix = Path(get_package_prefix('ckd_ros'))
-    except PackageNotFoundError:
-        raise DemoError('the ckd_ros package is not built or not sourced: run `make build` and '
-                        '`source scripts/env.sh` (make demo does both)') from None
-    path = prefix / 'lib' / 'ckd_ros' / 'ckd_tracker_node'
-    if not path.is_file():
-        raise DemoError(f'{path} is missing: run `make build`')
-    return path
-
-
-def _param_value(value) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str) and value == '':
-        return "''"
-    return str(value)
-
 
 class TrackerNodeProcess:
     """The tracker node in a child process (output to ``log_path``), driven through its lifecycle
@@ -245,14 +238,10 @@ class TrackerNodeProcess:
         self.fqn = f'{self.namespace}/{name}'
         self.log_path = log_path
         self.client_node, self.executor = client_node, executor
-        args = [sys.executable, str(node_executable()), '--ros-args', '-r', f'__node:={name}']
-        if self.namespace:
-            args += ['-r', f'__ns:={self.namespace}']
-        for source, target in remaps.items():
-            args += ['-r', f'{source}:={target}']
-        for key, value in params.items():
-            args += ['-p', f'{key}:={_param_value(value)}']
-        self.command = args
+        try:
+            self.command = [sys.executable, *tracker_node_args(name, self.namespace, params, remaps)]
+        except FileNotFoundError as error:
+            raise DemoError(f'{error} (make demo builds and sources it)') from None
         self.proc: subprocess.Popen | None = None
         self._log = None
         self._cpu_start = None
@@ -706,16 +695,6 @@ def count_video_frames(path: Path) -> int:
 # --------------------------------------------------------------------------------------------
 # Main
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must be WIDTHxHEIGHT (e.g. 320x256), got {text!r}') from None
-    if width < 64 or height < 64:
-        raise argparse.ArgumentTypeError(f'size must be at least 64x64, got {text!r}')
-    return width, height
-
-
 def parse_rate(text: str) -> float | None:
     if text.strip().lower() in ('lockstep', 'lock-step'):
         return None
@@ -729,38 +708,27 @@ def parse_rate(text: str) -> float | None:
     return rate
 
 
-def positive_int(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f'must be an integer >= {minimum}, got {text!r}')
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m ckd_ros.ros.demo', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--sequences', type=positive_int(1), default=3,
+    p.add_argument('--sequences', type=cli_args.integer(1), default=3,
                    help='number of synthetic sequences (scenarios in turn: night+crossover, glare+low contrast, mixed)')
-    p.add_argument('--frames', type=positive_int(20), default=300, help='frames per sequence')
-    p.add_argument('--size', type=parse_size, default='320x256', help='image size WIDTHxHEIGHT')
+    p.add_argument('--frames', type=cli_args.integer(20), default=300, help='frames per sequence')
+    p.add_argument('--size', type=cli_args.size(64), default='320x256', help='image size WIDTHxHEIGHT')
     p.add_argument('--fps', type=float, default=30.0, help='frame rate of the bags (their stamps)')
     p.add_argument('--rate', type=parse_rate, default='lockstep',
                    help="'lockstep' (every pair waits for the node's answer) or a real-time factor (1.0 = the bag's "
                         'speed; the node drops pairs it cannot keep up with)')
     p.add_argument('--output-dir', type=Path, default=Path('demo_output'),
-                   help='runs go to <output-dir>/<YYYYmmdd-HHMMSS>/, <output-dir>/latest links the newest')
+                   help='runs go to <output-dir>/<YYYYmmdd-HHMMSS>/ (a new folder each time), <output-dir>/latest links '
+                        'the newest finished run')
     p.add_argument('--config', default='ckd_tiny', help='model configuration (name or YAML path)')
     p.add_argument('--checkpoint', default='',
                    help="weights: '' = the configuration's shipped weights, a .pth.tar path, or 'recipe' (untrained)")
     p.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument('--threads', type=positive_int(1), default=1,
+    p.add_argument('--threads', type=cli_args.integer(1), default=1,
                    help='torch CPU threads of the node and of the ablation runs (1 avoids oversubscribing 2 cores)')
-    p.add_argument('--first-seed', type=positive_int(0), default=DEFAULT_FIRST_SEED,
+    p.add_argument('--first-seed', type=cli_args.integer(0), default=DEFAULT_FIRST_SEED,
                    help='first seed searched for scenario 0 (scenario i: + i * 1000)')
     p.add_argument('--namespace', default='/ckd_demo', help='namespace of the tracker node')
     p.add_argument('--timeout', type=float, default=30.0, help='seconds to wait for the node (per frame in lock-step)')
@@ -934,6 +902,9 @@ def run(args) -> int:
                'fused does NOT beat both single-modality runs on ' +
                ', '.join(m for m, won in fused_wins.items() if not won) +
                (' (untrained recipe weights: expected)' if checkpoint_file is None else ''))
+    # the speed figures (fps, latency) name the machine they were measured on (load: at the end)
+    machine = report.machine_info()
+    machine_line = report.machine_line(machine)
     perf_line = (f"node: {fps['fused']:.1f} pairs/s, end-to-end latency p50 "
                  f"{perf_metrics.get('BasicPerformanceMetrics.P50_LATENCY', float('nan')):.1f} ms, p95 "
                  f"{perf_metrics.get('BasicPerformanceMetrics.P95_LATENCY', float('nan')):.1f} ms, "
@@ -945,6 +916,7 @@ def run(args) -> int:
         'frames_replayed': sent, 'frames_answered': int(sum(r.track.answered.sum() for r in replays.values())),
         'frames_dropped': dropped, 'video': str(video), 'video_codec': codec, 'video_frames': video_frames,
         'timings_s': timings, 'node_exit_code': node_info.get('node_exit_code'), 'config': config,
+        'machine': machine,
     }
     (run_dir / 'metrics.json').write_text(report.to_json(summary))
     seeds = ', '.join(f'{s.name} (seed {s.seed})' for s in sequences)
@@ -955,15 +927,18 @@ def run(args) -> int:
           md_table, f'Percent. PR: centre error <= 20 px; NPR: normalised centre error <= 0.2; SR: success AUC; '
           'SR50: IoU > 0.5. "rgb-fail": frames where the RGB image does not show the target (night, glare); '
           '"th-fail": frames where the thermal image does not (crossover, low contrast). fps: fused = pairs per '
-          'second through the node over DDS (lock-step round trip); ablations = ROS-free tracker.', '',
-          f'**{verdict}.**', '', perf_line + '.', '',
+          f'second through the node over DDS ({"lock-step round trip" if args.rate is None else "real-time replay"}); '
+          'ablations = ROS-free tracker.', '',
+          f'**{verdict}.**', '', perf_line + '.', '', machine_line + '.', '',
           'Stage timings (s): ' + ', '.join(f'{k[:-2]} {v:.1f}' for k, v in timings.items()), '']
     (run_dir / 'metrics.md').write_text('\n'.join(md))
 
+    link_latest(run_dir)   # only a finished run becomes `latest`
     say('')
     say(text_table)
     say(verdict)
     say(perf_line)
+    say(machine_line)
     say(f"took {timings['total_s']:.0f} s (" + ', '.join(f'{k[:-2]} {v:.0f}' for k, v in timings.items()
                                                          if k != 'total_s') + ')')
     say('')
@@ -981,6 +956,19 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not (math.isfinite(args.fps) and args.fps > 0):
         print(f'demo: error: --fps must be a positive number, got {args.fps}', file=sys.stderr)
+        return 2
+    # a timeout <= 0 (or NaN) made lock-step give up on every answer at once: frames were counted as
+    # dropped and the replay was no longer lock-step
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        print(f'demo: error: --timeout must be a positive number of seconds, got {args.timeout}', file=sys.stderr)
+        return 2
+    from rclpy.exceptions import InvalidNamespaceException
+    from rclpy.validate_namespace import validate_namespace
+    try:   # checked before any work (it failed with a traceback after the bags were written)
+        validate_namespace('/' + args.namespace.strip('/'))
+    except InvalidNamespaceException as exc:
+        print(f'demo: error: --namespace {args.namespace!r} is not a valid ROS namespace: '
+              f'{str(exc).splitlines()[0]}', file=sys.stderr)
         return 2
     # files are handed to the node process as absolute paths (its working folder need not be ours)
     for name in ('config', 'checkpoint'):

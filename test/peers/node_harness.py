@@ -13,6 +13,8 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+from ckd_ros.ros.node_command import tracker_node_args
+
 TEST_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = TEST_DIR.parent
 # A small model so that the node tests spend their time on the node, not on the network.
@@ -27,34 +29,11 @@ TRANSITIONS = {
 }
 
 
-def node_executable() -> Path:
-    """The installed entry point (lib/ckd_ros/ckd_tracker_node of the colcon install)."""
-    from ament_index_python.packages import get_package_prefix
-    path = Path(get_package_prefix('ckd_ros')) / 'lib' / 'ckd_ros' / 'ckd_tracker_node'
-    assert path.is_file(), f'{path} is missing: run `make build`'
-    return path
-
-
-def _param_arg(value) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(_param_arg(v) for v in value) + ']'
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 def node_command(namespace: str, name: str = 'ckd_tracker', params: dict | None = None,
                  params_files: tuple = ()) -> list:
     """Arguments (after the interpreter) that start the node with ``params_files`` (later ones win) and
     then ``params`` as -p overrides."""
-    args = [node_executable(), '--ros-args', '-r', f'__ns:={namespace}', '-r', f'__node:={name}']
-    for params_file in params_files:
-        args += ['--params-file', str(params_file)]
-    for key, value in (params or {}).items():
-        args += ['-p', f'{key}:={_param_arg(value)}']
-    return args
+    return tracker_node_args(name, namespace, params, params_files=params_files)
 
 
 def micro_model_params(**extra) -> dict:
