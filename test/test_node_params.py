@@ -5,7 +5,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from ckd_ros.ros.params import (DIAGNOSTIC_PERIOD_PARAMETER, PARAMETER_SPECS, ParameterError,
-                                read_parameters)
+                                check_parameter_update, read_parameters)
 
 CONFIG_FILE = REPO_ROOT / 'config' / 'ckd_tracker.yaml'
 
@@ -54,12 +54,31 @@ def test_defaults_are_valid():
     ('autostart', 'yes', "parameter 'autostart': must be true or false, got 'yes'"),
     ('status_period', 0.0, "parameter 'status_period': must be > 0.0, got 0.0"),
     ('target.history_size', 0, "parameter 'target.history_size': must be >= 1, got 0"),
+    ('input.jump_back_threshold', 1e12, "parameter 'input.jump_back_threshold': must be <= 1000000.0, got 1000000000000.0"),
+    ('sync.slop', 1e10, "parameter 'sync.slop': must be <= 1000000.0"),
+    ('status_period', 1e12, "parameter 'status_period': must be <= 1000000.0"),
+    ('input.depth', 2**31, "parameter 'input.depth': must be <= 10000, got 2147483648"),
 ])
 def test_an_invalid_value_names_the_parameter(name, value, message):
     with pytest.raises(ParameterError) as raised:
         read_parameters(_values(**{name: value}))
     assert str(raised.value).startswith(message)
     assert raised.value.name == name
+
+
+def test_a_parameter_update_is_refused_only_for_the_problems_it_causes():
+    current = _values()
+    assert check_parameter_update(current, {'sync.slop': 0.1, 'thermal.gain': 'fixed'}) is None
+    assert check_parameter_update(current, {'sync.slop': -0.1}) == "parameter 'sync.slop': must be > 0.0, got -0.1"
+    # a conflict with a parameter that is not updated refuses the update
+    assert check_parameter_update(current, {'thermal.percentile_low': 99.5}).startswith(
+        "parameter 'thermal.percentile_high': must be above thermal.percentile_low (99.5)")
+    assert check_parameter_update(current, {'thermal.percentile_low': 99.5, 'thermal.percentile_high': 99.9}) is None
+    # values that are invalid already (from a file) do not block fixing the others one at a time
+    broken = _values(**{'sync.slop': -1.0, 'input.depth': 0, 'thermal.fixed_max': -5.0})
+    assert check_parameter_update(broken, {'input.depth': 3}) is None
+    assert check_parameter_update(broken, {'sync.slop': 0.02}) is None
+    assert check_parameter_update(broken, {'input.depth': 'x'}) == "parameter 'input.depth': must be an integer, got 'x'"
 
 
 def test_integers_are_accepted_where_numbers_are_expected():
@@ -123,12 +142,76 @@ def test_node_loads_the_parameter_file_and_a_bad_value_fails_configure_until_fix
         client.wait_for(lambda: statuses and statuses[-1].last_error == expected, 20, 'the configure error', out)
         assert any(expected in line for line in out.lines)
 
-        fix = Parameter(name='sync.slop', value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.03))
-        result = client.call(SetParameters, f'{fqn}/set_parameters', SetParameters.Request(parameters=[fix]))
-        assert result.results[0].successful
+        def set_double(name, value):
+            parameter = Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                                   double_value=value))
+            return client.call(SetParameters, f'{fqn}/set_parameters',
+                               SetParameters.Request(parameters=[parameter])).results[0]
+
+        # A bad value is refused when it is set (the file's bad value does not block fixing others)...
+        result = set_double('thermal.range_smoothing', 1.5)
+        assert not result.successful and result.reason == "parameter 'thermal.range_smoothing': must be < 1.0, got 1.5"
+        got = client.call(GetParameters, f'{fqn}/get_parameters',
+                          GetParameters.Request(names=['thermal.range_smoothing']))
+        assert got.values[0].double_value == 0.5, 'a refused value is not stored'
+        assert set_double('thermal.range_smoothing', 0.25).successful
+        # ... and the fix is accepted.
+        assert set_double('sync.slop', 0.03).successful
         assert client.change_state(fqn, 'configure', out)
         assert client.get_state(fqn) == 'inactive'
         client.wait_for(lambda: statuses[-1].lifecycle_state == 'inactive' and statuses[-1].last_error == '', 20,
                         'an inactive status without error', out)
+        # Configured: an accepted value says when it takes effect.
+        assert set_double('sync.slop', 0.04).successful
+        client.wait_for(lambda: any('sync.slop set; they take effect at the next configure' in line
+                                    for line in out.lines), 10, 'the log line', out)
     finally:
         client.close()
+
+
+@pytest.mark.ros
+def test_the_largest_accepted_values_activate_and_larger_ones_fail_configure(rclpy_context):
+    """Durations and depths beyond what rclpy holds (int64 nanoseconds, a 32-bit QoS depth) used to pass
+    configure and make activate raise (OverflowError, TypeError: a traceback and error processing), and a huge
+    status_period crashed the constructor."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from ckd_ros.ros.node import CkdTrackerNode
+    from ckd_ros.ros.params import MAX_INPUT_DEPTH, MAX_SECONDS
+    from peers.node_harness import micro_model_params
+
+    model = {**micro_model_params(), 'warmup': False}
+    seconds = ('input.timeout', 'input.jump_back_threshold', 'sync.slop', 'target.max_stamp_offset', 'status_period')
+    largest = {**{name: MAX_SECONDS for name in seconds}, 'input.depth': MAX_INPUT_DEPTH}
+    node = CkdTrackerNode('ckd_largest', context=rclpy_context,
+                          parameter_overrides=[Parameter(k, value=v) for k, v in {**model, **largest}.items()])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state_label() == 'active' and node._issues.last_error == ''
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.release_everything()
+        node.destroy_node()
+    for name, value in [*((name, MAX_SECONDS * 1e6) for name in seconds), ('input.depth', 2**31)]:
+        node = CkdTrackerNode('ckd_too_large', context=rclpy_context,
+                              parameter_overrides=[Parameter(k, value=v) for k, v in {**model, name: value}.items()])
+        try:
+            assert node.trigger_configure() == TransitionCallbackReturn.FAILURE, name
+            assert node._issues.last_error.startswith(f"configure failed: parameter '{name}': must be <= ")
+        finally:
+            node.release_everything()
+            node.destroy_node()
+
+
+def test_doc_lists_every_launch_argument():
+    import ast
+    tree = ast.parse((REPO_ROOT / 'launch' / 'ckd_tracker.launch.py').read_text())
+    arguments = {node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and getattr(node.func, 'id', None) == 'DeclareLaunchArgument'}
+    assert {'params_file', 'device', 'model_config', 'checkpoint'} <= arguments
+    section = (REPO_ROOT / 'README.md').read_text().split('## The tracker node', 1)[1].split('\n## ', 1)[0]
+    missing = sorted(name for name in arguments if f'`{name}`' not in section)
+    assert not missing, missing

@@ -1,5 +1,7 @@
 """Pieces of the node layer on their own: message conversions, target-box checks, statistics, and the
-diagnostics layout without diagnostic_updater."""
+diagnostics layout without diagnostic_updater, and the node in this process where two of its threads must
+be interleaved exactly."""
+import contextlib
 import math
 
 import numpy as np
@@ -165,3 +167,125 @@ def test_fallback_updater_publishes_the_diagnostic_updater_layout(rclpy_context)
         executor.shutdown()
         node.destroy_node()
         listener.destroy_node()
+
+
+def test_the_diagnostic_period_is_validated_at_start_up_and_when_set(rclpy_context):
+    """An invalid diagnostic_updater.period (from -p or a parameter file) used to crash the node's constructor
+    with a traceback (an integer, a string or a negative number) and 0 made the updater publish without pause;
+    at run time any value was accepted and none took effect."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from ckd_ros.ros.node import CkdTrackerNode
+
+    period = 'diagnostic_updater.period'
+    for index, (value, expected) in enumerate(((2, 2.0), (0.5, 0.5), ('abc', 1.0), (-1.0, 1.0), (0.0, 1.0))):
+        node = CkdTrackerNode(f'ckd_period_{index}', context=rclpy_context,
+                              parameter_overrides=[Parameter(period, value=value)])
+        try:
+            assert node._updater.period == expected, value
+            assert node._updater._timer.timer_period_ns == int(expected * 1e9)
+            if expected == 1.0:
+                assert f"parameter '{period}'" in node._issues.last_error and '1 s' in node._issues.last_error
+            else:
+                assert node._issues.last_error == ''
+        finally:
+            node.destroy_node()
+
+    node = CkdTrackerNode('ckd_period_set', context=rclpy_context)
+    try:
+        for value, reason in ((-1.0, f"parameter '{period}': must be > 0.0, got -1.0"),
+                              ('fast', f"parameter '{period}': must be a finite number, got 'fast'")):
+            result = node.set_parameters([Parameter(period, value=value)])[0]
+            assert not result.successful and result.reason == reason
+            assert node.get_parameter(period).value == 1.0 and node._updater.period == 1.0
+        # A valid period applies at once (the updater's timer), in every lifecycle state.
+        assert node.set_parameters([Parameter(period, value=0.2)])[0].successful
+        assert node._updater.period == 0.2 and node._updater._timer.timer_period_ns == 200_000_000
+        assert node.set_parameters([Parameter(period, value=3)])[0].successful
+        assert node._updater.period == 3.0
+        # Refused together with an invalid tracker parameter: neither is applied.
+        result = node.set_parameters_atomically([Parameter(period, value=0.5), Parameter('sync.slop', value=-1.0)])
+        assert not result.successful and node._updater.period == 3.0
+    finally:
+        node.destroy_node()
+    assert rclpy.ok(context=rclpy_context)
+
+
+
+@contextlib.contextmanager
+def _active_node(context):
+    """The tracker node (micro model) active in this process, for tests that interleave its threads."""
+    from rclpy.parameter import Parameter
+
+    from ckd_ros.ros.node import CkdTrackerNode
+    from peers.node_harness import micro_model_params
+
+    overrides = [Parameter(name, value=value) for name, value in micro_model_params(
+        **{'warmup': False, 'diagnostic_updater.period': 1.0, 'status_period': 1.0}).items()]
+    node = CkdTrackerNode(context=context, parameter_overrides=overrides)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+        assert node.lifecycle_state_label() == 'active'
+        yield node
+    finally:
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+        node.destroy_node()
+
+
+def test_a_target_set_while_the_worker_converts_that_pair_is_not_tracked_on_it(rclpy_context):
+    """The worker checked a pair's stamp, converted it without the lock, then tracked it: a ~/set_target on
+    that very pair in between made the worker track the initialisation frame again (an output repeating
+    the init stamp, and a tracker state that depended on timing: the demo's scores varied run to run).
+    The node runs in this process so that the two threads can be interleaved exactly."""
+    import threading
+
+    import numpy as np
+
+    from peers.frames import FrameMaker
+
+    with _active_node(rclpy_context) as node:
+        frames, stamp_ns = FrameMaker(64, 48), 5 * 10**9
+        rgb, thermal = frames.rgb(stamp_ns), frames.thermal(stamp_ns)
+        node._history.add(stamp_ns, (rgb, thermal))          # as pairing does before handing the pair over
+        tracked = []
+        real_track = node._tracker.track
+        node._tracker.track = lambda *a: tracked.append(1) or real_track(*a)
+        converting, set_done = threading.Event(), threading.Event()
+        real_convert = node._convert_pair
+
+        def slow_worker_convert(rgb_msg, thermal_msg, gain=None):
+            if gain is None:                                  # the worker's call (set_target passes a gain)
+                converting.set()
+                assert set_done.wait(10)
+            return real_convert(rgb_msg, thermal_msg, gain)
+
+        node._convert_pair = slow_worker_convert
+        worker = threading.Thread(target=node._process_pair, args=(rgb, thermal, node._time_epoch))
+        worker.start()
+        assert converting.wait(10)
+        skipped_before = node._pairs_out_of_order
+        assert node._set_target([10.0, 10.0, 20.0, 20.0], stamp_ns, 'test') == (True, '')
+        set_done.set()
+        worker.join(10)
+        assert tracked == [], 'the initialisation frame was tracked again'
+        assert node._pairs_out_of_order == skipped_before + 1
+        assert np.isfinite(node._last_box).all()
+
+
+def test_a_target_stamped_after_every_kept_pair_waits_for_its_frame(rclpy_context):
+    """A stamped ~/set_target whose frame had not arrived yet initialised on the newest kept pair (in a
+    replay: the previous sequence's last frame, 70 ms older and so within target.max_stamp_offset)."""
+    from peers.frames import FrameMaker
+
+    with _active_node(rclpy_context) as node:
+        frames, stamp_ns = FrameMaker(64, 48), 5 * 10**9
+        node._history.add(stamp_ns, (frames.rgb(stamp_ns), frames.thermal(stamp_ns)))
+        ok, message = node._set_target([10.0, 10.0, 20.0, 20.0], stamp_ns + 70_000_000, 'test')
+        assert not ok and message.startswith('the frame stamped 5.070000 has not been received yet (the newest '
+                                             'pair is 0.070 s older); retry')
+        # within sync.slop (0.05 s) of the newest pair, or older: the closest kept pair, as documented
+        assert node._set_target([10.0, 10.0, 20.0, 20.0], stamp_ns + 30_000_000, 'test') == (True, '')
+        assert node._set_target([10.0, 10.0, 20.0, 20.0], stamp_ns - 500_000_000, 'test') == (True, '')

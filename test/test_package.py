@@ -85,3 +85,24 @@ def test_command_line_tools_are_installed_on_path(tool, first_word, tmp_path):
     out = subprocess.run([path, '--help'], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(first_word)
+
+
+def test_package_xml_declares_every_ros_package_the_code_imports():
+    """rosdep installs what package.xml names: geometry_msgs (the node's ~/init_box) was missing."""
+    import ast
+    import xml.etree.ElementTree as ElementTree
+
+    ament_index = pytest.importorskip('ament_index_python.packages')
+    ros_packages = set(ament_index.get_packages_with_prefixes())
+    declared = {element.text for element in ElementTree.parse(REPO_ROOT / 'package.xml').getroot()
+                if element.tag in ('depend', 'exec_depend', 'build_depend', 'buildtool_depend')}
+    imported = set()
+    for path in [*(REPO_ROOT / 'ckd_ros' / 'ros').glob('*.py'), *(REPO_ROOT / 'launch').glob('*.py')]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split('.')[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split('.')[0])
+    used = (imported & ros_packages) - {'ckd_ros'}
+    assert {'rclpy', 'sensor_msgs', 'geometry_msgs'} <= used
+    assert used - declared == set()

@@ -83,6 +83,8 @@ def test_stalled_frozen_repeated_and_backward_streams(rclpy_context, spawn_proce
         assert reported <= STALL_REPORT_BOUND_S
         client.wait_for(lambda: statuses[-1].thermal_rate == 0.0 and statuses[-1].rgb_rate > 5.0, 5,
                         'a status with the thermal rate at 0', out)
+        # no pairs without thermal: pair and output rates read 0 too (were decaying over 5 s)
+        assert statuses[-1].pair_rate == 0.0 and statuses[-1].output_rate == 0.0
         assert diagnostic_values(diag())['thermal_stalled'] == 'True'
         assert len(targets) <= count_before + 1, 'nothing is tracked without thermal frames'
 

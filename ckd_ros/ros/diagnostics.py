@@ -17,6 +17,8 @@ from typing import Callable, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from ckd_ros.ros.params import DIAGNOSTIC_PERIOD_PARAMETER, ParameterError, read_diagnostic_period
+
 try:  # optional: part of a ROS install, not on PyPI
     import diagnostic_updater as _diagnostic_updater
 except ImportError:
@@ -264,18 +266,39 @@ class StatusWrapper(DiagnosticStatus):
 
 
 class FallbackUpdater:
-    """A diagnostic_updater.Updater work-alike (same topic, QoS, naming, period parameter)."""
+    """A diagnostic_updater.Updater work-alike (same topic, QoS, naming, period parameter).
+
+    The period parameter is declared dynamically typed and checked here: an invalid value from the
+    command line or a parameter file (a string, 0, a negative number) is reported in :attr:`problem`
+    and the default period is used, instead of failing the node's constructor (an integer is accepted).
+    Setting :attr:`period` restarts the timer, as diagnostic_updater's ``period`` setter does."""
 
     def __init__(self, node, period: float = 1.0):
         from rcl_interfaces.msg import ParameterDescriptor
         self._node = node
         self._publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 1)
-        self.period = node.declare_parameter(
-            'diagnostic_updater.period', float(period),
-            ParameterDescriptor(description='seconds between /diagnostics messages')).value
-        self._timer = node.create_timer(self.period, self.update)
+        value = node.declare_parameter(
+            DIAGNOSTIC_PERIOD_PARAMETER, float(period),
+            ParameterDescriptor(description='seconds between /diagnostics messages', dynamic_typing=True)).value
+        self.problem = ''
+        try:
+            self._period = read_diagnostic_period(value)
+        except ParameterError as error:
+            self.problem = f'{error}: publishing every {float(period):g} s instead'
+            self._period = float(period)
+        self._timer = node.create_timer(self._period, self.update)
         self._tasks: list[tuple[str, Callable]] = []
         self.hwid = ''
+
+    @property
+    def period(self) -> float:
+        return self._period
+
+    @period.setter
+    def period(self, period: float) -> None:
+        self._period = read_diagnostic_period(period)
+        self._node.destroy_timer(self._timer)
+        self._timer = self._node.create_timer(self._period, self.update)
 
     def setHardwareID(self, hwid: str) -> None:  # noqa: N802 (diagnostic_updater's name)
         self.hwid = hwid

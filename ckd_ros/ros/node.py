@@ -32,6 +32,7 @@ frame size drops the target, whose box belongs to the old frame.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import gc
 import math
@@ -46,6 +47,7 @@ from typing import Optional
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PolygonStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -63,8 +65,9 @@ from ckd_ros.ros.conversions import (DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_
                                      detections_msg, finite_or, image_msg_to_array, polygon_to_box, stamp_to_ns)
 from ckd_ros.ros.diagnostics import (ERROR, FRESH, JUMPED_BACK, OK, UPDATER_BACKEND, WARN, ZERO_STAMP, IssueBoard,
                                      RateMeter, SampleWindow, StreamWatch, create_updater, summarize_issues)
-from ckd_ros.ros.params import (ParameterError, TrackerNodeParameters, declare_parameters, node_parameter_getter,
-                                read_parameters)
+from ckd_ros.ros.params import (DIAGNOSTIC_PERIOD_PARAMETER, PARAMETER_SPECS, ParameterError, TrackerNodeParameters,
+                                check_parameter_update, declare_parameters, node_parameter_getter, plain_value,
+                                read_diagnostic_period, read_parameters, read_seconds)
 from ckd_ros.ros.synchronizer import RGB, SYNC_BACKEND, THERMAL, PairedImageSubscriptions
 from ckd_ros.srv import SetTarget
 
@@ -76,6 +79,10 @@ STATE_NAMES = {TrackedTarget.STATE_IDLE: 'idle', TrackedTarget.STATE_TRACKING: '
 WORKER_JOIN_TIMEOUT_S = 10.0
 OUTPUT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                         durability=DurabilityPolicy.VOLATILE)
+# The default service QoS keeps 10 requests (and responses): of 60 set_target calls sent at once, 49 were
+# never answered. Requests are small; 100 covers a burst from several clients.
+SERVICE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE)
 DEBUG_IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                              durability=DurabilityPolicy.VOLATILE)
 
@@ -108,6 +115,8 @@ class CkdTrackerNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
         declare_parameters(self)
+        # after the declaration: values from files and the command line are checked at configure
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._params: Optional[TrackerNodeParameters] = None
         self._tracker = None
         self._device = ''
@@ -165,6 +174,9 @@ class CkdTrackerNode(LifecycleNode):
         self._updater = create_updater(self, period=1.0)
         self._updater.setHardwareID('none')
         self._updater.add('tracker', self._diagnose)
+        if getattr(self._updater, 'problem', ''):
+            self.get_logger().error(self._updater.problem)
+            self._issues.report('diagnostics', ERROR, self._updater.problem)
         self.get_logger().info(
             f'{self.get_fully_qualified_name()} created (unconfigured); image conversion: {IMAGE_BACKEND}, '
             f'pairing: {SYNC_BACKEND}, diagnostics: {UPDATER_BACKEND}')
@@ -202,8 +214,9 @@ class CkdTrackerNode(LifecycleNode):
             from vision_msgs.msg import Detection2DArray
             self._detections_pub = self.create_lifecycle_publisher(Detection2DArray, '~/detections', OUTPUT_QOS)
         self._debug_pub = self.create_lifecycle_publisher(Image, '~/debug_image', DEBUG_IMAGE_QOS)
-        self._set_target_srv = self.create_service(SetTarget, '~/set_target', self._on_set_target)
-        self._reset_srv = self.create_service(Trigger, '~/reset', self._on_reset)
+        self._set_target_srv = self.create_service(SetTarget, '~/set_target', self._on_set_target,
+                                                   qos_profile=SERVICE_QOS)
+        self._reset_srv = self.create_service(Trigger, '~/reset', self._on_reset, qos_profile=SERVICE_QOS)
         self._replace_status_timer(params.status_period)
         self.get_logger().info(f"configured: model '{params.model_config}' on {self._device}")
         return TransitionCallbackReturn.SUCCESS
@@ -289,6 +302,31 @@ class CkdTrackerNode(LifecycleNode):
     @property
     def finalized(self) -> bool:
         return self._finalized
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Refuse a value that would fail the next configure; say when an accepted one takes effect.
+        A valid diagnostic_updater.period applies at once (the updater's timer)."""
+        ours = {spec.name for spec in PARAMETER_SPECS}
+        updates = {p.name: plain_value(p.value) for p in parameters if p.name in ours}
+        period = None
+        updater = getattr(self, '_updater', None)   # None while the updater declares the period: it checks it
+        try:
+            for parameter in parameters:
+                if parameter.name == DIAGNOSTIC_PERIOD_PARAMETER and updater is not None:
+                    period = read_diagnostic_period(parameter.value)
+            problem = check_parameter_update(node_parameter_getter(self), updates) if updates else None
+        except ParameterError as error:
+            problem = str(error)
+        if problem:
+            self.get_logger().warning(f'set_parameters refused: {problem}')
+            return SetParametersResult(successful=False, reason=problem)
+        if updates and self._params is not None:   # configured: the values in use were read at configure
+            self.get_logger().info(f"parameter(s) {', '.join(sorted(updates))} set; they take effect at the next "
+                                   'configure (cleanup, then configure)')
+        if period is not None:
+            updater.period = period
+            self.get_logger().info(f'/diagnostics now every {period:g} s')
+        return SetParametersResult(successful=True)
 
     def lifecycle_state_label(self) -> str:
         return self._state_machine.current_state[1]
@@ -478,14 +516,16 @@ class CkdTrackerNode(LifecycleNode):
                 self.get_logger().error(f'processing a pair failed:\n{traceback.format_exc()}',
                                         throttle_duration_sec=5.0)
 
-    def _convert_pair(self, rgb_msg: Image, thermal_msg: Image) -> Optional[ConvertedPair]:
-        """The pair as tracker input, or None after reporting why it cannot be used."""
+    def _convert_pair(self, rgb_msg: Image, thermal_msg: Image, gain=None) -> Optional[ConvertedPair]:
+        """The pair as tracker input, or None after reporting why it cannot be used. ``gain``: the thermal
+        gain control to use instead of the stream's (whose smoothed range follows the live frames)."""
         try:
             rgb = rgb_image_to_rgb8(image_msg_to_array(rgb_msg), rgb_msg.encoding)
         except ImageConversionError as error:
             return self._reject('rgb input', f'{self.resolve_topic_name(RGB_TOPIC)}: {error}')
         try:
-            thermal_frame = thermal_image_to_rgb8(image_msg_to_array(thermal_msg), thermal_msg.encoding, self._gain)
+            thermal_frame = thermal_image_to_rgb8(image_msg_to_array(thermal_msg), thermal_msg.encoding,
+                                                  gain or self._gain)
             height, width = rgb.shape[:2]
             thermal = self._registration(thermal_frame.image, height, width)
         except ImageConversionError as error:
@@ -519,16 +559,17 @@ class CkdTrackerNode(LifecycleNode):
                          'each image with its capture time; pair not tracked')
             return
         with self._tracker_lock:
-            # An output never repeats a stamp or goes back in time: a pair from before a time restart,
-            # or not newer than the last one tracked (a duplicate, a frozen stream, a late frame), is skipped.
-            if epoch != self._time_epoch or (self._tracked_stamp_ns is not None and epoch == self._tracked_epoch
-                                             and stamp_ns <= self._tracked_stamp_ns):
-                self._pairs_out_of_order += 1
+            if self._skip_stale_locked(stamp_ns, epoch):
                 return
         pair = self._convert_pair(rgb_msg, thermal_msg)
         if pair is None:
             return
         with self._tracker_lock:
+            # again: ~/set_target may have initialised on this very pair (or a newer one) meanwhile, and
+            # tracking the initialisation frame again changed the tracker's state (a replay's results
+            # varied from run to run) and repeated its stamp
+            if self._skip_stale_locked(stamp_ns, epoch):
+                return
             tracker = self._tracker
             if tracker is None:
                 return
@@ -562,6 +603,16 @@ class CkdTrackerNode(LifecycleNode):
             box = self._last_box if self._target_state != TrackedTarget.STATE_IDLE else None
             lost, score = self._target_state == TrackedTarget.STATE_LOST, self._last_score
         self._publish_debug_image(pair, box, score, lost)
+
+    def _skip_stale_locked(self, stamp_ns: int, epoch: int) -> bool:
+        """An output never repeats a stamp or goes back in time: a pair from before a time restart, or not
+        newer than the last one tracked or initialised on (a duplicate, a frozen stream, a late frame), is
+        skipped and counted."""
+        if epoch != self._time_epoch or (self._tracked_stamp_ns is not None and epoch == self._tracked_epoch
+                                         and stamp_ns <= self._tracked_stamp_ns):
+            self._pairs_out_of_order += 1
+            return True
+        return False
 
     def _initialize_locked(self, tracker, pair: ConvertedPair, box, source: str, epoch: int) -> None:
         box = tuple(float(v) for v in box)
@@ -688,10 +739,19 @@ class CkdTrackerNode(LifecycleNode):
             return False, ('no synchronized RGB + thermal frame received yet: check that both '
                            f'{self.resolve_topic_name(RGB_TOPIC)} and {self.resolve_topic_name(THERMAL_TOPIC)} '
                            'are published with compatible QoS and stamps within sync.slop')
+        # A requested frame newer than every kept pair is still on its way. Initialising on the newest kept
+        # pair instead put the box on another image (in a replay: the previous sequence's last frame, 70 ms
+        # older, within target.max_stamp_offset).
+        ahead_ns = stamp_ns - history.newest()[0] if stamp_ns else 0
+        if ahead_ns > self._params.sync_slop * 1e9:
+            return False, (f'the frame stamped {stamp_ns / 1e9:.6f} has not been received yet (the newest pair is '
+                           f'{ahead_ns / 1e9:.3f} s older); retry when it has arrived')
         if stamp_ns and abs(entry[0] - stamp_ns) > self._params.target_max_stamp_offset * 1e9:
             return False, (f'no kept frame within {self._params.target_max_stamp_offset:g} s of the requested stamp '
                            f'(closest is {abs(entry[0] - stamp_ns) / 1e9:.3f} s away)')
-        pair = self._convert_pair(*entry[1])
+        # a copy of the stream's gain: this (possibly old) frame gets the live mapping without moving it, and
+        # this service thread does not race the worker on the smoothed range
+        pair = self._convert_pair(*entry[1], gain=copy.copy(self._gain))
         if pair is None:
             return False, f'the frame for this request cannot be used: {self._issues.last_error}'
         problem = check_target_box(values, pair.rgb.shape[1], pair.rgb.shape[0])
@@ -719,10 +779,10 @@ class CkdTrackerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ status and diagnostics
     def _initial_status_period(self) -> float:
-        value = self.get_parameter('status_period').value
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
-            return float(value)
-        return 1.0   # configure reports the invalid value
+        try:
+            return read_seconds('status_period', self.get_parameter('status_period').value)
+        except ParameterError:
+            return 1.0   # configure reports the invalid value
 
     def _replace_status_timer(self, period: float) -> None:
         if abs(self._status_timer.timer_period_ns - period * 1e9) > 1:
@@ -742,11 +802,15 @@ class CkdTrackerNode(LifecycleNode):
         inputs, slot = self._inputs, self._slot
         latency = self._latency.summary()
         streams = self._streams
+        rgb_stalled, thermal_stalled = streams[RGB].stalled(), streams[THERMAL].stalled()
+        # A stalled input reports 0 at once, not a rate decaying over the meter's window; so do the pairs
+        # and outputs, which need both inputs.
+        no_pairs = rgb_stalled or thermal_stalled
         return {
-            # A stalled input reports 0 at once, not a rate decaying over the meter's window.
-            'rgb_rate': 0.0 if streams[RGB].stalled() else self._rgb_rate.rate(),
-            'thermal_rate': 0.0 if streams[THERMAL].stalled() else self._thermal_rate.rate(),
-            'pair_rate': self._pair_rate.rate(), 'output_rate': self._output_rate.rate(),
+            'rgb_rate': 0.0 if rgb_stalled else self._rgb_rate.rate(),
+            'thermal_rate': 0.0 if thermal_stalled else self._thermal_rate.rate(),
+            'pair_rate': 0.0 if no_pairs else self._pair_rate.rate(),
+            'output_rate': 0.0 if no_pairs else self._output_rate.rate(),
             'latency': latency,
             'pairs_made': inputs.pairs_made if inputs is not None else self._pairs_seen,
             'pairs_dropped': (slot.dropped if slot is not None else 0) + self._pairs_out_of_order,
@@ -842,7 +906,7 @@ class CkdTrackerNode(LifecycleNode):
             self.get_logger().error('autostart: configure failed; the node stays unconfigured')
             return
         if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-            self.get_logger().error('autostart: activate failed; the node stays inactive')
+            self.get_logger().error(f'autostart: activate failed; the node is {self.lifecycle_state_label()}')
 
 
 def _tracker_state_to_msg(state) -> int:

@@ -4,6 +4,8 @@ Every parameter is declared with ``dynamic_typing`` so that a wrong type or valu
 the command line does not crash the constructor; :func:`read_parameters` validates everything when
 the node is configured and raises :class:`ParameterError` naming the parameter, which the node turns
 into a configure FAILURE.  Parameters are read at configure: change them, then cleanup + configure.
+A running node refuses a ``set_parameters`` call that would make them invalid
+(:func:`check_parameter_update`), so a bad value is caught when it is set, not at the next configure.
 The same table documents ``config/ckd_tracker.yaml`` and the README's parameter table (a test checks they agree).
 """
 from __future__ import annotations
@@ -17,10 +19,14 @@ from ckd_ros.core.image import GAIN_MODES, REGISTRATION_MODES, ThermalGainContro
 RELIABILITY_CHOICES = ('best_effort', 'reliable')
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 NO_INITIAL_BOX = (0.0, 0.0, 0.0, 0.0)
+# Longest duration a seconds parameter may have (int64 nanoseconds hold ~292 years; this is ~11.6 days).
+MAX_SECONDS = 1e6
+# Deepest image subscription queue (rmw takes a 32-bit depth; only the newest frames are ever used).
+MAX_INPUT_DEPTH = 10000
 # ckd_ros.core.acceleration.PRECISIONS / BACKENDS, repeated so that this module does not import torch
 # (test/test_acceleration.py checks they agree)
 PRECISION_CHOICES = ('fp32', 'bf16', 'fp16')
-BACKEND_CHOICES = ('eager', 'compile', 'int8', 'onnxruntime')
+BACKEND_CHOICES = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8')
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('precision', 'fp32',
                   "'fp32' (official numbers), 'bf16' (autocast; slower on CPUs without AVX-512 BF16) or 'fp16' (CUDA only)"),
     ParameterSpec('backend', 'eager',
-                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU) or 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager); see the README's Performance section"),
+                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU), 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager) or 'onnxruntime-int8' (ONNX Runtime with int8 weight MatMuls, CPU); see the README's Performance section"),
     ParameterSpec('torch_threads', 0, 'CPU threads for torch (0 = torch default)'),
     ParameterSpec('warmup', True, 'run one initialize + track on a blank frame at configure (first-frame latency)'),
     ParameterSpec('unload_on_deactivate', False,
@@ -149,12 +155,20 @@ def _boolean(name, value):
     raise ParameterError(name, f'must be true or false, got {value!r}')
 
 
-def _integer(name, value, minimum):
+def _integer(name, value, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, int):
         raise ParameterError(name, f'must be an integer, got {value!r}')
     if value < minimum:
         raise ParameterError(name, f'must be >= {minimum}, got {value}')
+    if maximum is not None and value > maximum:
+        raise ParameterError(name, f'must be <= {maximum}, got {value}')
     return int(value)
+
+
+def read_seconds(name, value):
+    """A duration > 0 that ROS can hold: rclpy durations and timers are int64 nanoseconds, so a huge value
+    passed configure and then failed activate (OverflowError) or the status timer."""
+    return _number(name, value, 0.0, MAX_SECONDS, strict_minimum=True)
 
 
 def _number(name, value, minimum=None, maximum=None, strict_minimum=False, strict_maximum=False):
@@ -236,11 +250,10 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         warmup=_boolean('warmup', g('warmup')),
         unload_on_deactivate=_boolean('unload_on_deactivate', g('unload_on_deactivate')),
         input_reliability=_choice('input.reliability', g('input.reliability'), RELIABILITY_CHOICES),
-        input_depth=_integer('input.depth', g('input.depth'), 1),
-        input_timeout=_number('input.timeout', g('input.timeout'), 0.0, strict_minimum=True),
-        input_jump_back_threshold=_number('input.jump_back_threshold', g('input.jump_back_threshold'), 0.0,
-                                          strict_minimum=True),
-        sync_slop=_number('sync.slop', g('sync.slop'), 0.0, strict_minimum=True),
+        input_depth=_integer('input.depth', g('input.depth'), 1, MAX_INPUT_DEPTH),
+        input_timeout=read_seconds('input.timeout', g('input.timeout')),
+        input_jump_back_threshold=read_seconds('input.jump_back_threshold', g('input.jump_back_threshold')),
+        sync_slop=read_seconds('sync.slop', g('sync.slop')),
         sync_queue_size=_integer('sync.queue_size', g('sync.queue_size'), 1),
         thermal_gain=_choice('thermal.gain', g('thermal.gain'), GAIN_MODES),
         thermal_percentile_low=percentile_low,
@@ -253,14 +266,45 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         thermal_homography=homography,
         initial_box=initial_box,
         target_history_size=_integer('target.history_size', g('target.history_size'), 1),
-        target_max_stamp_offset=_number('target.max_stamp_offset', g('target.max_stamp_offset'), 0.0,
-                                        strict_minimum=True),
+        target_max_stamp_offset=read_seconds('target.max_stamp_offset', g('target.max_stamp_offset')),
         target_history_max_mb=_number('target.history_max_mb', g('target.history_max_mb'), 0.0,
                                       strict_minimum=True),
-        status_period=_number('status_period', g('status_period'), 0.0, strict_minimum=True),
+        status_period=read_seconds('status_period', g('status_period')),
         stats_window=_integer('stats_window', g('stats_window'), 1),
         publish_detections=_boolean('publish_detections', g('publish_detections')),
     )
+
+
+def read_diagnostic_period(value: Any) -> float:
+    """``diagnostic_updater.period`` in seconds (an integer is accepted); :class:`ParameterError` when invalid."""
+    return read_seconds(DIAGNOSTIC_PERIOD_PARAMETER, plain_value(value))
+
+
+def check_parameter_update(get_value: Callable[[str], Any], updates: dict[str, Any]) -> Optional[str]:
+    """Why setting ``updates`` (name -> new value) over the current values is refused, or None.
+
+    Only a problem that the update causes refuses it: a parameter that is invalid already (e.g. from a
+    parameter file) and not part of the update is checked at its default instead, so invalid values
+    can be fixed one at a time. A conflict between an updated parameter and one that is not updated
+    (``thermal.percentile_low`` set above ``thermal.percentile_high``) refuses the update.
+    """
+    defaults = {spec.name: spec.default for spec in PARAMETER_SPECS}
+    replaced: dict[str, Any] = {}
+
+    def value(name):
+        if name in updates:
+            return updates[name]
+        return replaced[name] if name in replaced else get_value(name)
+
+    for _ in range(len(PARAMETER_SPECS) + 1):
+        try:
+            read_parameters(value)
+            return None
+        except ParameterError as error:
+            if error.name in updates or error.name in replaced or error.name not in defaults:
+                return str(error)
+            replaced[error.name] = defaults[error.name]
+    return 'parameters do not validate'   # not reached: each round replaces a different parameter
 
 
 def declare_parameters(node) -> None:
@@ -273,10 +317,12 @@ def declare_parameters(node) -> None:
                                    ParameterDescriptor(description=spec.description, dynamic_typing=True))
 
 
+def plain_value(value: Any) -> Any:
+    """A parameter value as :func:`read_parameters` takes it: rclpy gives array parameters as
+    array.array, tuple or list; all become a list."""
+    return list(value) if hasattr(value, 'tolist') or isinstance(value, tuple) else value
+
+
 def node_parameter_getter(node) -> Callable[[str], Any]:
     """``get_value`` for :func:`read_parameters` that reads ``node``'s current parameter values."""
-    def get_value(name):
-        value = node.get_parameter(name).value
-        # rclpy gives array parameters as array.array or list; normalise to a list for validation.
-        return list(value) if hasattr(value, 'tolist') or isinstance(value, tuple) else value
-    return get_value
+    return lambda name: plain_value(node.get_parameter(name).value)
