@@ -176,3 +176,57 @@ def test_toolkit_ground_truth_conventions():
     np.testing.assert_array_equal(rgbt234['afterrain'].thermal[0], [147, 53, 24, 45])
     with pytest.raises(KeyError, match='no sequences'):
         datasets.toolkit_ground_truth('lasher', sequences=['nope'])
+
+
+# ------------------------------------------------------------------ telling RGBT210 / RGBT234 / LasHeR apart
+
+def _visible_infrared_root(root, names, files):
+    """Sequence folders <seq>/visible, <seq>/infrared and the annotation ``files`` of each."""
+    for name in names:
+        _write_frames(root / name / 'visible', 1)
+        _write_frames(root / name / 'infrared', 1)
+        for file in files:
+            (root / name / file).write_text('1,2,3,4\n')
+    return root
+
+
+def test_official_lasher_layout_is_not_taken_for_rgbt234(tmp_path):
+    """LasHeR ships <seq>/visible.txt and infrared.txt like RGBT234: any folder with visible.txt was read as
+    RGBT234 (MPR/MSR, RGBT234 attributes), and an RGBT210 folder (init.txt only) as LasHeR."""
+    # the official LasHeR layout: per-modality files, no init.txt
+    assert datasets.detect_kind(_visible_infrared_root(tmp_path / 'a', ['x', 'y'], ['visible.txt', 'infrared.txt'])) \
+        == 'lasher'
+    # LasHeR test-set names known to the toolkit decide even with an init.txt next to the per-modality files
+    assert datasets.detect_kind(_visible_infrared_root(
+        tmp_path / 'b', ['10runone', '2girlup', '3pinkleft'], ['init.txt', 'visible.txt', 'infrared.txt'])) == 'lasher'
+    # RGBT210: init.txt only
+    rgbt210 = _visible_infrared_root(tmp_path / 'c', ['afterrain', 'baby', 'car10'], ['init.txt'])
+    assert datasets.detect_kind(rgbt210) == 'rgbt210'
+    assert datasets.open_dataset(datasets.detect_kind(rgbt210), rgbt210).attribute_names != datasets.LASHER_ATTRIBUTES
+    # RGBT234: init.txt + visible.txt + infrared.txt with RGBT234 names
+    assert datasets.detect_kind(_visible_infrared_root(
+        tmp_path / 'd', ['afterrain', 'baby'], ['init.txt', 'visible.txt', 'infrared.txt'])) == 'rgbt234'
+    # LasHeR's per-sequence attribute files at the root say LasHeR
+    marked = _visible_infrared_root(tmp_path / 'e', ['x'], ['init.txt', 'visible.txt', 'infrared.txt'])
+    (marked / 'AttriSeqsTxt').mkdir()
+    assert datasets.detect_kind(marked) == 'lasher'
+
+
+def test_an_ambiguous_dataset_folder_is_refused_unless_the_benchmark_says(tmp_path):
+    root = _visible_infrared_root(tmp_path / 'mine', ['x', 'y'], ['init.txt', 'visible.txt', 'infrared.txt'])
+    # unknown names, RGBT234's files (which LasHeR copies may carry too), no attribute folder: cannot tell
+    with pytest.raises(ValueError, match=r'cannot tell .*RGBT234 or LasHeR.*--kind'):
+        datasets.detect_kind(root)
+    assert datasets.detect_kind(root, benchmark='lasher') == 'lasher'
+    assert datasets.detect_kind(root, benchmark='rgbt234') == 'rgbt234'
+    with pytest.raises(ValueError, match='cannot tell'):   # a protocol that is no dataset kind does not decide
+        datasets.detect_kind(root, benchmark='generic')
+    # evidence that contradicts the benchmark is refused rather than scored with the wrong protocol
+    lasher = _visible_infrared_root(tmp_path / 'lasher', ['10runone', '2girlup'], ['visible.txt', 'infrared.txt'])
+    with pytest.raises(ValueError, match=r'--benchmark rgbt234.*LasHeR'):
+        datasets.detect_kind(lasher, benchmark='rgbt234')
+    # two layouts side by side
+    _write_frames(tmp_path / 'mine' / 'gt' / 'v', 1)
+    _write_frames(tmp_path / 'mine' / 'gt' / 'i', 1)
+    with pytest.raises(ValueError, match='several layouts'):
+        datasets.detect_kind(root, benchmark='lasher')

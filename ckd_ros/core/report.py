@@ -20,7 +20,7 @@ from typing import Mapping, Sequence as SequenceType
 import numpy as np
 
 from ckd_ros.core.atomic import atomic_write
-from ckd_ros.core.metrics import BenchmarkScore, attribute_breakdown
+from ckd_ros.core.metrics import GTOT_PRECISION_INDEX, PRECISION_INDEX, BenchmarkScore, attribute_breakdown
 from ckd_ros.core.results import atomic_write_text
 
 
@@ -41,24 +41,53 @@ def sequence_fps(times: np.ndarray | None) -> float:
     return len(measured) / total if total > 0 else float('nan')
 
 
+def overall_label(scored: int, total: int | None = None) -> str:
+    """``ALL (n)``, or ``ALL (n of N)`` when only ``n`` of the benchmark's ``N`` sequences were scored."""
+    return f'ALL ({scored} of {total})' if total is not None and scored < total else f'ALL ({scored})'
+
+
 def score_table(score: BenchmarkScore, times: Mapping[str, np.ndarray] | None = None,
-                markdown: bool = True) -> str:
-    """Per-sequence rows and an overall row; metric values in percent."""
+                markdown: bool = True, total: int | None = None, rates: Mapping[str, float] | None = None,
+                latency_ms: Mapping[str, float] | None = None) -> str:
+    """Per-sequence rows and an overall row; metric values in percent.
+
+    ``times`` gives an ``fps`` column (frames after the first / their summed time); ``rates`` replaces
+    it with ``pairs/s`` as measured elsewhere (a recorded node: answers per second of their time span,
+    which is not 1 / latency), and ``latency_ms`` adds a ``latency ms`` column. ``total``: how many
+    sequences the benchmark has, so that a partial folder's overall row says ``ALL (n of N)``.
+    """
     metrics = list(score.metrics)
-    header = ['sequence', 'frames', *metrics] + (['fps'] if times else [])
+    header = ['sequence', 'frames', *metrics]
+    if rates is not None:
+        header.append('pairs/s')
+    elif times:
+        header.append('fps')
+    if latency_ms is not None:
+        header.append('latency ms')
+    rates_of = lambda value: f'{value:.1f}' if value is not None and np.isfinite(value) else '-'
     rows = []
     for name in score.sequences:
         row = [name, str(score.per_sequence[name]['frames'])] + [_pct(score.per_sequence[name][m]) for m in metrics]
-        if times:
-            fps = sequence_fps(times.get(name))
-            row.append(f'{fps:.1f}' if np.isfinite(fps) else '-')
+        if rates is not None:
+            row.append(rates_of(rates.get(name)))
+        elif times:
+            row.append(rates_of(sequence_fps(times.get(name))))
+        if latency_ms is not None:
+            row.append(rates_of(latency_ms.get(name)))
         rows.append(row)
-    overall = [f'ALL ({len(score.sequences)})', str(score.num_frames)] + [_pct(score.metrics[m]) for m in metrics]
-    if times:
+    overall = ([overall_label(len(score.sequences), total), str(score.num_frames)]
+               + [_pct(score.metrics[m]) for m in metrics])
+    if rates is not None:
+        # rates of separate recordings do not add up to one rate; one sequence is its own
+        overall.append(rates_of(rates.get(score.sequences[0])) if len(score.sequences) == 1 else '-')
+    elif times:
         measured = [t[1:][np.isfinite(t[1:])] for t in times.values() if len(t) > 1]
         frames = sum(len(t) for t in measured)
         seconds = sum(float(t.sum()) for t in measured)
         overall.append(f'{frames / seconds:.1f}' if seconds > 0 else '-')
+    if latency_ms is not None:
+        values = [v for n, v in latency_ms.items() if n in score.per_sequence and v is not None and np.isfinite(v)]
+        overall.append(rates_of(float(np.mean(values)) if values else None))
     rows.append(overall)
     return _render(header, rows, markdown)
 
@@ -93,26 +122,63 @@ _PLOT_LABELS = {
 }
 
 
-def plot_curves(scores: Mapping[str, BenchmarkScore], metric: str, path: str | os.PathLike, title: str = '') -> Path:
-    """One PNG with the ``metric`` curve of each run (legend carries the run's value)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def score_point(score: BenchmarkScore, metric: str) -> tuple[float, float] | None:
+    """Where on its curve a metric is read: ``(threshold, value)`` for the precisions (20 px, 0.2
+    normalized, GTOT's 5 px), None for the success rates (the area under the curve, no point of it)."""
+    if metric not in ('PR', 'MPR', 'NPR'):
+        return None
+    thresholds, curve = score.curves[metric]
+    index = GTOT_PRECISION_INDEX if score.benchmark == 'gtot' and metric == 'MPR' else PRECISION_INDEX
+    return float(thresholds[index]), float(curve[index])
+
+
+def _threshold_text(score: BenchmarkScore, metric: str) -> str:
+    point = score_point(score, metric)
+    if point is None:
+        return f'{metric}: area under the curve'
+    unit = '' if metric == 'NPR' else ' px'
+    return f'{metric} at {point[0]:g}{unit}'
+
+
+def curve_figure(scores: Mapping[str, BenchmarkScore], metric: str, title: str = ''):
+    """A matplotlib Figure with the ``metric`` curve of each run (several trackers on one figure),
+    ranked by the metric; the legend carries each value, and on each precision curve a dot marks the
+    threshold its value is read at (a dotted line at that threshold)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ranked = sorted(scores.items(), key=lambda kv: -kv[1].metrics[metric])
+    marked = None
     for run, score in ranked:
         thresholds, curve = score.curves[metric]
-        ax.plot(thresholds, curve, linewidth=2, label=f'{run} [{100 * score.metrics[metric]:.1f}]')
+        (line,) = ax.plot(thresholds, curve, linewidth=2, label=f'{run} [{100 * score.metrics[metric]:.1f}]')
+        point = score_point(score, metric)
+        if point is not None:
+            ax.plot([point[0]], [point[1]], marker='o', markersize=6, color=line.get_color(), linestyle='none',
+                    label='_nolegend_')
+            marked = point[0]
+    if marked is not None:
+        ax.axvline(marked, color='0.5', linestyle=':', linewidth=1, label='_nolegend_')
+    first = next(iter(scores.values()))
     xlabel, ylabel = _PLOT_LABELS.get(metric, ('threshold', metric))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
     ax.set_xlim(thresholds[0], thresholds[-1])
     ax.grid(True, alpha=0.3)
-    ax.set_title(title or f'{metric} ({next(iter(scores.values())).benchmark})')
-    ax.legend(loc='lower right' if metric in ('PR', 'MPR', 'NPR') else 'lower left', fontsize=8)
+    ax.set_title(title or f'{metric} ({first.benchmark})')
+    ax.legend(loc='lower right' if metric in ('PR', 'MPR', 'NPR') else 'lower left', fontsize=8,
+              title=_threshold_text(first, metric), title_fontsize=8)
+    return fig
+
+
+def plot_curves(scores: Mapping[str, BenchmarkScore], metric: str, path: str | os.PathLike, title: str = '') -> Path:
+    """One PNG with the ``metric`` curve of each run (see :func:`curve_figure`)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = curve_figure(scores, metric, title)
+    FigureCanvasAgg(fig)
     return atomic_write(path, lambda handle: fig.savefig(handle, format='png'))
 
 
@@ -281,23 +347,41 @@ class ReportFiles:
 def write_report(out_dir: str | os.PathLike, score: BenchmarkScore, run_name: str = 'CKD',
                  times: Mapping[str, np.ndarray] | None = None,
                  attributes: Mapping[str, SequenceType[str]] | None = None,
-                 performance: dict | None = None, extra: dict | None = None) -> ReportFiles:
+                 performance: dict | None = None, extra: dict | None = None, total: int | None = None,
+                 rates: Mapping[str, float] | None = None,
+                 latency_ms: Mapping[str, float] | None = None) -> ReportFiles:
     """Write ``summary.md``, ``summary.txt``, ``scores.json``, one PNG per metric curve,
-    and ``performance.json`` when given. Files are replaced atomically (a report is derived data)."""
+    and ``performance.json`` when given. Files are replaced atomically (a report is derived data).
+
+    ``total``: the number of sequences of the benchmark (or dataset); fewer scored ones are said in the
+    title, the overall row and ``scores.json`` (``benchmark_sequences``, ``partial``). ``rates`` and
+    ``latency_ms``: see :func:`score_table`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     breakdown = attribute_breakdown(score, attributes) if attributes else {}
-    title = f'{run_name} on {score.benchmark} ({len(score.sequences)} sequences, {score.num_frames} frames)'
+    partial = total is not None and len(score.sequences) < total
+    scope = f'partial: {len(score.sequences)} of {total} sequences' if partial else f'{len(score.sequences)} sequences'
+    title = f'{run_name} on {score.benchmark} ({scope}, {score.num_frames} frames)'
     overall = ', '.join(f'{m} {100 * v:.1f}' for m, v in score.metrics.items())
-    md = [f'# {title}', '', f'Overall: {overall}', '', score_table(score, times, markdown=True)]
-    txt = [title, f'Overall: {overall}', '', score_table(score, times, markdown=False)]
+    table = lambda markdown: score_table(score, times, markdown, total, rates, latency_ms)
+    md = [f'# {title}', '', f'Overall: {overall}', '', table(True)]
+    txt = [title, f'Overall: {overall}', '', table(False)]
     if breakdown:
         md += ['## Per attribute', '', attribute_table(breakdown, markdown=True)]
         txt += ['Per attribute', attribute_table(breakdown, markdown=False)]
     doc = {'run': run_name, **score.to_dict(),
            'attributes': {a: {'sequences': s.sequences, 'metrics': s.metrics} for a, s in breakdown.items()}}
-    if times:
+    if total is not None:
+        doc['benchmark_sequences'] = total
+        doc['partial'] = partial
+    if rates is not None:
+        doc['fps'] = {n: rates.get(n) for n in score.sequences}
+        doc['fps_is'] = 'outputs per second of their time span (pairs answered per second)'
+    elif times:
         doc['fps'] = {n: sequence_fps(times.get(n)) for n in score.sequences}
+    if latency_ms is not None:
+        doc['latency_ms'] = {n: latency_ms.get(n) for n in score.sequences}
     if extra:
         doc.update(extra)
     files = ReportFiles(out_dir, out_dir / 'summary.md', out_dir / 'summary.txt', out_dir / 'scores.json', [])
@@ -309,6 +393,51 @@ def write_report(out_dir: str | os.PathLike, score: BenchmarkScore, run_name: st
     if performance is not None:
         atomic_write_text(out_dir / 'performance.json', to_json(performance),
                           overwrite=True)
+    return files
+
+
+def comparison_table(scores: Mapping[str, BenchmarkScore], markdown: bool = True) -> str:
+    """One row per tracker (ranked by the benchmark's first metric), metric values in percent."""
+    metrics = list(next(iter(scores.values())).metrics)
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1].metrics[metrics[0]])
+    rows = [[run, str(len(s.sequences)), str(s.num_frames)] + [_pct(s.metrics[m]) for m in metrics]
+            for run, s in ranked]
+    return _render(['tracker', 'sequences', 'frames', *metrics], rows, markdown)
+
+
+def write_comparison(out_dir: str | os.PathLike, scores: Mapping[str, BenchmarkScore], title: str = '',
+                     total: int | None = None) -> ReportFiles:
+    """Several trackers' scores of one benchmark: ``comparison.md``/``.txt``/``.json`` and one PNG per
+    metric with every tracker's curve (:func:`curve_figure`). Score them on the same sequences for a
+    fair comparison (``ckd-eval compare`` does); ``total`` as in :func:`write_report`."""
+    if not scores:
+        raise ValueError('no scores to compare')
+    benchmarks = {s.benchmark for s in scores.values()}
+    if len(benchmarks) > 1:
+        raise ValueError(f'cannot compare scores of different benchmarks ({", ".join(sorted(benchmarks))})')
+    benchmark = benchmarks.pop()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sequence_lists = {tuple(s.sequences) for s in scores.values()}
+    same = len(sequence_lists) == 1
+    count = len(next(iter(scores.values())).sequences)
+    scope = (f'partial: {count} of {total} sequences' if same and total is not None and count < total
+             else f'{count} sequences' if same else 'different sequences per tracker')
+    heading = title or f'{len(scores)} trackers on {benchmark} ({scope})'
+    md = [f'# {heading}', '', comparison_table(scores, markdown=True)]
+    txt = [heading, '', comparison_table(scores, markdown=False)]
+    doc = {'benchmark': benchmark, 'title': heading, 'sequences': list(sequence_lists.pop()) if same else None,
+           'benchmark_sequences': total,
+           'trackers': {run: {'metrics': s.metrics, 'num_sequences': len(s.sequences), 'num_frames': s.num_frames,
+                              'curves': {k: {'thresholds': t.tolist(), 'values': v.tolist()}
+                                         for k, (t, v) in s.curves.items()}}
+                        for run, s in scores.items()}}
+    files = ReportFiles(out_dir, out_dir / 'comparison.md', out_dir / 'comparison.txt', out_dir / 'comparison.json', [])
+    atomic_write_text(files.summary_markdown, '\n'.join(md), overwrite=True)
+    atomic_write_text(files.summary_text, '\n'.join(txt), overwrite=True)
+    atomic_write_text(files.scores_json, to_json(doc), overwrite=True)
+    for metric in next(iter(scores.values())).curves:
+        files.plots.append(plot_curves(scores, metric, out_dir / f'{metric.lower()}_plot.png', title or ''))
     return files
 
 

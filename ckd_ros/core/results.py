@@ -9,19 +9,29 @@ a sequence counts as finished only when both exist.
 Every file is written through :func:`ckd_ros.core.atomic.atomic_write` (a temporary file in the same
 folder, moved into place), so a crash never leaves a partial file under the final name, and an
 existing result is never replaced unless asked.
+
+``ckd-eval run`` also keeps a run manifest, ``ckd_run.json`` (:data:`RUN_MANIFEST`): the settings the
+folder's results were made with, so that a later run with other settings is refused instead of taking
+the old results for its own.
+
+Results as trackers publish them (``<tracker>_<seq>.txt``, no time files; the toolkit's ``prefix=``)
+are found by :func:`find_tracker_prefix` and read with ``prefix=``.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 import numpy as np
 
-from ckd_ros.core.atomic import atomic_write
+from ckd_ros.core.atomic import _current_umask, atomic_write
 from ckd_ros.core.datasets import AnnotationError, read_box_file
 
 TIME_SUFFIX = '_time.txt'
+RUN_MANIFEST = 'ckd_run.json'
 
 
 class ResultExistsError(FileExistsError):
@@ -112,23 +122,117 @@ def list_result_sequences(result_dir: str | os.PathLike) -> list[str]:
     return sorted(n for n in names if (result_dir / f'{n}.txt').is_file())
 
 
-def load_results(result_dir: str | os.PathLike, sequences: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """Sequence -> boxes for a result folder (all finished sequences, or the given ones)."""
+def load_results(result_dir: str | os.PathLike, sequences: Iterable[str] | None = None,
+                 prefix: str = '') -> dict[str, np.ndarray]:
+    """Sequence -> boxes for a result folder (all finished sequences, or the given ones);
+    ``prefix``: files ``<prefix><seq>.txt`` (see :func:`find_tracker_prefix`)."""
     result_dir = Path(result_dir)
     names = list(sequences) if sequences is not None else list_result_sequences(result_dir)
     out = {}
     for name in names:
-        path = result_dir / f'{name}.txt'
+        path = result_dir / f'{prefix}{name}.txt'
         if not path.is_file():
             raise FileNotFoundError(f'no result file for sequence {name!r}: {path}')
         out[name] = read_result_boxes(path)
     return out
 
 
-def load_times(result_dir: str | os.PathLike, sequences: Iterable[str]) -> dict[str, np.ndarray]:
+def load_times(result_dir: str | os.PathLike, sequences: Iterable[str], prefix: str = '') -> dict[str, np.ndarray]:
     result_dir = Path(result_dir)
-    return {n: read_result_times(result_dir / f'{n}{TIME_SUFFIX}') for n in sequences
-            if (result_dir / f'{n}{TIME_SUFFIX}').is_file()}
+    return {n: read_result_times(result_dir / f'{prefix}{n}{TIME_SUFFIX}') for n in sequences
+            if (result_dir / f'{prefix}{n}{TIME_SUFFIX}').is_file()}
+
+
+# --------------------------------------------------------------------------------------------
+# Results as published by other trackers
+
+def box_file_stems(result_dir: str | os.PathLike) -> list[str]:
+    """Names (without ``.txt``) of the box files of a folder: every ``*.txt`` but time files, hidden
+    files and the run manifest, sorted."""
+    result_dir = Path(result_dir)
+    if not result_dir.is_dir():
+        raise FileNotFoundError(f'result folder not found: {result_dir}')
+    return sorted(p.name[:-4] for p in result_dir.iterdir()
+                  if p.name.endswith('.txt') and not p.name.endswith(TIME_SUFFIX) and not p.name.startswith('.')
+                  and p.is_file())
+
+
+def find_tracker_prefix(result_dir: str | os.PathLike, known: Collection[str],
+                        prefix: str | None = None) -> tuple[str, list[str]]:
+    """The file-name prefix of a folder of ``<prefix><seq>.txt`` files and the sequences it has results for.
+
+    ``known``: the sequence names the ground truth has. Without ``prefix`` every prefix that all box
+    files share and that ends in ``_`` (or none) is tried, and the one naming the most ``known``
+    sequences wins; tracker and sequence names may both contain ``_`` (``CKD_v2_ab_bikeoccluded``), so
+    a tie is refused. A given ``prefix`` is taken as is, or with ``_`` added (``--tracker-prefix CKD``
+    for ``CKD_<seq>.txt``). The names returned are those of every file with the prefix (unknown ones
+    included, for the caller to report).
+    """
+    stems = box_file_stems(result_dir)
+    known = set(known)
+    if prefix is not None:
+        candidates = [prefix] + ([prefix + '_'] if not prefix.endswith('_') else [])
+    else:
+        shared = os.path.commonprefix(stems) if stems else ''
+        candidates = [''] + [shared[:i + 1] for i, c in enumerate(shared) if c == '_']
+
+    def named(candidate):
+        return [s[len(candidate):] for s in stems if s.startswith(candidate) and len(s) > len(candidate)]
+
+    hits = {c: sum(n in known for n in named(c)) for c in candidates}
+    best = max(hits.values(), default=0)
+    if best == 0:
+        shown = f'{prefix}<seq>.txt' if prefix is not None else '<seq>.txt or <tracker>_<seq>.txt'
+        raise FileNotFoundError(f'no result files {shown} for sequences of the ground truth in {result_dir}')
+    winners = [c for c, h in hits.items() if h == best]
+    if len(winners) > 1:
+        raise ValueError(f'{result_dir}: the result files can be read with the prefixes '
+                         f'{", ".join(repr(w) for w in winners)} alike; choose one with --tracker-prefix')
+    return winners[0], named(winners[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Run manifest
+
+def read_run_manifest(result_dir: str | os.PathLike) -> dict | None:
+    """The run manifest of a result folder, or None when it has none. An unreadable one raises
+    ValueError (it is never taken for "no manifest")."""
+    path = Path(result_dir) / RUN_MANIFEST
+    try:
+        text = path.read_text(encoding='utf-8')
+    except FileNotFoundError:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f'{path}: not a run manifest ({exc})') from None
+    if not isinstance(doc, dict) or not isinstance(doc.get('settings'), dict):
+        raise ValueError(f'{path}: not a run manifest (no "settings")')
+    return doc
+
+
+def write_run_manifest(result_dir: str | os.PathLike, manifest: Mapping) -> Path:
+    """Write ``ckd_run.json`` atomically (temporary file in the folder, ``fdatasync``, rename).
+
+    Not through :func:`atomic_write`: that syncs with ``os.fsync``, and the crash tests count those
+    calls to stop a run in the middle of a given result file; ``fdatasync`` gets the content on disk
+    as well before the rename makes it visible.
+    """
+    path = Path(result_dir) / RUN_MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(manifest, indent=1, sort_keys=True) + '\n').encode('utf-8')
+    fd, tmp_name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as handle:
+            handle.write(data)
+            handle.flush()
+            os.fdatasync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_current_umask())   # mkstemp's 0600, as open() would make it
+        os.replace(tmp_name, path)
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return path
 
 
 def write_results(result_dir: str | os.PathLike, results: Mapping[str, np.ndarray],
