@@ -154,12 +154,12 @@ class ProcessingSettings:
                    mask_ratio=cfg.TRAIN.INPUT_MASK_RATIO if train else 0.0, train=train)
 
 
-_THERMAL_GAIN = ThermalGainControl("percentile")
+_THERMAL_GAIN = ThermalGainControl()   # the node's default gain (DEFAULT_GAIN_MODE): train as deployed
 
 
 def thermal_to_rgb8(image: np.ndarray) -> np.ndarray:
     """A thermal frame as the network sees it: H x W x 3 uint8 (grey replicated; 16-bit raw counts
-    through a per-frame 1-99 percentile gain, stateless so samples stay independent)."""
+    through the node's default per-frame gain, stateless so samples stay independent)."""
     image = np.asarray(image)
     if image.dtype == np.uint8:
         if image.ndim == 2:

@@ -31,7 +31,7 @@ def test_defaults_are_valid():
     params = read_parameters(_values())
     assert params.model_config == 'ckd_tiny' and params.device == 'auto' and params.initial_box is None
     assert params.input_reliability == 'best_effort' and params.sync_slop == 0.05
-    assert params.make_gain_control().mode == 'percentile'
+    assert params.make_gain_control().mode == 'minmax'
 
 
 @pytest.mark.parametrize('name, value, message', [

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ckd_ros.core.image import GAIN_MODES, REGISTRATION_MODES, ThermalGainControl, parse_homography
+from ckd_ros.core.image import DEFAULT_GAIN_MODE, GAIN_MODES, REGISTRATION_MODES, ThermalGainControl, parse_homography
 
 RELIABILITY_CHOICES = ('best_effort', 'reliable')
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -71,7 +71,7 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
                   'largest RGB-thermal stamp difference (seconds, strict) for a pair; ~half the faster '
                   'camera period for hardware-synced cameras, more for free-running ones'),
     ParameterSpec('sync.queue_size', 10, 'frames kept per input while waiting for a partner'),
-    ParameterSpec('thermal.gain', 'percentile',
+    ParameterSpec('thermal.gain', DEFAULT_GAIN_MODE,
                   "16-bit/float thermal to 8 bit: 'minmax', 'percentile' or 'fixed' (8-bit thermal passes through)"),
     ParameterSpec('thermal.percentile_low', 1.0, "lower percentile mapped to 0 ('percentile' gain)"),
     ParameterSpec('thermal.percentile_high', 99.0, "upper percentile mapped to 255 ('percentile' gain)"),
