@@ -151,7 +151,7 @@ def test_fallback_updater_publishes_the_diagnostic_updater_layout(rclpy_context)
 
         def task(status):
             status.summary(WARN, 'slow')
-            status.add('rate_hz', 4.5)
+            status.add('rate_hz', '4.5')
             return status
         updater.add('tracker', task)
         assert node.get_parameter('diagnostic_updater.period').value == 0.1
@@ -167,6 +167,50 @@ def test_fallback_updater_publishes_the_diagnostic_updater_layout(rclpy_context)
         executor.shutdown()
         node.destroy_node()
         listener.destroy_node()
+
+
+def test_diagnostic_values_must_be_strings_as_with_the_real_diagnostic_updater():
+    """The real DiagnosticStatusWrapper.add stores the value as given and its publish raises TypeError for
+    anything but str: the node died 1 s after start on a ROS install. The fallback refuses at once, so
+    every node test of the suite (which runs with the fallback) catches a non-str value."""
+    from ckd_ros.ros.diagnostics import StatusWrapper
+
+    status = StatusWrapper()
+    status.add('pairs_made', '3')
+    for value in (3, 4.5, True, None):
+        with pytest.raises(TypeError, match='must be str'):
+            status.add('key', value)
+    assert [(kv.key, kv.value) for kv in status.values] == [('pairs_made', '3')]
+
+
+def test_a_cv_bridge_that_cannot_convert_is_not_used(tmp_path):
+    """A cv_bridge whose compiled module does not load still constructs (its __init__ swallows the
+    ImportError) and then fails every frame. The node probes one conversion at import and falls back."""
+    import subprocess
+    import sys
+
+    from conftest import ros_subprocess_env
+
+    broken = tmp_path / 'cv_bridge'
+    broken.mkdir()
+    # the shape of a cv_bridge built against another numpy: CvBridge() works, converting does not
+    (broken / '__init__.py').write_text(
+        'class CvBridge:\n'
+        '    def imgmsg_to_cv2(self, msg, desired_encoding="passthrough"):\n'
+        '        raise ImportError("No module named \'cv_bridge.boost\'")\n')
+    code = ('from ckd_ros.ros import conversions as c\n'
+            'from ckd_ros.ros.conversions import image_msg_to_array, array_to_image_msg\n'
+            'import numpy as np\n'
+            'msg = array_to_image_msg(np.arange(12, dtype=np.uint8).reshape(3, 4), "mono8")\n'
+            'assert image_msg_to_array(msg).tolist() == np.arange(12).reshape(3, 4).tolist()\n'
+            'print(c.IMAGE_BACKEND)\nprint(c.CV_BRIDGE_PROBLEM)\n')
+    env = ros_subprocess_env()
+    env['PYTHONPATH'] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
+    result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    backend, problem = result.stdout.strip().splitlines()
+    assert backend == 'ckd_ros.core.image'
+    assert 'cv_bridge is installed but cannot convert images' in problem and 'cv_bridge.boost' in problem
 
 
 def test_the_diagnostic_period_is_validated_at_start_up_and_when_set(rclpy_context):

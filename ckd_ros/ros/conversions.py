@@ -16,11 +16,37 @@ from sensor_msgs.msg import Image
 
 from ckd_ros.core.image import ENCODINGS, ImageConversionError, decode_image_buffer, encode_image_buffer
 
-try:  # optional: part of a ROS install, not on PyPI
-    from cv_bridge import CvBridge
-    _CV_BRIDGE = CvBridge()
-except Exception:  # ImportError, or the numpy-ABI failure of a mismatched build
-    _CV_BRIDGE = None
+
+def _probe_cv_bridge():
+    """``(CvBridge(), '')`` when cv_bridge imports AND converts a tiny image, else ``(None, why)``.
+
+    Constructing a CvBridge proves nothing: cv_bridge's ``__init__`` swallows the ImportError of its
+    compiled module (``No module named 'cv_bridge.boost'``, e.g. a system cv_bridge built for numpy 1.x
+    beside numpy 2), and then every conversion fails. So one 2x2 mono8 image is converted here.
+    """
+    try:  # optional: part of a ROS install, not on PyPI
+        from cv_bridge import CvBridge
+    except ModuleNotFoundError as error:
+        if error.name == 'cv_bridge':
+            return None, ''   # not installed: nothing to report
+        return None, f'cv_bridge does not import ({error}); using the in-package conversion'
+    except Exception as error:   # e.g. the numpy-ABI failure of a mismatched build
+        return None, f'cv_bridge does not import ({type(error).__name__}: {error}); using the in-package conversion'
+    try:
+        bridge = CvBridge()
+        probe = Image(height=2, width=2, encoding='mono8', is_bigendian=0, step=2)
+        probe.data = bytes([0, 1, 2, 3])
+        pixels = np.asarray(bridge.imgmsg_to_cv2(probe, desired_encoding='passthrough'))
+        if pixels.shape != (2, 2) or pixels.tolist() != [[0, 1], [2, 3]]:
+            raise ValueError(f'converted a 2x2 mono8 test image to {pixels.shape} {pixels.tolist()}')
+    except Exception as error:  # ImportError of cv_bridge.boost, numpy ABI errors, CvBridgeError
+        return None, (f'cv_bridge is installed but cannot convert images ({type(error).__name__}: {error}); '
+                      'using the in-package conversion')
+    return bridge, ''
+
+
+# CV_BRIDGE_PROBLEM: why an installed cv_bridge is not used ('' when it is used or not installed)
+_CV_BRIDGE, CV_BRIDGE_PROBLEM = _probe_cv_bridge()
 
 try:  # optional: vision_msgs is not on PyPI
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose

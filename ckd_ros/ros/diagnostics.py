@@ -261,8 +261,13 @@ class StatusWrapper(DiagnosticStatus):
         self.level = level
         self.message = message
 
-    def add(self, key: str, value) -> None:
-        self.values.append(KeyValue(key=key, value=str(value)))
+    def add(self, key: str, value: str) -> None:
+        # Strict like the real DiagnosticStatusWrapper, whose publish fails on a non-str value: a caller
+        # passing an int or bool must fail here too, not only on a robot with diagnostic_updater.
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f'diagnostic key and value must be str, got {type(key).__name__}: '
+                            f'{type(value).__name__} for {key!r}')
+        self.values.append(KeyValue(key=key, value=value))
 
 
 class FallbackUpdater:

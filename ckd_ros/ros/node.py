@@ -61,7 +61,7 @@ from ckd_ros.core.image import (ImageConversionError, ThermalFrame, ThermalRegis
 from ckd_ros.core.pairing import LatestSlot, RecentPairs
 from ckd_ros.core.visualize import compose_debug_image
 from ckd_ros.msg import TrackedTarget, TrackerStatus
-from ckd_ros.ros.conversions import (DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg, check_target_box,
+from ckd_ros.ros.conversions import (CV_BRIDGE_PROBLEM, DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg, check_target_box,
                                      detections_msg, finite_or, image_msg_to_array, polygon_to_box, stamp_to_ns)
 from ckd_ros.ros.diagnostics import (ERROR, FRESH, JUMPED_BACK, OK, UPDATER_BACKEND, WARN, ZERO_STAMP, IssueBoard,
                                      RateMeter, SampleWindow, StreamWatch, create_updater, summarize_issues)
@@ -180,6 +180,8 @@ class CkdTrackerNode(LifecycleNode):
         self.get_logger().info(
             f'{self.get_fully_qualified_name()} created (unconfigured); image conversion: {IMAGE_BACKEND}, '
             f'pairing: {SYNC_BACKEND}, diagnostics: {UPDATER_BACKEND}')
+        if CV_BRIDGE_PROBLEM:
+            self.get_logger().warning(CV_BRIDGE_PROBLEM)
         if not DETECTIONS_AVAILABLE:
             self.get_logger().info('vision_msgs is not installed: ~/detections is not published')
 
@@ -881,8 +883,11 @@ class CkdTrackerNode(LifecycleNode):
                 ('history_pairs', len(self._history) if self._history is not None else 0),
                 ('history_mib', f'{(self._history.bytes if self._history is not None else 0) / 2**20:.1f}'),
                 ('last_error', self._issues.last_error),
-                ('backends', f'images {IMAGE_BACKEND}, pairing {SYNC_BACKEND}, diagnostics {UPDATER_BACKEND}')):
-            status.add(key, value)
+                ('backends', f'images {IMAGE_BACKEND}, pairing {SYNC_BACKEND}, diagnostics {UPDATER_BACKEND}'),
+                ('cv_bridge_problem', CV_BRIDGE_PROBLEM)):
+            # diagnostic_updater's DiagnosticStatusWrapper.add stores the value as given and the publish
+            # raises TypeError for anything but str (Humble to Rolling): the node died 1 s after start
+            status.add(key, str(value))
         return status
 
     def _input_warning(self, stats: dict) -> Optional[str]:
