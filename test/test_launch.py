@@ -63,10 +63,12 @@ def test_launch_file_starts_the_lifecycle_node_of_this_package_and_activates_it(
     assert transitions == {'TRANSITION_CONFIGURE', 'TRANSITION_ACTIVATE'}
     (handler,) = _calls(tree, 'OnStateTransition')
     assert _keyword(handler, 'goal_state', constants) == 'inactive'
+    assert _keyword(handler, 'start_state', constants) == 'configuring'   # not after a deactivate
     # the parameters after params_file: only the given overrides, and autostart false (the node must not
     # also activate itself); see test_node_command.py for launch_parameter_overrides
     (tracker_parameters,) = [kw.value for kw in tracker.keywords if kw.arg == 'parameters']
-    assert ast.unparse(tracker_parameters) == "[LaunchConfiguration('params_file'), launch_parameter_overrides(given)]"
+    assert ast.unparse(tracker_parameters) == (
+        "[LaunchConfiguration('params_file'), launch_parameter_overrides(given, autostart=respawn)]")
     for name in ('device', 'model_config', 'checkpoint'):
         (declared,) = [call for call in _calls(tree, 'DeclareLaunchArgument') if _call_first_string(call) == name]
         assert _keyword(declared, 'default_value', constants) == '', f'{name} must default to the file value'

@@ -62,11 +62,12 @@ def tracker_node_args(name: str = 'ckd_tracker', namespace: str = '', params: Ma
 LAUNCH_PARAMETER_ARGUMENTS = ('device', 'model_config', 'checkpoint')
 
 
-def launch_parameter_overrides(values: Mapping[str, str]) -> dict:
+def launch_parameter_overrides(values: Mapping[str, str], autostart: bool = False) -> dict:
     """The parameters the launch file sets after ``params_file``: the launch arguments of
-    :data:`LAUNCH_PARAMETER_ARGUMENTS` that were given (non-empty), and ``autostart: false`` (the
-    launch file drives the lifecycle). An empty argument leaves the file's value (or the node's
-    default) in place: a params_file with ``device: cuda`` is not overridden by a default ``auto``."""
+    :data:`LAUNCH_PARAMETER_ARGUMENTS` that were given (non-empty), and ``autostart`` (false when the
+    launch file drives the lifecycle; true for a respawned node, which must activate itself). An empty
+    argument leaves the file's value (or the node's default) in place: a params_file with
+    ``device: cuda`` is not overridden by a default ``auto``."""
     overrides = {name: values[name] for name in LAUNCH_PARAMETER_ARGUMENTS if values.get(name, '') != ''}
-    overrides['autostart'] = False
+    overrides['autostart'] = bool(autostart)
     return overrides
