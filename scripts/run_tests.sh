@@ -4,7 +4,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${CKD_TEST_DOMAIN_FIXED:-}" ]; then
-  export ROS_DOMAIN_ID=$(( (RANDOM % 100) + 101 ))   # 101..200, away from the usual 0..100
+  # 1..100: on Linux only ids 0..101 and 215..232 keep every DDS port below the ephemeral port range
+  # (32768+), where another program's socket can take a port a participant needs; 0 is everyone's default
+  export ROS_DOMAIN_ID=$(( (RANDOM % 100) + 1 ))
 fi
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 cd "$root"

@@ -106,3 +106,16 @@ def test_package_xml_declares_every_ros_package_the_code_imports():
     used = (imported & ros_packages) - {'ckd_ros'}
     assert {'rclpy', 'sensor_msgs', 'geometry_msgs'} <= used
     assert used - declared == set()
+
+
+def test_the_test_runner_picks_a_ros_domain_whose_ports_stay_below_the_ephemeral_range():
+    """Fast DDS's ports for domain d are 7400 + 250 d + ...: ids above 101 (except 215..232) reach Linux's
+    ephemeral range (32768+), where any program's outgoing socket can take a port a participant needs."""
+    env = {k: v for k, v in os.environ.items() if k != 'CKD_TEST_DOMAIN_FIXED'}
+    domains = set()
+    for _ in range(8):
+        out = subprocess.run(['bash', str(REPO_ROOT / 'scripts' / 'run_tests.sh'), '--version'], env=env,
+                             capture_output=True, text=True, timeout=60).stdout
+        domains.add(int(out.split('ROS_DOMAIN_ID=')[1].split()[0]))
+    assert all(1 <= d <= 100 for d in domains), domains
+    assert len(domains) > 1   # random per run, so parallel runs on one machine do not meet
