@@ -24,7 +24,7 @@ def _peer_event(lines, event):
 
 def test_tracks_every_pair_of_a_camera_process_and_reports_what_happened(rclpy_context, spawn_process):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from geometry_msgs.msg import Point32, PolygonStamped
+    from geometry_msgs.msg import Point, Point32, PolygonStamped
     from std_srvs.srv import Trigger
 
     from ckd_ros.msg import TrackedTarget, TrackerStatus
@@ -74,6 +74,17 @@ def test_tracks_every_pair_of_a_camera_process_and_reports_what_happened(rclpy_c
         client.wait_for(lambda: box_pub.get_subscription_count() > 0, 30, 'the init_box subscription')
         box_pub.publish(polygon)
         client.wait_for(lambda: targets[-1].target_id == 3, 30, 'targets of target 3', node_out)
+        # Two clicks on ~/debug_image as rqt_image_view publishes them: one corner on the thermal half
+        # (x beyond the RGB width), the opposite one on the RGB half.
+        click_pub = client.node.create_publisher(Point, f'{NODE}/debug_image_mouse_left', 10)
+        client.wait_for(lambda: click_pub.get_subscription_count() > 0, 30, 'the click subscription')
+        click_pub.publish(Point(x=float(width + 10), y=12.0))
+        client.spin_for(0.3)
+        assert targets[-1].target_id == 3, 'one click sets nothing'
+        click_pub.publish(Point(x=50.0, y=40.0))
+        client.wait_for(lambda: targets[-1].target_id == 4, 30, 'targets of target 4', node_out)
+        client.wait_for(lambda: 'target 4 set by ~/debug_image clicks: [10.0, 12.0, 40.0, 28.0]' in node_out.text(),
+                        10, 'the log line of the clicked target', node_out)
 
         client.wait_for(lambda: _peer_event(peer_out.lines, 'done'), 60, 'the camera peer to finish')
         done = _peer_event(peer_out.lines, 'done')
@@ -99,13 +110,13 @@ def test_tracks_every_pair_of_a_camera_process_and_reports_what_happened(rclpy_c
             assert min(abs(partner - s) for s in thermal_stamps) < 2_000, 'pair_dt names a published thermal stamp'
             assert 0.0 < target.latency < 10.0
         ids = [t.target_id for t in targets]
-        assert ids == sorted(ids) and set(ids) == {1, 2, 3}
+        assert ids == sorted(ids) and set(ids) == {1, 2, 3, 4}
         # Thermal runs at half the RGB rate: at most one target per thermal frame.
         assert len(targets) <= len(thermal_stamps)
 
         # ~/reset drops the target: no more targets until a new one is set.
         reset = client.call(Trigger, f'{NODE}/reset', Trigger.Request(), output=node_out)
-        assert reset.success and reset.message == 'target 3 dropped'
+        assert reset.success and reset.message == 'target 4 dropped'
         assert client.call(Trigger, f'{NODE}/reset', Trigger.Request()).message == 'no target was set'
 
         client.wait_for(lambda: statuses and statuses[-1].tracker_state == TrackedTarget.STATE_IDLE, 10,
@@ -113,7 +124,7 @@ def test_tracks_every_pair_of_a_camera_process_and_reports_what_happened(rclpy_c
         status = statuses[-1]
         assert status.lifecycle_state == 'active' and status.device == 'cpu'
         assert status.model_config == 'ckd_tiny'
-        assert status.tracker_state == TrackedTarget.STATE_IDLE and status.target_id == 3
+        assert status.tracker_state == TrackedTarget.STATE_IDLE and status.target_id == 4
         assert status.pairs_made + 0 >= len(targets) and status.pairs_made <= len(thermal_stamps)
         assert status.frames_unmatched >= 20, 'RGB frames without a thermal partner are counted'
         assert 0.0 < status.pair_dt_mean_abs < SLOP_S

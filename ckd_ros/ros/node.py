@@ -46,7 +46,7 @@ from typing import Optional
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import PolygonStamped
+from geometry_msgs.msg import Point, PolygonStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
@@ -56,12 +56,14 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
+from ckd_ros.core.click_box import TwoClickBox
 from ckd_ros.core.image import (ImageConversionError, ThermalFrame, ThermalRegistration, rgb_image_to_rgb8,
                                 thermal_image_to_rgb8)
 from ckd_ros.core.pairing import LatestSlot, RecentPairs
 from ckd_ros.core.visualize import compose_debug_image
 from ckd_ros.msg import TrackedTarget, TrackerStatus
-from ckd_ros.ros.conversions import (CV_BRIDGE_PROBLEM, DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg, check_target_box,
+from ckd_ros.ros.conversions import (CV_BRIDGE_PROBLEM, DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg,
+                                     check_target_box,
                                      detections_msg, finite_or, image_msg_to_array, polygon_to_box, stamp_to_ns)
 from ckd_ros.ros.diagnostics import (ERROR, FRESH, JUMPED_BACK, OK, UPDATER_BACKEND, WARN, ZERO_STAMP, IssueBoard,
                                      RateMeter, SampleWindow, StreamWatch, create_updater, summarize_issues)
@@ -162,6 +164,8 @@ class CkdTrackerNode(LifecycleNode):
         self._set_target_srv = self._reset_srv = None
         self._inputs: Optional[PairedImageSubscriptions] = None
         self._init_box_sub = None
+        self._click_sub = None
+        self._clicks = TwoClickBox()
         self._slot: Optional[LatestSlot] = None
         self._history: Optional[RecentPairs] = None
         self._worker: Optional[threading.Thread] = None
@@ -245,6 +249,9 @@ class CkdTrackerNode(LifecycleNode):
         self._inputs = PairedImageSubscriptions(self, RGB_TOPIC, THERMAL_TOPIC, input_qos, params.sync_queue_size,
                                                 params.sync_slop, on_pair=self._on_pair, on_frame=self._on_frame)
         self._init_box_sub = self.create_subscription(PolygonStamped, '~/init_box', self._on_init_box, OUTPUT_QOS)
+        # rqt_image_view publishes clicks on ~/debug_image here (reliable, as it publishes them)
+        self._clicks = TwoClickBox()
+        self._click_sub = self.create_subscription(Point, '~/debug_image_mouse_left', self._on_click, OUTPUT_QOS)
         # The watchdog of the inputs: a stall is noticed at most one period after input.timeout. On the
         # steady clock: with use_sim_time a paused or stopped /clock must not pause the watchdog too.
         self._watch_timer = self.create_timer(min(0.25, max(0.02, params.input_timeout / 4.0)), self._watch_inputs,
@@ -666,6 +673,9 @@ class CkdTrackerNode(LifecycleNode):
         if self._init_box_sub is not None:
             self.destroy_subscription(self._init_box_sub)
             self._init_box_sub = None
+        if self._click_sub is not None:
+            self.destroy_subscription(self._click_sub)
+            self._click_sub = None
         if self._watch_timer is not None:
             self.destroy_timer(self._watch_timer)
             self._watch_timer = None
@@ -724,6 +734,25 @@ class CkdTrackerNode(LifecycleNode):
         if not success:
             self._issues.report('init_box', WARN, f'~/init_box refused: {message}')
             self.get_logger().warning(f'~/init_box refused: {message}', throttle_duration_sec=1.0)
+
+    def _on_click(self, msg: Point) -> None:
+        """Two clicks on ~/debug_image (opposite corners, either half) set a target on the newest pair."""
+        history = self._history
+        newest = history.newest() if history is not None else None
+        rgb_width = int(newest[1][0].width) if newest is not None else 0
+        try:
+            box = self._clicks.click(float(msg.x), float(msg.y), time.monotonic(), rgb_width)
+        except ValueError as error:
+            success, message = False, str(error)
+        else:
+            if box is None:
+                self.get_logger().info(f'~/debug_image click at ({msg.x:.0f}, {msg.y:.0f}): first corner; click '
+                                       f'the opposite corner within {self._clicks.timeout_s:g} s')
+                return
+            success, message = self._set_target(box, 0, '~/debug_image clicks')
+        if not success:
+            self._issues.report('init_box', WARN, f'target from clicks refused: {message}')
+            self.get_logger().warning(f'target from clicks refused: {message}', throttle_duration_sec=1.0)
 
     def _set_target(self, box, stamp_ns: int, source: str) -> tuple[bool, str]:
         """Initialise the tracker on the pair closest to ``stamp_ns`` (0: the newest); (success, reason)."""
