@@ -52,6 +52,7 @@ from ckd_ros.core import cli_args, metrics, results
 from ckd_ros.core.acceleration import Acceleration, NetworkRunner
 from ckd_ros.core.api import load_network, shipped_weights_path
 from ckd_ros.core.config import load_config
+from ckd_ros.core.cpu_info import read_cpu_info
 from ckd_ros.core.datasets import GroundTruth
 from ckd_ros.core.geometry import sample_target
 from ckd_ros.core.model.vit import Attention
@@ -290,7 +291,10 @@ def main(argv=None) -> int:
     else:
         sequences = synthetic_sequence(7 if args.seed is None else args.seed, 30 if args.frames is None else args.frames)
     machine = machine_info()
+    cpu = read_cpu_info()   # the CPU class and flags: what acceleration.MEASURED_OPTIONS rows are keyed by
+    machine["cpu_flags"], machine["cpu_flags_source"] = sorted(cpu.flags), cpu.source
     print(machine_line(machine), flush=True)
+    print(cpu.describe(), flush=True)
     print("sequences: " + ", ".join(f"{s.name} {s.frames} frames {s.scene.width}x{s.scene.height}"
                                     for s in sequences), flush=True)
     reports = []

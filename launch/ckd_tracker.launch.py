@@ -87,7 +87,10 @@ def _tracker_actions(context):
         name=LaunchConfiguration('node_name'),
         namespace=LaunchConfiguration('namespace'),
         output='screen',
-        additional_env={'FASTDDS_DEFAULT_PROFILES_FILE': LaunchConfiguration('fastdds_profile')},
+        # OpenMP reads OMP_WAIT_POLICY when torch loads: idle threads sleep instead of spinning on a CPU
+        # shared with the camera drivers (README: Performance, auto). A value already set wins.
+        additional_env={'FASTDDS_DEFAULT_PROFILES_FILE': LaunchConfiguration('fastdds_profile'),
+                        'OMP_WAIT_POLICY': EnvironmentVariable('OMP_WAIT_POLICY', default_value='PASSIVE')},
         # autostart false unless respawning: this file drives the lifecycle
         parameters=[LaunchConfiguration('params_file'), launch_parameter_overrides(given, autostart=respawn)],
         remappings=[

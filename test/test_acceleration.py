@@ -226,6 +226,8 @@ def test_compiled_network_matches_eager(tiny, crops):
 
 
 def test_node_parameter_choices_match_the_core():
-    from ckd_ros.core.acceleration import BACKENDS, PRECISIONS
+    """The node's choices are the core's names, plus 'auto' where the node offers it (select_acceleration)."""
+    from ckd_ros.core.acceleration import AUTO, BACKENDS, PRECISIONS
     from ckd_ros.ros.params import BACKEND_CHOICES, PRECISION_CHOICES
-    assert PRECISION_CHOICES == PRECISIONS and BACKEND_CHOICES == BACKENDS
+    assert tuple(c for c in PRECISION_CHOICES if c != AUTO) == PRECISIONS
+    assert tuple(c for c in BACKEND_CHOICES if c != AUTO) == BACKENDS

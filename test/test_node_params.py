@@ -215,3 +215,45 @@ def test_doc_lists_every_launch_argument():
     section = (REPO_ROOT / 'README.md').read_text().split('## The tracker node', 1)[1].split('\n## ', 1)[0]
     missing = sorted(name for name in arguments if f'`{name}`' not in section)
     assert not missing, missing
+
+
+@pytest.mark.ros
+def test_precision_auto_and_torch_threads_zero_are_resolved_at_configure_and_reported(rclpy_context):
+    import torch
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from ckd_ros.core.api import select_acceleration
+    from ckd_ros.core.cpu_info import choose_threads
+    from ckd_ros.ros.node import CkdTrackerNode
+    from peers.node_harness import micro_model_params
+
+    expected = select_acceleration('auto', 'auto', 'cpu')
+    params = {**micro_model_params(), 'warmup': False, 'precision': 'auto', 'backend': 'auto', 'torch_threads': 0}
+    threads_before = torch.get_num_threads()
+    node = CkdTrackerNode('ckd_auto', context=rclpy_context,
+                          parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node._issues.last_error
+        assert node._acceleration == f'{expected.precision}/{expected.backend}'
+        assert torch.get_num_threads() == choose_threads(0).threads
+        status = node._diagnose(_Recorder())
+        assert dict(status.values)['acceleration'] == node._acceleration
+    finally:
+        torch.set_num_threads(threads_before)
+        node.release_everything()
+        node.destroy_node()
+
+
+class _Recorder:
+    """The part of a DiagnosticStatusWrapper the node's task uses, recording str values only."""
+
+    def __init__(self):
+        self.values = []
+
+    def summary(self, level, message):
+        self.level, self.message = level, message
+
+    def add(self, key, value):
+        assert isinstance(value, str), (key, value)
+        self.values.append((key, value))

@@ -30,6 +30,11 @@ backend       effect
               head) and LayerNorms stay fp32.
 ============  ==========================================================================================
 
+``precision: auto`` (and ``backend: auto``): :func:`auto_precision` / the pure :func:`choose_precision`
+pick, for the CPU class (its flags: :mod:`ckd_ros.core.cpu_info`) or the GPU's compute capability,
+the fastest row of :data:`MEASURED_OPTIONS` whose success (SR) change on ckd_tiny is measured within
+:data:`SR_BOUND_POINTS`, else fp32 eager, and say why (:class:`PrecisionChoice`).
+
 Every runner returns float32 ``(score_map, size_map, offset_map)``; the tracker's box decoding
 is the same for all.  The eager and compile runners run the network with ``search_only`` (the last
 block skips the template tokens' outputs, which the head does not read) and, in fp32/bf16/fp16
@@ -41,16 +46,18 @@ the network would otherwise recompute every frame.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import io
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .cpu_info import cpu_class, read_cpu_info
 from .model import CKDNet
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -294,3 +301,221 @@ def make_runner(network: CKDNet, device: torch.device, acceleration: Acceleratio
     if acceleration.backend == "int8":
         return NetworkRunner(quantize_linear_int8(network), device)
     return OnnxRuntimeRunner(network, template_size, search_size, int8=acceleration.backend == "onnxruntime-int8")
+
+
+# ------------------------------------------------------------------------------------------ precision 'auto'
+AUTO = "auto"
+# the accuracy budget of an automatic choice: success (SR, AUC of the success plot) lost against fp32
+# eager, in points, on the shipped ckd_tiny weights (the issue's bound: < 1 point)
+SR_BOUND_POINTS = 1.0
+# an option replaces exact fp32 eager only when it takes at most this share of fp32 eager's time
+MAX_SPEED_RATIO = 0.95
+_NO_GPU = "not measured (no GPU was available)"
+
+
+@dataclass(frozen=True)
+class MeasuredOption:
+    """One row of :data:`MEASURED_OPTIONS`: an option on a class of hardware, its speed and its accuracy.
+
+    ``speed_ratio``: time per frame / fp32 eager's on the same machine, frames interleaved
+    (``benchmarks/bench_acceleration.py``); None = not measured, ``speed`` then says why it is
+    expected to be faster.  ``sr_change``: success (SR) change against fp32 eager in points, ckd_tiny
+    with its shipped weights, closed loop, scored as ``make demo`` scores; None = not measured."""
+    device: str          # "cpu" or "cuda"
+    hardware: str        # cpu_info.cpu_class() or cuda_class()
+    precision: str
+    backend: str
+    speed_ratio: float | None
+    speed: str
+    sr_change: float | None
+    accuracy: str
+
+    @property
+    def accuracy_within_bound(self) -> bool:
+        return self.sr_change is not None and self.sr_change > -SR_BOUND_POINTS
+
+    @property
+    def faster(self) -> bool:
+        return self.speed_ratio is None or self.speed_ratio <= MAX_SPEED_RATIO
+
+    @property
+    def option(self) -> str:
+        return f"{self.precision}/{self.backend}"
+
+    def rejection(self) -> str | None:
+        """Why 'auto' does not take this row (None: it may)."""
+        if not self.faster:
+            return f"{self.option} x{self.speed_ratio:.2f}, not faster"
+        if self.sr_change is None:
+            return f"{self.option} accuracy effect not measured"
+        if not self.accuracy_within_bound:
+            return f"{self.option} {self.sr_change:+.1f} SR points, outside the {SR_BOUND_POINTS:g}-point bound"
+        return None
+
+
+_TINY_12 = "ckd_tiny shipped weights, 12 demo-style sequences (3588 frames)"
+_ZEN4 = "AMD EPYC Zen 4 (avx512_bf16, avx512_vnni), 1 thread"
+_ZEN3 = "AMD EPYC Zen 3 (AVX2), 1 thread"
+_XEON_AMX = "full-size model (MCE), Xeon with AMX-BF16/AMX-INT8, 1 thread"
+_BF16 = -6.7      # bf16 autocast, eager: 35.4 against 42.1, _TINY_12, on the Zen 4 (native bf16 products)
+_INT8 = -7.8      # torch dynamic int8 Linear: 34.4 against 42.1, _TINY_12, on the Zen 4 (-9.2 on the Zen 3)
+# fp16 autocast (the CUDA candidate), emulated on the Zen 4 CPU (fp16 inputs, fp32 accumulation, as on
+# tensor cores; maps within 2.5e-3 of fp32): 50.5 against 53.3 on the 12 sequences cut to 100 frames
+# each (1200 frames; bf16 -1.5 on the same frames: closed-loop tracking is chaotic, any perturbation
+# that moves an arg-max cell moves the trajectory)
+_FP16 = -2.8
+_FP16_ACCURACY = ("fp16 autocast emulated on the CPU (fp16 inputs, fp32 accumulation), ckd_tiny shipped weights, "
+                  "12 demo-style sequences x 100 frames")
+
+# What 'auto' may choose from: only rows whose accuracy effect is measured within SR_BOUND_POINTS and
+# that are faster (speed_ratio <= MAX_SPEED_RATIO); a hardware class without such a row runs the
+# exact fp32 eager path.  Add a row with measured figures (and their command) to extend it.  The
+# accuracy of a number format carries over between processors that compute it the same way (bf16 or
+# fp16 products with fp32 accumulation: AVX-512 BF16, AMX, CUDA tensor cores), so accuracy rows name
+# where they were measured; speed does not carry over, so it is per hardware class.  Figures:
+# benchmarks/bench_acceleration.py (frame-interleaved ratios to fp32 eager, same process).
+MEASURED_OPTIONS: tuple[MeasuredOption, ...] = (
+    # Intel Xeon with AMX (Sapphire Rapids and later): the team's figures
+    MeasuredOption("cpu", "amx", "bf16", "compile", 0.40, _XEON_AMX, _BF16,
+                   "bf16 autocast (measured eager), " + _TINY_12),
+    MeasuredOption("cpu", "amx", "bf16", "eager", 0.45, _XEON_AMX, _BF16, "measured on the Zen 4, " + _TINY_12),
+    MeasuredOption("cpu", "amx", "fp32", "int8", 0.46, _XEON_AMX, _INT8, "measured on the Zen 4, " + _TINY_12),
+    # AVX-512 BF16 without AMX (AMD EPYC Zen 4, family 25 model 17, 2 vCPUs, KVM; full-size model on it:
+    # bf16 x0.60, int8 x0.37, recipe weights, 6 frames)
+    MeasuredOption("cpu", "avx512_bf16", "bf16", "eager", 0.94, f"{_TINY_12}, {_ZEN4}", _BF16, _TINY_12),
+    MeasuredOption("cpu", "avx512_bf16", "fp32", "int8", 0.82, f"{_TINY_12}, {_ZEN4}", _INT8, _TINY_12),
+    MeasuredOption("cpu", "avx512_bf16", "fp32", "onnxruntime", 0.69,
+                   f"ckd_tiny, 3 demo sequences x 40 frames, {_ZEN4}", 0.0,
+                   "maps within 6e-7 of fp32 eager, same boxes; 0.0 on " + _TINY_12 + " on the Zen 3"),
+    # AVX2 only (AMD Zen 2/3, older Xeons): README Performance, ckd_tiny on the demo sequences
+    MeasuredOption("cpu", "avx2", "bf16", "eager", 7.7, f"ckd_tiny, 3 demo sequences, {_ZEN3} (bf16 emulated)",
+                   _BF16, "measured on the Zen 4, " + _TINY_12),
+    MeasuredOption("cpu", "avx2", "fp32", "compile", 1.00, f"ckd_tiny, 3 demo sequences, {_ZEN3}", 0.0,
+                   "maps within 1e-6 of fp32 eager"),
+    MeasuredOption("cpu", "avx2", "fp32", "int8", 0.93, f"ckd_tiny, 3 demo sequences, {_ZEN3}", -9.2,
+                   _TINY_12 + ", on the Zen 3"),
+    MeasuredOption("cpu", "avx2", "fp32", "onnxruntime", 0.66, f"ckd_tiny, 3 demo sequences, {_ZEN3}", 0.0,
+                   "maps within 1e-6 of fp32 eager, " + _TINY_12),
+    MeasuredOption("cpu", "avx2", "fp32", "onnxruntime-int8", 0.55, f"ckd_tiny, 3 demo sequences, {_ZEN3}", -2.3,
+                   _TINY_12 + ", on the Zen 3"),
+    # CUDA: autocast on tensor cores is the standard fast path (its speed for these models is not
+    # measured: no GPU was available); accuracy from the same number format computed on the CPU
+    MeasuredOption("cuda", "sm80+", "bf16", "eager", None, "bf16 tensor cores (Ampere+); " + _NO_GPU, _BF16,
+                   "bf16 autocast measured on the CPU (Zen 4, native bf16 products), " + _TINY_12),
+    MeasuredOption("cuda", "sm80+", "fp16", "eager", None, "fp16 tensor cores; " + _NO_GPU, _FP16, _FP16_ACCURACY),
+    MeasuredOption("cuda", "sm70+", "fp16", "eager", None, "fp16 tensor cores (Volta, Turing); " + _NO_GPU, _FP16,
+                   _FP16_ACCURACY),
+)
+
+
+def cuda_class(capability: tuple[int, int] | None) -> str:
+    """``sm80+`` (Ampere and later: bf16 and fp16 tensor cores), ``sm70+`` (Volta, Turing: fp16 tensor
+    cores only), ``older``; ``unknown`` without a capability."""
+    if capability is None:
+        return "unknown"
+    major = int(capability[0])
+    return "sm80+" if major >= 8 else "sm70+" if major >= 7 else "older"
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What ``precision: auto`` (or ``backend: auto``) chose, on what hardware, and why."""
+    precision: str
+    backend: str
+    reason: str
+    hardware: str = ""     # e.g. "cpu:avx512_bf16" or "cuda:sm80+"
+    automatic: bool = True
+
+    @property
+    def acceleration(self) -> Acceleration:
+        return Acceleration(self.precision, self.backend)
+
+    def log_line(self) -> str:
+        """``precision auto: chose bf16/eager because ...`` (the node logs it at configure)."""
+        if not self.automatic:
+            return f"precision {self.precision}, backend {self.backend} ({self.reason})"
+        return f"precision auto: chose {self.precision}/{self.backend} because {self.reason}"
+
+
+def choose_precision(device_type: str, cpu_flags: Iterable[str] = (), cuda_capability: tuple[int, int] | None = None,
+                     precision: str | None = None, backend: str | None = "eager",
+                     table: Sequence[MeasuredOption] = MEASURED_OPTIONS, unavailable_backends: Iterable[str] = (),
+                     device_name: str = "") -> PrecisionChoice:
+    """Pure: the fastest option of ``table`` for this hardware whose accuracy effect is measured within
+    :data:`SR_BOUND_POINTS`, else the exact path.
+
+    ``device_type``: ``"cpu"`` (class from ``cpu_flags``: :func:`ckd_ros.core.cpu_info.cpu_class`),
+    ``"cuda"`` (class from ``cuda_capability``, ``torch.cuda.get_device_capability``: :func:`cuda_class`)
+    or another torch device type (no rows: fp32).  ``precision`` / ``backend``: fixed by the caller
+    (None = chosen too; the default chooses the precision for the eager backend).
+    ``unavailable_backends``: left out (onnxruntime not installed, no C compiler for compile).
+    """
+    device_type = str(device_type).split(":")[0]
+    if device_type == "cpu":
+        hardware = cpu_class(cpu_flags)
+        what = f"CPU{' ' + device_name if device_name else ''} of class '{hardware}'"
+    elif device_type == "cuda":
+        hardware = cuda_class(cuda_capability)
+        capability = "unknown capability" if cuda_capability is None else \
+            f"compute capability {cuda_capability[0]}.{cuda_capability[1]}"
+        what = f"CUDA GPU{' ' + device_name if device_name else ''} ({capability}, class '{hardware}')"
+    else:
+        hardware = device_type
+        what = f"device type '{device_type}'"
+    fallback_precision = precision or "fp32"
+    fallback_backend = backend or "eager"
+    unavailable = set(unavailable_backends)
+    rows = [row for row in table if row.device == device_type and row.hardware == hardware
+            and (precision is None or row.precision == precision) and (backend is None or row.backend == backend)
+            and (row.precision, row.backend) != (fallback_precision, fallback_backend)]
+    rejected = [f"{row.option} unavailable here" for row in rows if row.backend in unavailable]
+    rows = [row for row in rows if row.backend not in unavailable]
+    rejected += [row.rejection() for row in rows if row.rejection()]
+    eligible = [row for row in rows if row.rejection() is None]
+    tag = f"{device_type}:{hardware}"
+    if eligible:
+        # measured ratios first, fastest first; unmeasured (CUDA) rows in table order after them
+        best = min(eligible, key=lambda row: (row.speed_ratio is None, row.speed_ratio or 0.0))
+        speed = f"x{best.speed_ratio:.2f} of fp32 eager ({best.speed})" if best.speed_ratio is not None else best.speed
+        reason = (f"{what}: fastest option documented within {SR_BOUND_POINTS:g} SR point: {speed}; "
+                  f"accuracy {best.sr_change:+.1f} SR points ({best.accuracy})")
+        others = rejected + [f"{row.option} slower" for row in eligible if row is not best]
+        if others:
+            reason += "; not chosen: " + "; ".join(others)
+        return PrecisionChoice(best.precision, best.backend, reason, tag)
+    if rows or rejected:
+        reason = (f"{what}: no option measured faster and within {SR_BOUND_POINTS:g} SR point "
+                  f"({'; '.join(rejected)}): {fallback_precision}/{fallback_backend}")
+    else:
+        reason = (f"{what}: no measured option for this hardware in acceleration.MEASURED_OPTIONS: "
+                  f"{fallback_precision}/{fallback_backend}")
+    if (fallback_precision, fallback_backend) == ("fp32", "eager"):
+        reason += " (exact, the official numbers)"
+    return PrecisionChoice(fallback_precision, fallback_backend, reason, tag)
+
+
+def _compiler_available() -> bool:
+    import shutil
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+def auto_precision(device: torch.device | str, precision: str = AUTO, backend: str = "eager") -> PrecisionChoice:
+    """:func:`choose_precision` for this machine: the CPU's flags (``/proc/cpuinfo``, else torch's CPU
+    capability) or the GPU's compute capability.  ``precision`` / ``backend``: ``"auto"`` = chosen,
+    anything else = fixed (then only the other one is chosen)."""
+    device = torch.device(device)
+    flags, capability, name = (), None, ""
+    if device.type == "cpu":
+        info = read_cpu_info()
+        flags, name = info.flags, info.model
+    elif device.type == "cuda":
+        capability = tuple(torch.cuda.get_device_capability(device))
+        name = torch.cuda.get_device_name(device)
+    unavailable = []
+    if importlib.util.find_spec("onnxruntime") is None:
+        unavailable += ["onnxruntime", "onnxruntime-int8"]
+    if device.type == "cpu" and not _compiler_available():
+        unavailable.append("compile")
+    return choose_precision(device.type, flags, capability, precision=None if precision == AUTO else precision,
+                            backend=None if backend == AUTO else backend, unavailable_backends=unavailable,
+                            device_name=name)

@@ -8,15 +8,18 @@
                            checkpoint="OSTrack_CKD_ep0010.pth.tar", device="cuda")
     tracker.initialize(rgb, thermal, (x, y, w, h))       # HxWx3 uint8 RGB; thermal HxW or HxWx3 uint8
     result = tracker.track(rgb, thermal)                  # result.box, result.score, result.state
+    tracker = init_tracker("ckd_tiny", precision="auto")  # fastest option measured within 1 SR point, else fp32
+    print(tracker.precision_choice.log_line())            # "precision auto: chose fp32/eager because ..."
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
 
-from .acceleration import Acceleration
+from .acceleration import AUTO, BACKENDS, PRECISIONS, Acceleration, PrecisionChoice, auto_precision
 from .checkpoint import load_model_weights
 from .config import CKDConfig, load_config
 from .model import CKDNet, build_ckd_model
@@ -58,6 +61,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def _check_names(precision: str, backend: str) -> None:
+    if precision != AUTO and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} or {AUTO!r}, got {precision!r}")
+    if backend != AUTO and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or {AUTO!r}, got {backend!r}")
+    if AUTO not in (precision, backend):
+        Acceleration(precision=precision, backend=backend)   # refuses e.g. bf16 with a CPU-only backend
+
+
+def select_acceleration(precision: str, backend: str, device: str | torch.device = "auto") -> PrecisionChoice:
+    """``precision`` / ``backend`` as :func:`init_tracker` and the node take them, ``"auto"`` allowed in
+    either, resolved for ``device`` (a name as for :func:`resolve_device`, or a torch.device).
+
+    ``precision="auto"`` (backend ``"eager"``): the fastest precision for that backend whose accuracy
+    effect is measured within 1 SR point on this CPU class / GPU (:data:`ckd_ros.core.acceleration.
+    MEASURED_OPTIONS`), else fp32; ``backend="auto"`` too: the backend may change as well (e.g.
+    ``onnxruntime``, exact and faster on the CPU classes where it was measured).  Without ``"auto"``
+    the request is checked and returned as is (``automatic=False``).  The result's ``log_line()`` says
+    what was chosen and why.
+    """
+    _check_names(precision, backend)
+    resolved = device if isinstance(device, torch.device) else resolve_device(device)
+    if AUTO in (precision, backend):
+        choice = auto_precision(resolved, precision, backend)
+    else:
+        choice = PrecisionChoice(precision, backend, "as requested", resolved.type, automatic=False)
+    choice.acceleration.check_device(resolved)
+    return choice
+
+
 def shipped_weights_path(config_name: str) -> Path:
     """Where the shipped weights of a small config live (``ckd_ros/core/weights/<name>.pth.tar``)."""
     return WEIGHTS_DIR / f"{config_name}.pth.tar"
@@ -97,15 +130,26 @@ def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.Pat
             deterministic untrained recipe weights, for tests and benchmarks.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (see :func:`resolve_device`).
         options: non-official tracker behaviour; default from the config's ``TEST.*`` keys.
-        precision: ``"fp32"`` (default, official numbers), ``"bf16"`` (autocast), ``"fp16"`` (CUDA only).
+        precision: ``"fp32"`` (default, official numbers), ``"bf16"`` (autocast), ``"fp16"`` (CUDA only),
+            ``"auto"`` (the fastest precision measured within 1 SR point on this CPU class or GPU, else
+            fp32; see :func:`select_acceleration`).
         backend: ``"eager"`` (default), ``"compile"`` (torch.compile), ``"int8"`` (dynamic int8 Linear
             layers, CPU), ``"onnxruntime"`` (ONNX export run by ONNX Runtime, CPU), ``"onnxruntime-int8"``
-            (the ONNX export with int8 weight MatMuls, ONNX Runtime, CPU); see
-            :mod:`ckd_ros.core.acceleration` and the README's Performance section for speed and accuracy.
+            (the ONNX export with int8 weight MatMuls, ONNX Runtime, CPU), ``"auto"`` (chosen like
+            precision ``"auto"``); see :mod:`ckd_ros.core.acceleration` and the README's Performance
+            section for speed and accuracy.
+
+    The tracker's ``precision_choice`` (:class:`~ckd_ros.core.acceleration.PrecisionChoice`) records
+    what was chosen and why (``precision_choice.log_line()``; also logged at INFO by ``ckd_ros.core.api``
+    when ``"auto"`` chose).
     """
-    acceleration = Acceleration(precision=precision, backend=backend)
+    _check_names(precision, backend)   # bad names fail before anything is loaded
     cfg = load_config(config)
     resolved = resolve_device(device)
-    acceleration.check_device(resolved)
+    choice = select_acceleration(precision, backend, resolved)
+    if choice.automatic:
+        logging.getLogger(__name__).info(choice.log_line())
     network = load_network(cfg, checkpoint, resolved)
-    return CKDTracker(network, cfg, resolved, options, acceleration)
+    tracker = CKDTracker(network, cfg, resolved, options, choice.acceleration)
+    tracker.precision_choice = choice
+    return tracker

@@ -122,6 +122,7 @@ class CkdTrackerNode(LifecycleNode):
         self._params: Optional[TrackerNodeParameters] = None
         self._tracker = None
         self._device = ''
+        self._acceleration = ''   # precision/backend in use (after 'auto' is resolved)
         self._device_note = ''
         self._gain = None
         self._registration: Optional[ThermalRegistration] = None
@@ -369,12 +370,19 @@ class CkdTrackerNode(LifecycleNode):
         """Load (and warm up) the tracker; the reason on failure."""
         params = self._params
         try:
-            import torch
             from ckd_ros import init_tracker
-            if params.torch_threads:
-                torch.set_num_threads(params.torch_threads)
+            from ckd_ros.core.api import select_acceleration
+            from ckd_ros.core.cpu_info import apply_threads, choose_threads
+            threads = choose_threads(params.torch_threads)
+            wait_policy_note = apply_threads(threads)
+            self.get_logger().info(threads.log_line())
+            if wait_policy_note:
+                self.get_logger().warning(wait_policy_note)
+            choice = select_acceleration(params.precision, params.backend, self._device)
+            self.get_logger().info(choice.log_line())
+            self._acceleration = f'{choice.precision}/{choice.backend}'
             tracker = init_tracker(params.model_config, checkpoint=params.checkpoint or None, device=self._device,
-                                   precision=params.precision, backend=params.backend)
+                                   precision=choice.precision, backend=choice.backend)
             if params.warmup:
                 self._warm_up(tracker)
         except Exception as error:
@@ -891,6 +899,7 @@ class CkdTrackerNode(LifecycleNode):
                 ('lifecycle_state', state), ('tracker_state', STATE_NAMES[self._target_state]),
                 ('target_id', self._target_id), ('model_config', self._model_config_name()),
                 ('device', self._device or 'none'), ('device_note', self._device_note),
+                ('acceleration', self._acceleration or 'none'),
                 ('rgb_rate_hz', f"{stats['rgb_rate']:.2f}"), ('thermal_rate_hz', f"{stats['thermal_rate']:.2f}"),
                 ('pair_rate_hz', f"{stats['pair_rate']:.2f}"), ('output_rate_hz', f"{stats['output_rate']:.2f}"),
                 ('pair_dt_mean_abs_s', f"{stats['pair_dt_mean_abs']:.4f}"),

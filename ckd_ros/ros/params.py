@@ -25,8 +25,11 @@ MAX_SECONDS = 1e6
 MAX_INPUT_DEPTH = 10000
 # ckd_ros.core.acceleration.PRECISIONS / BACKENDS, repeated so that this module does not import torch
 # (test/test_acceleration.py checks they agree)
-PRECISION_CHOICES = ('fp32', 'bf16', 'fp16')
-BACKEND_CHOICES = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8')
+# plus 'auto' (ckd_ros.core.api.select_acceleration)
+PRECISION_CHOICES = ('fp32', 'bf16', 'fp16', 'auto')
+BACKEND_CHOICES = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8', 'auto')
+# More torch threads than this is a typo, not a machine (and far more than cores starves the executor).
+MAX_TORCH_THREADS = 256
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,10 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
                   "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; CUDA that is not present falls back "
                   'to CPU with a warning'),
     ParameterSpec('precision', 'fp32',
-                  "'fp32' (official numbers), 'bf16' (autocast; slower on CPUs without AVX-512 BF16) or 'fp16' (CUDA only)"),
+                  "'fp32' (official numbers), 'bf16' (autocast), 'fp16' (CUDA only) or 'auto': the fastest precision measured within 1 SR point on this CPU class / GPU, else fp32 (the choice and its reason are logged at configure)"),
     ParameterSpec('backend', 'eager',
-                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU), 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager) or 'onnxruntime-int8' (ONNX Runtime with int8 weight MatMuls, CPU); see the README's Performance section"),
-    ParameterSpec('torch_threads', 0, 'CPU threads for torch (0 = torch default)'),
+                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU), 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager), 'onnxruntime-int8' (ONNX Runtime with int8 weight MatMuls, CPU) or 'auto' (chosen with precision: e.g. 'onnxruntime' where it was measured exact and faster); see the README's Performance section"),
+    ParameterSpec('torch_threads', 0, 'CPU threads for torch (at most 256); 0 = choose: 1 on <= 2 usable cores (affinity, physical cores, cgroup quota), else usable - 1 (at most 8); logged at configure'),
     ParameterSpec('warmup', True, 'run one initialize + track on a blank frame at configure (first-frame latency)'),
     ParameterSpec('unload_on_deactivate', False,
                   'load the model at activate and free it at deactivate (frees GPU memory while inactive; '
@@ -246,7 +249,7 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         device=_device('device', g('device')),
         precision=_choice('precision', g('precision'), PRECISION_CHOICES),
         backend=_choice('backend', g('backend'), BACKEND_CHOICES),
-        torch_threads=_integer('torch_threads', g('torch_threads'), 0),
+        torch_threads=_integer('torch_threads', g('torch_threads'), 0, MAX_TORCH_THREADS),
         warmup=_boolean('warmup', g('warmup')),
         unload_on_deactivate=_boolean('unload_on_deactivate', g('unload_on_deactivate')),
         input_reliability=_choice('input.reliability', g('input.reliability'), RELIABILITY_CHOICES),
