@@ -79,6 +79,11 @@ class BagReadError(RuntimeError):
         self.last_stamp_ns = last_stamp_ns
 
 
+class BagLimitError(BagReadError):
+    """A bag refused before reading: its compressed data would decompress to more than the limits allow
+    (:data:`MAX_DECOMPRESSED_BYTES`, :data:`MAX_LIVE_CHUNK_BYTES`); never read past, not even in part."""
+
+
 # --------------------------------------------------------------------------------------------
 # Types
 
@@ -399,6 +404,183 @@ def convert_dataset(dataset: Dataset, out_dir: str | os.PathLike, sequences: Seq
 
 
 # --------------------------------------------------------------------------------------------
+# Decompression limits
+#
+# MCAP chunks (and rosbag2's per-message zstd compression) are decompressed whole, in memory, by rosbags
+# and by the mcap library: ``zstd.decompress`` ignores the size a chunk declares and inflates whatever the
+# data holds (zstd turns 10 MB of zeros into 327 bytes), so a 98 KB bag reached 6.1 GB.  Every such
+# decompression here goes through :func:`_decompress_at_most`: a declared size over the cap is refused
+# before anything is decompressed, and the output never exceeds the declared size (a chunk that lies
+# about its size is an error after ``size + 1`` bytes).  rosbags also keeps every chunk whose time range
+# covers the current time decompressed at once, so the chunk index is checked for that total too.
+
+MAX_DECOMPRESSED_BYTES = 256 << 20   # one MCAP chunk or one compressed message, uncompressed
+MAX_LIVE_CHUNK_BYTES = 1 << 30       # MCAP chunks whose time ranges overlap (held in memory together)
+
+
+class DecompressionLimitError(ValueError):
+    """Compressed bag data declares or inflates to more than :data:`MAX_DECOMPRESSED_BYTES`."""
+
+
+def _decompress_at_most(data: bytes, compression: str, size: int | None, what: str = 'an MCAP chunk') -> bytes:
+    """``data`` decompressed (``''``, ``'zstd'`` or ``'lz4'``), refusing more than ``size`` bytes (the
+    declared size; None: unknown) or :data:`MAX_DECOMPRESSED_BYTES`, without producing them."""
+    if compression == '':
+        return data         # stored as is: bytes the file really holds, nothing to inflate
+    limit = MAX_DECOMPRESSED_BYTES if size is None else size
+    if limit > MAX_DECOMPRESSED_BYTES:
+        raise DecompressionLimitError(
+            f'{what} declares {size} bytes uncompressed, over the cap of {MAX_DECOMPRESSED_BYTES} bytes '
+            '(bagio.MAX_DECOMPRESSED_BYTES): refusing to decompress it (a damaged bag or a decompression bomb)')
+    if compression == 'zstd':
+        try:
+            from compression import zstd
+        except ImportError:
+            from backports import zstd
+
+        def decompressor():
+            return zstd.ZstdDecompressor()
+    elif compression == 'lz4':
+        import lz4.frame
+
+        def decompressor():
+            return lz4.frame.LZ4FrameDecompressor()
+    else:
+        raise ValueError(f'unsupported compression {compression!r}')
+    parts, total, rest = [], 0, bytes(data)
+    while rest:                                   # one frame after the other (writers make one)
+        if compression == 'zstd':
+            # a zstd frame usually states its size: refuse an oversized one before decompressing anything
+            try:
+                stated = zstd.get_frame_info(rest).decompressed_size
+            except Exception:    # no readable frame header: the decompressor reports it
+                stated = None
+            if stated is not None and stated > limit - total:
+                raise DecompressionLimitError(
+                    f'{what} holds a zstd frame of {stated} bytes uncompressed, more than the '
+                    f'{"declared " + str(size) if size is not None else "cap of " + str(limit)} bytes: refusing '
+                    'to decompress it (a damaged bag or a decompression bomb)')
+        engine = decompressor()
+        part = engine.decompress(rest, max_length=limit + 1 - total)
+        parts.append(part)
+        total += len(part)
+        if total > limit:
+            declared = f'declares {size} bytes' if size is not None else 'has no declared size'
+            raise DecompressionLimitError(
+                f'{what} {declared} but decompresses to more than {limit} bytes: refusing to decompress it '
+                '(a damaged bag or a decompression bomb)')
+        if not engine.eof:
+            raise ValueError(f'{what} holds incomplete {compression} data')
+        rest = engine.unused_data
+    return b''.join(parts)
+
+
+class _BoundedZstdModule:
+    """Stands in for the ``zstd`` module of ``rosbags.rosbag2.reader``: per-message decompression is
+    bounded; everything else (``open`` for file compression) is the real module."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def decompress(self, data, *args, **kwargs):
+        return _decompress_at_most(data, 'zstd', None, 'a zstd-compressed message')
+
+
+def _bound_rosbags_decompression() -> None:
+    """Route rosbags' MCAP chunk and per-message decompression through :func:`_decompress_at_most`
+    (rosbags offers no limit of its own; its tables and module global are replaced once)."""
+    from rosbags.rosbag2 import reader, storage_mcap
+    table = storage_mcap.DECOMPRESSORS
+    if getattr(table.get('zstd'), '_ckd_bounded', False):
+        return
+    for name in ('zstd', 'lz4'):
+        def bounded(data, size, _name=name):
+            return _decompress_at_most(data, _name, size)
+        bounded._ckd_bounded = True
+        table[name] = bounded
+    if hasattr(reader, 'zstd') and not isinstance(reader.zstd, _BoundedZstdModule):
+        reader.zstd = _BoundedZstdModule(reader.zstd)
+
+
+def _mcap_chunk_index(file: Path) -> list[tuple[int, int, int, int, bytes]]:
+    """``(message_start_time, message_end_time, chunk_start_offset, uncompressed_size, compression)`` of every chunk
+    index record in the summary section of an MCAP file, parsed here field by field as rosbags reads them
+    (the mcap library's ``get_summary`` would decompress a chunk record found there, without limit).
+    Nothing is decompressed; [] without a summary; a damaged summary ends the list (rosbags reports it)."""
+    import struct
+    entries = []
+    size = file.stat().st_size
+    with open(file, 'rb') as handle:
+        if size < 8 + 37:
+            return entries
+        handle.seek(size - 37)
+        footer = handle.read(37)
+        if footer[:9] != b'\x02\x14' + bytes(7):
+            return entries
+        (position,) = struct.unpack_from('<Q', footer, 9)     # summary_start (0: no summary section)
+        if not position or position > size - 37:
+            return entries
+        handle.seek(position)
+        while True:
+            head = handle.read(9)
+            if len(head) < 9 or head[0] in (0x02, 0x0E):      # footer / summary offsets: end of the index
+                break
+            (length,) = struct.unpack_from('<Q', head, 1)
+            if length > size:
+                break
+            if head[0] != 0x08:
+                handle.seek(length, 1)
+                continue
+            body = handle.read(length)
+            try:
+                start, end, offset, _ = struct.unpack_from('<QQQQ', body, 0)
+                cursor = 32
+                cursor += 4 + struct.unpack_from('<I', body, cursor)[0] + 8   # message index offsets, length
+                (name_length,) = struct.unpack_from('<I', body, cursor)
+                compression = body[cursor + 4:cursor + 4 + name_length]
+                cursor += 4 + name_length
+                _, uncompressed = struct.unpack_from('<QQ', body, cursor)
+            except struct.error:
+                break
+            entries.append((start, end, offset, uncompressed, compression))
+    return entries
+
+
+def _check_mcap_chunk_index(path: Path) -> None:
+    """Refuse an MCAP bag whose chunk index declares a chunk over :data:`MAX_DECOMPRESSED_BYTES` or chunks
+    overlapping in time that together exceed :data:`MAX_LIVE_CHUNK_BYTES` (rosbags would hold them
+    decompressed at once).  Reads only the summary section; a file without one is read chunk after chunk
+    (bounded one by one)."""
+    events = []
+    for file in _mcap_files(path):
+        seen = set()
+        for start, end, offset, uncompressed, compression in _mcap_chunk_index(file):
+            if offset in seen:    # rosbags would read (and decompress) that chunk once per entry, all at once
+                raise BagLimitError(file, f'its chunk index lists the chunk at byte {offset} more than once: '
+                                          'refusing to read it (a damaged bag or a decompression bomb)')
+            seen.add(offset)
+            # an uncompressed chunk holds its bytes in the file; it still counts in the overlap total below
+            if compression and uncompressed > MAX_DECOMPRESSED_BYTES:
+                raise BagLimitError(file, f'its chunk at byte {offset} declares {uncompressed} bytes uncompressed, '
+                                          f'over the cap of {MAX_DECOMPRESSED_BYTES} bytes '
+                                          '(bagio.MAX_DECOMPRESSED_BYTES): refusing to decompress it (a damaged bag '
+                                          'or a decompression bomb)')
+            events.append((start, 0, uncompressed))
+            events.append((end, 1, -uncompressed))
+    live = 0
+    for time_ns, _, change in sorted(events):     # at equal times chunks open (0) before others close (1)
+        live += change
+        if live > MAX_LIVE_CHUNK_BYTES:
+            raise BagLimitError(path, f'chunks overlapping in time at {time_ns} ns declare {live} bytes uncompressed '
+                                     f'together, over the cap of {MAX_LIVE_CHUNK_BYTES} bytes '
+                                     '(bagio.MAX_LIVE_CHUNK_BYTES): refusing to read the bag (a damaged bag or a '
+                                     'decompression bomb)')
+
+
+# --------------------------------------------------------------------------------------------
 # Reading
 
 def _open_reader(path: Path, store):
@@ -411,9 +593,13 @@ def _open_reader(path: Path, store):
             raise BagReadError(path, 'a sqlite3 database without metadata.yaml: its recording never finished '
                                      '(rosbags commits sqlite3 only when it closes the bag)')
         raise BagReadError(path, 'not a rosbag2 bag: the folder has no metadata.yaml or .mcap file')
+    _bound_rosbags_decompression()
+    _check_mcap_chunk_index(path)
     try:
         reader = AnyReader([path], default_typestore=store)
         reader.open()
+    except DecompressionLimitError as exc:   # from rosbags' scan of an MCAP file without a chunk index
+        raise BagLimitError(path, f'cannot open bag: {exc}') from exc
     except Exception as exc:  # rosbags raises several types for unreadable files
         raise BagReadError(path, f'cannot open bag ({type(exc).__name__}: {exc})') from exc
     return reader
@@ -495,6 +681,30 @@ def _partial_chunk_records(data: bytes) -> tuple[list, int]:
     return records, position
 
 
+def _chunk_records(chunk) -> list:
+    """The schema, channel and message records of an MCAP chunk (``mcap.stream_reader.breakup_chunk``
+    with the bounded decompression of :func:`_decompress_at_most`)."""
+    from io import BytesIO
+
+    from mcap.data_stream import ReadDataStream
+    from mcap.records import Channel, Message, Schema
+    data = _decompress_at_most(chunk.data, chunk.compression, chunk.uncompressed_size)
+    stream = ReadDataStream(BytesIO(data))
+    records = []
+    while stream.count < len(data):
+        opcode = stream.read1()
+        length = stream.read8()
+        if opcode == 0x04:
+            records.append(Channel.read(stream))
+        elif opcode == 0x05:
+            records.append(Message.read(stream, length))
+        elif opcode == 0x03:
+            records.append(Schema.read(stream))
+        else:
+            stream.read(length)
+    return records
+
+
 def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) -> Iterator[tuple[str, int, object]]:
     """Read an MCAP file record by record (no summary section needed), up to the first damage.
 
@@ -502,7 +712,7 @@ def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) 
     before the damage are still valid, so they are yielded (those of a chunk cut short too, when it is
     uncompressed) and the damage is reported with its byte offset.
     """
-    from mcap.records import Channel, Message, Schema
+    from mcap.records import Channel, Chunk, Message, Schema
     from mcap.stream_reader import StreamReader
     files = _mcap_files(path)
     if len(files) != 1:
@@ -532,14 +742,26 @@ def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) 
             return topic, record.log_time, message
         return None
 
+    def unpacked(stream_records):
+        # The mcap library decompresses a chunk without any limit; take chunks whole and unpack them here
+        # (bounded by the chunk's declared size and MAX_DECOMPRESSED_BYTES).
+        for record in stream_records:
+            if isinstance(record, Chunk):
+                yield from _chunk_records(record)
+            else:
+                yield record
+
     with open(file, 'rb') as handle:
-        records = StreamReader(handle).records
+        # no record is longer than the file: a damaged length fails here instead of asking for gigabytes
+        records = unpacked(StreamReader(handle, emit_chunks=True, record_size_limit=size).records)
         while True:
             offset = handle.tell()
             try:
                 record = next(records)
             except StopIteration:
                 break
+            except DecompressionLimitError as exc:
+                raise BagLimitError(file, f'{exc} (the record at byte {offset} of {size})', count, last) from exc
             except Exception as exc:
                 damage = offset
                 handle.seek(offset)
@@ -573,7 +795,7 @@ def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None, 
     try:
         reader = _open_reader(path, store)
     except BagReadError as exc:
-        if not _mcap_files(path):
+        if isinstance(exc, BagLimitError) or not _mcap_files(path):
             raise
         yield from _salvage_mcap(path, wanted, store, exc.__cause__ or exc)
         return
@@ -589,6 +811,8 @@ def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None, 
                 message = reader.deserialize(raw, connection.msgtype)
             except StopIteration:
                 break
+            except DecompressionLimitError as exc:
+                raise BagLimitError(path, str(exc), count, last) from exc
             except Exception as exc:
                 raise BagReadError(path, f'corrupt or truncated data ({type(exc).__name__}: {exc})', count,
                                    last) from exc

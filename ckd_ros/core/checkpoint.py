@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import pickletools
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +65,21 @@ def _stand_in(official_name: str) -> type:
     return cls
 
 
+# Limits on the zip records of a checkpoint (checked before anything is decompressed).  torch writes its
+# records stored (uncompressed): their sizes are bytes the file really holds.  A compressed (deflated)
+# record, which torch.load also reads, can declare and inflate to ~1000x its size, and torch.load
+# allocates and inflates it in one piece: a 3 MB file reached 3.4 GB of memory.  Records that overlap
+# (several directory entries on the same data) multiply that again.
+MAX_INFLATE_RATIO = 100          # declared / compressed size of the compressed records, all together
+MAX_INFLATED_BYTES = 4 << 30     # absolute cap on what the compressed records may inflate to
+_RATIO_FREE_BYTES = 1 << 20      # below this much inflated data the ratio is not applied (tiny records)
+_ZIP_MAGIC = b"PK\x03\x04"     # what torch.load looks at to read a file as a zip checkpoint
+# How many pickles of a legacy (pre-1.6, non-zip) file to scan for globals: magic number, protocol,
+# system info, the object, the storage keys; raw tensor bytes follow.
+_LEGACY_PICKLES = 5
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
 # Official pickled names -> stand-in classes (the only non-tensor classes a checkpoint may name).
 STAND_IN_CLASSES: dict[str, type] = {name: _stand_in(name) for name in (
     "lib.train.admin.settings.Settings",
@@ -80,7 +97,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
-    _verify_zip_crcs(path)
+    _verify_zip(path)
     allowed = [(cls, name) for name, cls in STAND_IN_CLASSES.items()]
     try:
         with torch.serialization.safe_globals(allowed):
@@ -88,26 +105,49 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     except pickle.UnpicklingError as exc:
         reason = _unsafe_reason(str(exc))
         if reason is None:
-            raise _corrupt(path, exc) from None
+            # torch's restricted unpickler stops at the first opcode it does not read (the FRAME of
+            # protocol 4/5 pickles) before it sees any global, and calls that a failed load: look at the
+            # globals the pickle names ourselves (pickletools only parses, it runs nothing).
+            unsafe = _unsafe_globals(path)
+            if unsafe:
+                reason = f"it names {', '.join(unsafe[:5])}{' ...' if len(unsafe) > 5 else ''}"
+            elif "Unsupported operand" in str(exc) and (protocol := _pickle_protocol(path)) >= 4:
+                raise CheckpointError(
+                    f"refusing to load {path}: its pickle uses protocol {protocol} opcodes that the restricted "
+                    f"loader does not read ({_torch_detail(exc)}); no unsafe global was found in it: ask for a file "
+                    "written with torch.save's default pickle protocol (2)") from None
+            else:
+                raise _corrupt(path, exc) from None
         raise CheckpointError(
-            f"refusing to load {path}: its pickle names something other than tensors, plain containers and the "
-            f"known training classes ({', '.join(STAND_IN_CLASSES)}), and loading it could run arbitrary code "
-            f"({reason})") from None
+            f"refusing to load {path}: unsafe, its pickle names something other than tensors, plain containers "
+            f"and the known training classes ({', '.join(STAND_IN_CLASSES)}), and loading it could run arbitrary "
+            f"code ({reason})") from None
     except Exception as exc:  # zip/EOF/legacy-format errors of torch.load on damaged or foreign files
         raise _corrupt(path, exc) from None
 
 
-def _verify_zip_crcs(path: Path) -> None:
-    """torch.load does not check the CRC-32 of the records of a zip checkpoint: a flipped bit in a tensor
+def _verify_zip(path: Path) -> None:
+    """Check a zip checkpoint before torch.load reads it: record sizes (:func:`_check_zip_sizes`), then
+    CRCs.
+
+    torch.load does not check the CRC-32 of the records of a zip checkpoint: a flipped bit in a tensor
     loads as a silently different weight. Read every record once through ``zipfile``, which checks its
     CRC (about 1 s per GB; torch.load then reads the file from the page cache). Files written with
     torch's CRC computation switched off (every CRC zero) and legacy non-zip files carry no CRCs."""
-    import zipfile
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return   # not a zip (legacy format) or damaged: torch.load reports it
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        try:
+            with open(path, "rb") as handle:
+                looks_zip = handle.read(4) == _ZIP_MAGIC
+        except OSError:
+            return   # unreadable: torch.load reports it
+        if looks_zip:
+            # torch.load would read it as a zip with its own reader, past the size checks below
+            raise _corrupt(path, exc) from None
+        return   # not a zip (legacy format): torch.load reads or reports it
     with archive:
+        _check_zip_sizes(path, archive)
         records = [info for info in archive.infolist() if info.file_size]
         if records and all(info.CRC == 0 for info in records):
             return
@@ -125,21 +165,178 @@ def _verify_zip_crcs(path: Path) -> None:
                 return
 
 
+def _check_zip_sizes(path: Path, archive: zipfile.ZipFile) -> None:
+    """Refuse, from the sizes the zip directory declares and before anything is decompressed, a
+    checkpoint whose records would inflate far beyond the file (see ``MAX_INFLATE_RATIO``)."""
+    file_size = path.stat().st_size
+    infos = archive.infolist()
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"refusing to load {path} ({file_size} bytes): {why}; a damaged file or a "
+                               "decompression bomb, nothing was decompressed")
+
+    stored_total = compressed_total = inflated_total = 0
+    for info in infos:
+        if info.header_offset + info.compress_size > file_size:
+            raise refuse(f"its zip record {info.filename} claims {info.compress_size} bytes at offset "
+                         f"{info.header_offset}, past the end of the file")
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.file_size != info.compress_size:
+                raise refuse(f"its stored (uncompressed) zip record {info.filename} declares {info.file_size} "
+                             f"bytes but holds {info.compress_size}")
+            stored_total += info.compress_size
+        else:
+            compressed_total += info.compress_size
+            inflated_total += info.file_size
+    if stored_total + compressed_total > file_size:
+        raise refuse(f"its {len(infos)} zip records declare {stored_total + compressed_total} bytes of data, more "
+                     "than the file holds (records overlap)")
+    if inflated_total > MAX_INFLATED_BYTES:
+        raise refuse(f"its compressed zip records declare {inflated_total} bytes uncompressed, over the cap of "
+                     f"{MAX_INFLATED_BYTES} bytes")
+    if inflated_total > _RATIO_FREE_BYTES and inflated_total > MAX_INFLATE_RATIO * compressed_total:
+        raise refuse(f"its compressed zip records declare {inflated_total} bytes uncompressed from "
+                     f"{compressed_total} bytes (ratio {inflated_total / max(compressed_total, 1):.0f}, "
+                     f"limit {MAX_INFLATE_RATIO}; torch itself writes uncompressed records)")
+
+
 # Lines of torch's weights-only unpickler errors that mean "this pickle wants to run/instantiate code".
 _UNSAFE_MARKERS = ("Unsupported global", "unrecognized function", "Can only", "blocked", "was not an allowed global")
+# Parts of torch.load's error text that are advice, not the problem: torch says that weights_only=False
+# "will likely succeed" (it would run the pickle's code) or how to allow-list a global.  Never repeated.
+_ADVICE_MARKERS = ("weights_only", "Weights only load failed", "Please file an issue", "Check the documentation",
+                   "add_safe_globals", "safe_globals(")
 
 
 def _unsafe_reason(message: str) -> str | None:
     for line in message.splitlines():
         if any(marker in line for marker in _UNSAFE_MARKERS):
-            return line.strip()
+            return line.split(" Please use", 1)[0].strip()
     return None
 
 
+def _torch_detail(exc: BaseException) -> str:
+    """The first line of torch.load's error that states the problem, without torch's advice."""
+    for line in str(exc).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not any(marker in line for marker in _ADVICE_MARKERS):
+            return line
+    return ""
+
+
 def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
-    detail = str(exc).splitlines()[0] if str(exc) else ""
     return CheckpointError(f"{path} ({path.stat().st_size} bytes) is truncated or not a torch checkpoint: "
-                           f"{type(exc).__name__}: {detail}")
+                           f"{type(exc).__name__}: {_torch_detail(exc)}")
+
+
+# ---- what a pickle names, without unpickling it ------------------------------------------------------
+
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
+_NO_PUSH_OPS = {"PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "POP", "POP_MARK",
+                "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS", "BUILD", "MARK"}
+
+
+def _scan_globals(stream, found: list[str]) -> None:
+    """Append to ``found`` the ``module.name`` of every global one pickle in ``stream`` names
+    (``GLOBAL``/``INST``, and ``STACK_GLOBAL`` with its two strings followed through the memo).  Reads one
+    pickle (up to its STOP); raises ValueError on data that is not a pickle."""
+    pushed: list = []          # rough model of the stack: strings where known, None otherwise
+    memo: dict = {}
+    for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):
+            found.append(".".join(str(arg).split(" ", 1)))
+            pushed.append(None)
+        elif name == "STACK_GLOBAL":
+            module, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
+            found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str)
+                         else "<a global whose name is computed>")
+            pushed.append(None)
+        elif name in _STRING_OPS:
+            pushed.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else None)
+        elif name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1] if pushed else None
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif name not in _NO_PUSH_OPS:
+            pushed.append(None)
+        del pushed[:-64]        # STACK_GLOBAL reads the two latest entries; keep the model small
+
+
+def _allowed_globals() -> set[str]:
+    """Names the restricted loader accepts: torch's weights-only allow-list, the registered safe globals
+    and the stand-in classes."""
+    names = set(STAND_IN_CLASSES)
+    try:
+        from torch import _weights_only_unpickler
+        names.update(_weights_only_unpickler._get_allowed_globals())
+    except Exception:  # a private helper: without it every global is reported
+        pass
+    for entry in torch.serialization.get_safe_globals():
+        obj, name = entry if isinstance(entry, tuple) else (entry, None)
+        names.add(name or f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}")
+    return names
+
+
+def _zip_pickle_name(archive: zipfile.ZipFile) -> str | None:
+    """The record torch.load unpickles in a zip checkpoint (``<folder>/data.pkl``)."""
+    return next((n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The globals named by the pickle(s) of a checkpoint: ``data.pkl`` of a zip (its sizes were checked
+    before), else the first pickle of the file and, when that is torch's legacy magic number, the legacy
+    layout's following pickles (protocol, system info, object, storage keys)."""
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = _zip_pickle_name(archive)
+                if name is not None:
+                    with archive.open(name) as handle:
+                        _scan_globals(handle, found)
+            return found
+        with open(path, "rb") as handle:
+            _scan_globals(handle, found)
+            if found:
+                return found          # a raw pickle (not torch's legacy layout) naming globals
+            handle.seek(0)
+            magic = [arg for _, arg, _ in pickletools.genops(handle) if isinstance(arg, int) and arg > 1 << 64]
+            if magic == [_LEGACY_MAGIC]:
+                for _ in range(_LEGACY_PICKLES - 1):
+                    _scan_globals(handle, found)
+    except Exception:  # damaged data ends the scan; what was found so far stands
+        pass
+    return found
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    allowed = _allowed_globals()
+    unsafe = []
+    for name in _pickled_globals(path):
+        if name not in allowed and name not in unsafe:
+            unsafe.append(name)
+    return unsafe
+
+
+def _pickle_protocol(path: Path) -> int:
+    """The protocol a checkpoint's (first) pickle declares (0 when none can be read)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = _zip_pickle_name(archive)
+                if name is None:
+                    return 0
+                with archive.open(name) as handle:
+                    head = handle.read(2)
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+    except Exception:
+        return 0
+    return head[1] if len(head) == 2 and head[0] == pickle.PROTO[0] else 0
 
 
 def _as_state_dict(obj: Any, source: str) -> Mapping[str, torch.Tensor]:
@@ -163,6 +360,14 @@ def _is_optional(key: str) -> bool:
     return key.endswith(OPTIONAL_SUFFIXES)
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN/inf in a floating tensor of any dtype: the float8 variants (and any other small float) are
+    checked in float32, which holds every one of their values, NaN and inf included."""
+    if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        tensor = tensor.to(torch.float32)
+    return bool(torch.isfinite(tensor).all())
+
+
 def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
     """Map a checkpoint object (``{'net': ...}`` or a plain state dict) onto ``model``'s keys.
 
@@ -171,7 +376,8 @@ def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint")
     ``pos_embed`` and ``num_batches_tracked`` (never read at inference) may be absent: they are then
     zero.  Raises :class:`CheckpointError` listing missing or unexpected keys, naming keys whose shape
     differs or whose dtype is not a float (integer for ``num_batches_tracked``) or that hold NaN/inf.
-    Floating tensors of another precision are converted to the model's dtype.  For a shared-student
+    Floating tensors of another precision (float64, float16, bfloat16, float8 ...) are converted to the
+    model's dtype before the NaN/inf check (a value can overflow there).  For a shared-student
     model the ``rgb_branch.*`` and ``tir_branch.*`` entries must be equal.
     """
     state = strip_module_prefix(_as_state_dict(raw, source))
@@ -200,10 +406,21 @@ def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint")
             if not value.is_floating_point():
                 problems.append(f"{key}: dtype {value.dtype} in the file, model needs a floating tensor ({target.dtype})")
                 continue
-            if not bool(torch.isfinite(value).all()):
-                problems.append(f"{key}: contains NaN or infinite values")
+            # Convert first, then check: float64 weights of 1e300 are finite in the file but inf in the
+            # model's float32, and torch.isfinite is not implemented for the float8 types (and wrong for
+            # float8_e8m0fnu, whose NaN it calls finite).
+            source_dtype = value.dtype
+            try:
+                value = value.to(target.dtype)
+            except (RuntimeError, NotImplementedError, TypeError) as exc:   # e.g. packed float4
+                problems.append(f"{key}: dtype {source_dtype} in the file cannot be converted to the model's "
+                                f"{target.dtype} ({type(exc).__name__})")
                 continue
-            value = value.to(target.dtype)
+            if not _all_finite(value):
+                problems.append(f"{key}: contains NaN or infinite values"
+                                + (f" once converted from the file's {source_dtype} to the model's {target.dtype}"
+                                   if source_dtype != target.dtype else ""))
+                continue
         elif value.is_floating_point() or value.is_complex():
             problems.append(f"{key}: dtype {value.dtype} in the file, model needs {target.dtype}")
             continue

@@ -114,8 +114,15 @@ def clip_box(box: Sequence[float], height: int, width: int, margin: float = 0) -
 
     ``x2 = x1 + w`` from the unclamped box; ``x1 := min(max(0, x1), W - margin)``,
     ``x2 := min(max(margin, x2), W)``, ``w = max(margin, x2 - x1)``; same for y.
+
+    A box with a NaN or infinite value raises ValueError: the official min/max chain would turn NaN
+    into ``(0, 0, margin, margin)`` (Python's ``max(0, nan)`` is 0) and inf into a margin-sized box at
+    the frame edge, i.e. a garbage network output would come out as a plausible box.  Callers (the
+    tracker) check the network output first and keep their last good box.
     """
     x1, y1, w, h = box
+    if not all(math.isfinite(v) for v in (x1, y1, w, h)):
+        raise ValueError(f"cannot clip a non-finite box {tuple(box)} (the network output was NaN or infinite)")
     x2, y2 = x1 + w, y1 + h
     x1 = min(max(0, x1), width - margin)
     x2 = min(max(margin, x2), width)

@@ -16,9 +16,16 @@ Options (``TEST.*`` config keys or :class:`TrackerOptions`; all off = official n
 * ``template_update_interval`` N > 0: every N-th frame whose score is at least
   ``template_update_threshold`` re-crops both templates around the new box (the official tracker
   never updates its templates).
+
+Non-finite network output (NaN/inf in the score map or in the decoded box: broken weights, an fp16
+overflow, a faulty accelerator) is never turned into a box: :meth:`CKDTracker.track` then keeps the last
+good box as its state and returns it with ``score`` NaN, state ``"LOST"`` and ``error`` set
+(``valid`` False), whatever the options.  :meth:`CKDTracker.warm_up` runs the network once on a blank
+frame pair and raises :class:`NonFiniteOutputError` when its output is not finite.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,14 +42,29 @@ LOST = "LOST"
 CLIP_MARGIN = 10  # official clip_box margin in pixels
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The network's output is NaN or infinite (raised by :meth:`CKDTracker.warm_up`)."""
+
+
 @dataclass(frozen=True)
 class TrackResult:
     """One frame's result: ``box`` = (x, y, w, h) floats in frame pixels, ``score`` in [0, 1]
-    (1.0 for the initial box), ``state`` ``"TRACKING"`` or ``"LOST"``, ``frame_index`` (0 = init)."""
+    (1.0 for the initial box), ``state`` ``"TRACKING"`` or ``"LOST"``, ``frame_index`` (0 = init).
+
+    ``error`` is None for a normal result.  When the network output of the frame was not finite it
+    says so; the result then carries the last good box (the tracker's unchanged state), ``score``
+    NaN and state ``"LOST"``, and :attr:`valid` is False.  (A field with a default, so results built
+    with the four fields alone stay valid.)"""
     box: tuple[float, float, float, float]
     score: float
     state: str
     frame_index: int
+    error: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        """False when the frame's network output was NaN/inf (see ``error``)."""
+        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -178,10 +200,23 @@ class CKDTracker:
         score_map, size_map, offset_map = self.runner([self.preprocess(x_rgb), self.preprocess(x_tir)],
                                                       peak_weight=self.window)
         boxes = decode_center_boxes(self.window * score_map, size_map, offset_map)
-        pred_box = (boxes.view(-1, 4).mean(dim=0) * self.search_size / resize_factor).tolist()
-        new_box = clip_box(map_box_back(pred_box, self._box, self.search_size, resize_factor), height, width,
-                           margin=CLIP_MARGIN)
-        score = float(score_map.max())
+        pred = boxes.view(-1, 4).mean(dim=0) * self.search_size / resize_factor
+        # One device sync for the box, the peak score and "is the whole score map finite".  The size and
+        # offset maps are only checked where decoding read them (the decoded box): the eager runner
+        # leaves them NaN away from the peak on purpose.
+        values = torch.cat([pred, score_map.max().view(1),
+                            torch.isfinite(score_map).all().view(1).to(pred.dtype)]).tolist()
+        pred_box, score, score_map_finite = values[:4], values[4], values[5] == 1.0
+        mapped = map_box_back(pred_box, self._box, self.search_size, resize_factor)
+        if not (score_map_finite and math.isfinite(score) and all(math.isfinite(v) for v in mapped)):
+            # Garbage in the network output: clip_box would turn NaN into a confident-looking box, and a
+            # NaN score slips through "score < lost_threshold".  Keep the last good box as the state.
+            what = ("score map" if not (score_map_finite and math.isfinite(score))
+                    else "decoded box (size/offset maps)")
+            return TrackResult(box=tuple(self._box), score=math.nan, state=LOST, frame_index=self._frame_index,
+                               error=f"non-finite network output (NaN/inf in the {what}) at frame "
+                                     f"{self._frame_index}; kept the last good box")
+        new_box = clip_box(mapped, height, width, margin=CLIP_MARGIN)
         opts = self.options
         if opts.lost_threshold is not None and score < opts.lost_threshold:
             return TrackResult(box=tuple(self._box), score=score, state=LOST, frame_index=self._frame_index)
@@ -190,3 +225,24 @@ class CKDTracker:
                 and score >= opts.template_update_threshold):
             self._set_templates(rgb, thermal, new_box)
         return TrackResult(box=tuple(new_box), score=score, state=TRACKING, frame_index=self._frame_index)
+
+    def warm_up(self, height: int = 256, width: int = 320) -> TrackResult:
+        """Run :meth:`initialize` + :meth:`track` once on a blank (mid-grey) ``width`` x ``height`` pair,
+        so that the first real frame runs at full speed, and check the network output: raises
+        :class:`NonFiniteOutputError` when it is NaN/inf (unusable weights, or a precision/backend that
+        overflows), so a node can refuse the model at load time instead of publishing garbage.  Returns
+        the warm-up result; the tracker is left uninitialised (call :meth:`initialize` for a target)."""
+        grey = np.full((height, width, 3), 127, np.uint8)
+        side = min(40.0, min(height, width) / 2)     # the node's former warm-up box on 320x256
+        box = ((width - side) / 2, (height - side) / 2, side, side)
+        try:
+            self.initialize(grey, grey, box)
+            result = self.track(grey, grey)
+        finally:
+            self._templates, self._template_mask, self._box, self._frame_index = None, None, None, 0
+        if not result.valid:
+            accel = self.acceleration
+            raise NonFiniteOutputError(f"the network output on a blank {width}x{height} frame pair is not finite "
+                                       f"({result.error}): the weights, or precision {accel.precision!r} with "
+                                       f"backend {accel.backend!r}, produce NaN/inf")
+        return result
