@@ -52,7 +52,14 @@ def test_defaults_are_valid():
     ('initial_box', [10.0, 10.0, 0.0, 5.0], "parameter 'initial_box': needs x, y >= 0 and width, height > 0"),
     ('initial_box', [1.0, 2.0], "parameter 'initial_box': must be a list of 4 numbers, got 2"),
     ('autostart', 'yes', "parameter 'autostart': must be true or false, got 'yes'"),
-    ('status_period', 0.0, "parameter 'status_period': must be > 0.0, got 0.0"),
+    ('status_period', 0.0, "parameter 'status_period': must be >= 0.01, got 0.0"),
+    ('status_period', 1e-9, "parameter 'status_period': must be >= 0.01, got 1e-09"),
+    ('input.jump_back_threshold', 1e-12, "parameter 'input.jump_back_threshold': must be >= 0.001, got 1e-12"),
+    ('target.history_max_mb', 1e308, "parameter 'target.history_max_mb': must be <= 1000000.0"),
+    ('target.history_size', 2**40, "parameter 'target.history_size': must be <= 100000"),
+    ('sync.queue_size', 2**31, "parameter 'sync.queue_size': must be <= 100000"),
+    ('stats_window', 10**9, "parameter 'stats_window': must be <= 1000000"),
+    ('torch_threads', 64000, "parameter 'torch_threads': must be <= 256"),
     ('target.history_size', 0, "parameter 'target.history_size': must be >= 1, got 0"),
     ('input.jump_back_threshold', 1e12, "parameter 'input.jump_back_threshold': must be <= 1000000.0, got 1000000000000.0"),
     ('sync.slop', 1e10, "parameter 'sync.slop': must be <= 1000000.0"),
@@ -178,7 +185,7 @@ def test_the_largest_accepted_values_activate_and_larger_ones_fail_configure(rcl
     from rclpy.parameter import Parameter
 
     from ckd_ros.ros.node import CkdTrackerNode
-    from ckd_ros.ros.params import MAX_INPUT_DEPTH, MAX_SECONDS
+    from ckd_ros.ros.params import MAX_INPUT_DEPTH, MAX_SECONDS, MIN_JUMP_BACK_S, MIN_PUBLISH_PERIOD
     from peers.node_harness import micro_model_params
 
     model = {**micro_model_params(), 'warmup': False}
@@ -192,6 +199,18 @@ def test_the_largest_accepted_values_activate_and_larger_ones_fail_configure(rcl
         assert node.lifecycle_state_label() == 'active' and node._issues.last_error == ''
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.release_everything()
+        node.destroy_node()
+    # the smallest accepted values activate too (input.jump_back_threshold 1e-12 made activate raise)
+    smallest = {'status_period': MIN_PUBLISH_PERIOD, 'input.jump_back_threshold': MIN_JUMP_BACK_S,
+                'diagnostic_updater.period': MIN_PUBLISH_PERIOD}
+    node = CkdTrackerNode('ckd_smallest', context=rclpy_context,
+                          parameter_overrides=[Parameter(k, value=v) for k, v in {**model, **smallest}.items()])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node._issues.last_error
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS, node._issues.last_error
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     finally:
         node.release_everything()
         node.destroy_node()

@@ -216,19 +216,26 @@ def test_a_cv_bridge_that_cannot_convert_is_not_used(tmp_path):
 def test_the_diagnostic_period_is_validated_at_start_up_and_when_set(rclpy_context):
     """An invalid diagnostic_updater.period (from -p or a parameter file) used to crash the node's constructor
     with a traceback (an integer, a string or a negative number) and 0 made the updater publish without pause;
-    at run time any value was accepted and none took effect."""
+    at run time any value was accepted and none took effect. Runs with whichever updater is installed: the
+    real diagnostic_updater declares the period as a double, so there rclpy itself refuses an integer or a
+    string set at run time."""
     import rclpy
     from rclpy.parameter import Parameter
 
+    from ckd_ros.ros.diagnostics import UPDATER_BACKEND
     from ckd_ros.ros.node import CkdTrackerNode
 
+    def timer_ns(updater):
+        return (updater._timer if hasattr(updater, '_timer') else updater.timer).timer_period_ns
+
     period = 'diagnostic_updater.period'
-    for index, (value, expected) in enumerate(((2, 2.0), (0.5, 0.5), ('abc', 1.0), (-1.0, 1.0), (0.0, 1.0))):
+    for index, (value, expected) in enumerate(((2, 2.0), (0.5, 0.5), ('abc', 1.0), (-1.0, 1.0), (0.0, 1.0),
+                                               (1e12, 1.0))):
         node = CkdTrackerNode(f'ckd_period_{index}', context=rclpy_context,
                               parameter_overrides=[Parameter(period, value=value)])
         try:
             assert node._updater.period == expected, value
-            assert node._updater._timer.timer_period_ns == int(expected * 1e9)
+            assert timer_ns(node._updater) == int(expected * 1e9)
             if expected == 1.0:
                 assert f"parameter '{period}'" in node._issues.last_error and '1 s' in node._issues.last_error
             else:
@@ -236,25 +243,34 @@ def test_the_diagnostic_period_is_validated_at_start_up_and_when_set(rclpy_conte
         finally:
             node.destroy_node()
 
+    real = UPDATER_BACKEND == 'diagnostic_updater'
     node = CkdTrackerNode('ckd_period_set', context=rclpy_context)
     try:
-        for value, reason in ((-1.0, f"parameter '{period}': must be > 0.0, got -1.0"),
+        timers_before = len(list(node.timers))
+        for value, reason in ((-1.0, f"parameter '{period}': must be >= 0.01, got -1.0"),
+                              (0.0, f"parameter '{period}': must be >= 0.01, got 0.0"),
                               ('fast', f"parameter '{period}': must be a finite number, got 'fast'")):
             result = node.set_parameters([Parameter(period, value=value)])[0]
-            assert not result.successful and result.reason == reason
+            assert not result.successful
+            if not (real and isinstance(value, str)):   # rclpy's own type check answers first there
+                assert result.reason == reason
             assert node.get_parameter(period).value == 1.0 and node._updater.period == 1.0
         # A valid period applies at once (the updater's timer), in every lifecycle state.
         assert node.set_parameters([Parameter(period, value=0.2)])[0].successful
-        assert node._updater.period == 0.2 and node._updater._timer.timer_period_ns == 200_000_000
-        assert node.set_parameters([Parameter(period, value=3)])[0].successful
+        assert node._updater.period == 0.2 and timer_ns(node._updater) == 200_000_000
+        # the old timer is gone (the real Updater's own setter left it running)
+        assert len(list(node.timers)) == timers_before
+        assert node.set_parameters([Parameter(period, value=3.0)])[0].successful
         assert node._updater.period == 3.0
+        if not real:
+            assert node.set_parameters([Parameter(period, value=4)])[0].successful
+            assert node._updater.period == 4.0
         # Refused together with an invalid tracker parameter: neither is applied.
         result = node.set_parameters_atomically([Parameter(period, value=0.5), Parameter('sync.slop', value=-1.0)])
-        assert not result.successful and node._updater.period == 3.0
+        assert not result.successful and node._updater.period in (3.0, 4.0)
     finally:
         node.destroy_node()
     assert rclpy.ok(context=rclpy_context)
-
 
 
 @contextlib.contextmanager
@@ -333,3 +349,73 @@ def test_a_target_stamped_after_every_kept_pair_waits_for_its_frame(rclpy_contex
         # within sync.slop (0.05 s) of the newest pair, or older: the closest kept pair, as documented
         assert node._set_target([10.0, 10.0, 20.0, 20.0], stamp_ns + 30_000_000, 'test') == (True, '')
         assert node._set_target([10.0, 10.0, 20.0, 20.0], stamp_ns - 500_000_000, 'test') == (True, '')
+
+
+def test_non_finite_network_output_is_published_as_lost_with_an_error_never_as_a_box(rclpy_context):
+    """clip_box turned NaN into (0, 0, 10, 10) and a NaN score skipped the LOST test: the node published
+    TRACKING with score 0 and /diagnostics stayed OK. Now the tracker keeps its last good box and says so."""
+    import numpy as np
+    import torch
+
+    from ckd_ros.msg import TrackedTarget
+    from peers.frames import FrameMaker
+
+    with _active_node(rclpy_context) as node:
+        frames = FrameMaker(64, 48)
+        published = []
+        node._target_pub.publish = published.append
+        stamps = [5 * 10**9 + i * 50_000_000 for i in range(3)]
+        for stamp in stamps:
+            node._history.add(stamp, (frames.rgb(stamp), frames.thermal(stamp)))
+        assert node._set_target([10.0, 10.0, 20.0, 20.0], stamps[0], 'test') == (True, '')
+        good_box = tuple(node._last_box)
+        runner = node._tracker.runner
+
+        def nan_runner(*args, **kwargs):
+            return tuple(torch.full_like(m, float('nan')) for m in runner(*args, **kwargs))
+        node._tracker.runner = nan_runner
+        node._process_pair(frames.rgb(stamps[1]), frames.thermal(stamps[1]), node._time_epoch)
+        message = published[-1]
+        assert message.state == TrackedTarget.STATE_LOST and message.score == 0.0
+        assert (message.x, message.y, message.width, message.height) == pytest.approx(good_box)
+        assert 'non-finite network output' in node._issues.last_error
+        assert node._diagnose(_StrStatus()).level == b'\x02'   # ERROR
+        # the network recovers: tracking goes on from the kept box
+        node._tracker.runner = runner
+        node._process_pair(frames.rgb(stamps[2]), frames.thermal(stamps[2]), node._time_epoch)
+        assert all(np.isfinite([published[-1].x, published[-1].y, published[-1].score]))
+
+
+def test_warm_up_refuses_weights_that_give_non_finite_output(rclpy_context, monkeypatch):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from ckd_ros.core.tracker import CKDTracker, NonFiniteOutputError
+    from ckd_ros.ros.node import CkdTrackerNode
+    from peers.node_harness import micro_model_params
+
+    def broken_warm_up(self, *args, **kwargs):
+        raise NonFiniteOutputError('the network output on a blank 320x256 frame pair is not finite')
+    monkeypatch.setattr(CKDTracker, 'warm_up', broken_warm_up)
+    node = CkdTrackerNode('ckd_nan_weights', context=rclpy_context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in micro_model_params(warmup=True).items()])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert 'not finite' in node._issues.last_error
+    finally:
+        node.release_everything()
+        node.destroy_node()
+
+
+class _StrStatus:
+    """A DiagnosticStatusWrapper stand-in that accepts str values only, as the real one."""
+
+    def __init__(self):
+        self.values, self.level, self.message = [], None, ''
+
+    def summary(self, level, message):
+        self.level, self.message = level, message
+
+    def add(self, key, value):
+        assert isinstance(value, str), (key, value)
+        self.values.append((key, value))

@@ -327,7 +327,42 @@ class FallbackUpdater:
 
 
 def create_updater(node, period: float = 1.0):
-    """diagnostic_updater.Updater(node, period) when installed, else :class:`FallbackUpdater`."""
-    if _diagnostic_updater is not None:
-        return _diagnostic_updater.Updater(node, period=period)
-    return FallbackUpdater(node, period=period)
+    """diagnostic_updater.Updater(node, period) when installed, else :class:`FallbackUpdater`.
+
+    The real Updater declares its period statically typed as a double and creates its timer from it
+    without a check: an integer from the command line or a parameter file raised in the node's
+    constructor, and -1, 'abc' or 1e12 killed the node at start-up. So the node's override is checked
+    (and an integer made a float) before the Updater reads it; an invalid one is replaced by ``period`` and
+    reported in the returned updater's ``problem`` (as :class:`FallbackUpdater` does)."""
+    if _diagnostic_updater is None:
+        return FallbackUpdater(node, period=period)
+    problem = _check_period_override(node, period)
+    updater = _diagnostic_updater.Updater(node, period=period)
+    updater.problem = problem
+    return updater
+
+
+def _check_period_override(node, default: float) -> str:
+    from rclpy.parameter import Parameter
+    # rclpy keeps the -p / --params-file values of a node here until they are declared (Humble to Rolling)
+    overrides = getattr(node, '_parameter_overrides', None)
+    if not isinstance(overrides, dict) or DIAGNOSTIC_PERIOD_PARAMETER not in overrides:
+        return ''
+    try:
+        value = read_diagnostic_period(overrides[DIAGNOSTIC_PERIOD_PARAMETER].value)
+        problem = ''
+    except ParameterError as error:
+        value, problem = float(default), f'{error}: publishing every {float(default):g} s instead'
+    overrides[DIAGNOSTIC_PERIOD_PARAMETER] = Parameter(DIAGNOSTIC_PERIOD_PARAMETER, value=value)
+    return problem
+
+
+def set_updater_period(node, updater, period: float) -> None:
+    """Change the period of either updater. The real Updater's ``period`` setter creates a new timer and
+    leaves the old one running (it only resets it): /diagnostics went out at both rates. Its old timer is
+    destroyed here."""
+    old_timer = getattr(updater, 'timer', None) if _diagnostic_updater is not None and not isinstance(
+        updater, FallbackUpdater) else None
+    updater.period = period
+    if old_timer is not None and old_timer is not getattr(updater, 'timer', None):
+        node.destroy_timer(old_timer)

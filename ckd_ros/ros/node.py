@@ -66,7 +66,8 @@ from ckd_ros.ros.conversions import (CV_BRIDGE_PROBLEM, DETECTIONS_AVAILABLE, IM
                                      check_target_box,
                                      detections_msg, finite_or, image_msg_to_array, polygon_to_box, stamp_to_ns)
 from ckd_ros.ros.diagnostics import (ERROR, FRESH, JUMPED_BACK, OK, UPDATER_BACKEND, WARN, ZERO_STAMP, IssueBoard,
-                                     RateMeter, SampleWindow, StreamWatch, create_updater, summarize_issues)
+                                     RateMeter, SampleWindow, StreamWatch, create_updater, set_updater_period,
+                                     summarize_issues)
 from ckd_ros.ros.params import (DIAGNOSTIC_PERIOD_PARAMETER, PARAMETER_SPECS, ParameterError, TrackerNodeParameters,
                                 check_parameter_update, declare_parameters, node_parameter_getter, plain_value,
                                 read_diagnostic_period, read_parameters, read_seconds)
@@ -334,7 +335,7 @@ class CkdTrackerNode(LifecycleNode):
             self.get_logger().info(f"parameter(s) {', '.join(sorted(updates))} set; they take effect at the next "
                                    'configure (cleanup, then configure)')
         if period is not None:
-            updater.period = period
+            set_updater_period(self, updater, period)
             self.get_logger().info(f'/diagnostics now every {period:g} s')
         return SetParametersResult(successful=True)
 
@@ -395,10 +396,9 @@ class CkdTrackerNode(LifecycleNode):
 
     @staticmethod
     def _warm_up(tracker) -> None:
-        # One initialize + track on a blank pair: the first real frame then runs at full speed.
-        rgb = np.full((256, 320, 3), 127, np.uint8)
-        tracker.initialize(rgb, rgb, (140.0, 108.0, 40.0, 40.0))
-        tracker.track(rgb, rgb)
+        # One initialize + track on a blank pair: the first real frame then runs at full speed, and weights or
+        # a precision that give NaN/inf fail configure here (NonFiniteOutputError) instead of tracking garbage.
+        tracker.warm_up()
 
     def _release_model(self) -> None:
         with self._tracker_lock:
@@ -644,9 +644,13 @@ class CkdTrackerNode(LifecycleNode):
     def _track_locked(self, tracker, pair: ConvertedPair) -> None:
         result = tracker.track(pair.rgb, pair.thermal)
         box = tuple(float(v) for v in result.box)
-        if not all(math.isfinite(v) for v in box):
-            self._issues.report('tracker', ERROR, f'the tracker returned a non-finite box {box}; kept the last box')
+        if not result.valid or not all(math.isfinite(v) for v in box):
+            # NaN/inf network output: never a confident box. The tracker kept its last good box; the output
+            # says LOST with score 0 and /diagnostics says ERROR until it recovers.
+            self._issues.report('tracker', ERROR, result.error or f'the tracker returned a non-finite box {box}; '
+                                'kept the last box')
             self._target_state = TrackedTarget.STATE_LOST
+            self._last_score = 0.0
             return
         self._last_box = box
         self._last_score = finite_or(result.score, 0.0)
@@ -825,8 +829,11 @@ class CkdTrackerNode(LifecycleNode):
 
     def _replace_status_timer(self, period: float) -> None:
         if abs(self._status_timer.timer_period_ns - period * 1e9) > 1:
+            # the new timer first: if creating it fails, the node keeps the old one (destroying first left a
+            # node whose every later configure failed)
+            timer = self.create_timer(period, self._publish_status)
             self.destroy_timer(self._status_timer)
-            self._status_timer = self.create_timer(period, self._publish_status)
+            self._status_timer = timer
 
     def _reset_statistics(self) -> None:
         for meter in (self._rgb_rate, self._thermal_rate, self._pair_rate, self._output_rate):

@@ -23,6 +23,15 @@ NO_INITIAL_BOX = (0.0, 0.0, 0.0, 0.0)
 MAX_SECONDS = 1e6
 # Deepest image subscription queue (rmw takes a 32-bit depth; only the newest frames are ever used).
 MAX_INPUT_DEPTH = 10000
+# Shortest period of a publishing timer: 1e-9 s flooded ~/status (0 made /diagnostics ~3200 msg/s).
+MIN_PUBLISH_PERIOD = 0.01
+# Smallest backwards clock jump that counts as a time restart: 1e-12 s became a zero rclpy Duration,
+# which the jump callback refuses (activate failed with a traceback).
+MIN_JUMP_BACK_S = 1e-3
+# Bounds of counts and sizes that are typos, not configurations (the node allocates by them).
+MAX_QUEUE_OR_HISTORY = 100_000
+MAX_STATS_WINDOW = 1_000_000
+MAX_HISTORY_MB = 1e6
 # ckd_ros.core.acceleration.PRECISIONS / BACKENDS, repeated so that this module does not import torch
 # (test/test_acceleration.py checks they agree)
 # plus 'auto' (ckd_ros.core.api.select_acceleration)
@@ -168,10 +177,12 @@ def _integer(name, value, minimum, maximum=None):
     return int(value)
 
 
-def read_seconds(name, value):
-    """A duration > 0 that ROS can hold: rclpy durations and timers are int64 nanoseconds, so a huge value
-    passed configure and then failed activate (OverflowError) or the status timer."""
-    return _number(name, value, 0.0, MAX_SECONDS, strict_minimum=True)
+def read_seconds(name, value, minimum=None):
+    """A duration > 0 (>= ``minimum`` when given) that ROS can hold: rclpy durations and timers are int64
+    nanoseconds, so a huge value passed configure and then failed activate (OverflowError) or the status timer."""
+    if minimum is None:
+        return _number(name, value, 0.0, MAX_SECONDS, strict_minimum=True)
+    return _number(name, value, minimum, MAX_SECONDS)
 
 
 def _number(name, value, minimum=None, maximum=None, strict_minimum=False, strict_maximum=False):
@@ -255,9 +266,10 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         input_reliability=_choice('input.reliability', g('input.reliability'), RELIABILITY_CHOICES),
         input_depth=_integer('input.depth', g('input.depth'), 1, MAX_INPUT_DEPTH),
         input_timeout=read_seconds('input.timeout', g('input.timeout')),
-        input_jump_back_threshold=read_seconds('input.jump_back_threshold', g('input.jump_back_threshold')),
+        input_jump_back_threshold=read_seconds('input.jump_back_threshold', g('input.jump_back_threshold'),
+                                               MIN_JUMP_BACK_S),
         sync_slop=read_seconds('sync.slop', g('sync.slop')),
-        sync_queue_size=_integer('sync.queue_size', g('sync.queue_size'), 1),
+        sync_queue_size=_integer('sync.queue_size', g('sync.queue_size'), 1, MAX_QUEUE_OR_HISTORY),
         thermal_gain=_choice('thermal.gain', g('thermal.gain'), GAIN_MODES),
         thermal_percentile_low=percentile_low,
         thermal_percentile_high=percentile_high,
@@ -268,19 +280,19 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         thermal_registration=_choice('thermal.registration', g('thermal.registration'), REGISTRATION_MODES),
         thermal_homography=homography,
         initial_box=initial_box,
-        target_history_size=_integer('target.history_size', g('target.history_size'), 1),
+        target_history_size=_integer('target.history_size', g('target.history_size'), 1, MAX_QUEUE_OR_HISTORY),
         target_max_stamp_offset=read_seconds('target.max_stamp_offset', g('target.max_stamp_offset')),
-        target_history_max_mb=_number('target.history_max_mb', g('target.history_max_mb'), 0.0,
+        target_history_max_mb=_number('target.history_max_mb', g('target.history_max_mb'), 0.0, MAX_HISTORY_MB,
                                       strict_minimum=True),
-        status_period=read_seconds('status_period', g('status_period')),
-        stats_window=_integer('stats_window', g('stats_window'), 1),
+        status_period=read_seconds('status_period', g('status_period'), MIN_PUBLISH_PERIOD),
+        stats_window=_integer('stats_window', g('stats_window'), 1, MAX_STATS_WINDOW),
         publish_detections=_boolean('publish_detections', g('publish_detections')),
     )
 
 
 def read_diagnostic_period(value: Any) -> float:
     """``diagnostic_updater.period`` in seconds (an integer is accepted); :class:`ParameterError` when invalid."""
-    return read_seconds(DIAGNOSTIC_PERIOD_PARAMETER, plain_value(value))
+    return read_seconds(DIAGNOSTIC_PERIOD_PARAMETER, plain_value(value), MIN_PUBLISH_PERIOD)
 
 
 def check_parameter_update(get_value: Callable[[str], Any], updates: dict[str, Any]) -> Optional[str]:
