@@ -82,7 +82,10 @@ class Launch:
                               timeout=timeout)
 
     def state(self):
-        out = self.cli('lifecycle', 'get', '--no-daemon', '--spin-time', '3', f'{self.namespace}/ckd_tracker')
+        for _ in range(3):   # without a daemon, discovery within the spin time can miss on a loaded machine
+            out = self.cli('lifecycle', 'get', '--no-daemon', '--spin-time', '5', f'{self.namespace}/ckd_tracker')
+            if out.stdout.strip():
+                break
         return out.stdout.strip()
 
     def wait_active(self, timeout=90):
@@ -150,11 +153,23 @@ def test_ros2_launch_activates_the_node_and_ros2_cli_drives_it(ros2, tmp_path):
     assert 'Traceback' not in launch.log(), launch.log()
 
 
+def _environment(pid):
+    with open(f'/proc/{pid}/environ', 'rb') as handle:
+        return dict(item.split(b'=', 1) for item in handle.read().split(b'\0') if b'=' in item)
+
+
 def test_ros2_launch_shuts_down_when_the_node_dies(ros2, tmp_path):
     launch = Launch(ros2, tmp_path, '/dies')
     try:
         launch.wait_active()
-        os.kill(launch.wait_node_pid(), signal.SIGKILL)
+        pid = launch.wait_node_pid()
+        # the node process gets the large-image Fast DDS profile (the test's own setting, from env.sh, wins
+        # when set) and a passive OpenMP wait policy
+        env = _environment(pid)
+        expected = os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', '').encode() or b'fastdds_large_images.xml'
+        assert env[b'FASTDDS_DEFAULT_PROFILES_FILE'].endswith(expected), env.get(b'FASTDDS_DEFAULT_PROFILES_FILE')
+        assert env.get(b'OMP_WAIT_POLICY') == os.environ.get('OMP_WAIT_POLICY', 'PASSIVE').encode()
+        os.kill(pid, signal.SIGKILL)
         try:
             launch.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

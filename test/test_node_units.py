@@ -419,3 +419,55 @@ class _StrStatus:
     def add(self, key, value):
         assert isinstance(value, str), (key, value)
         self.values.append((key, value))
+
+
+def test_outputs_never_go_back_in_time_after_a_target_set_on_an_older_frame(rclpy_context):
+    """~/set_target on an older kept pair reset the tracked-stamp mark: a late pair older than an output
+    already published went out after it (94 ms back in time)."""
+    from peers.frames import FrameMaker
+
+    with _active_node(rclpy_context) as node:
+        frames = FrameMaker(64, 48)
+        published = []
+        node._target_pub.publish = published.append
+        t = [5 * 10**9 + i * 50_000_000 for i in range(5)]
+        for stamp in t[:3]:
+            node._history.add(stamp, (frames.rgb(stamp), frames.thermal(stamp)))
+        assert node._set_target([10.0, 10.0, 20.0, 20.0], t[1], 'test') == (True, '')
+        node._process_pair(frames.rgb(t[3]), frames.thermal(t[3]), node._time_epoch)
+        assert len(published) == 1
+        # a new target on the oldest kept frame, then a late pair between it and the last output
+        assert node._set_target([12.0, 12.0, 20.0, 20.0], t[0], 'test') == (True, '')
+        node._process_pair(frames.rgb(t[2]), frames.thermal(t[2]), node._time_epoch)
+        assert len(published) == 1, 'a pair older than the last output was published'
+        node._process_pair(frames.rgb(t[4]), frames.thermal(t[4]), node._time_epoch)
+        stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in published]
+        assert stamps == [t[3], t[4]] and published[-1].target_id == node._target_id
+
+
+def test_a_frame_stamped_in_the_future_is_rejected_and_does_not_poison_the_stream(rclpy_context):
+    """A frame stamped 1 h ahead was tracked with latency -3592 s, and every real frame after it looked like
+    time going backwards (pairing and statistics restarted)."""
+    from ckd_ros.ros.synchronizer import RGB
+    from peers.frames import FrameMaker
+
+    with _active_node(rclpy_context) as node:
+        frames = FrameMaker(64, 48)
+        published = []
+        node._target_pub.publish = published.append
+        now = node.get_clock().now().nanoseconds
+        future = now + 3600 * 10**9
+        node._on_frame(RGB, frames.rgb(future))
+        assert node._frames_future == 1 and 'ahead of the node clock' in node._issues.last_error
+        restarts = node._time_restarts
+        node._on_frame(RGB, frames.rgb(now))   # a real frame after it: no time restart
+        assert node._time_restarts == restarts
+        node._history.add(now, (frames.rgb(now), frames.thermal(now)))
+        assert node._set_target([10.0, 10.0, 20.0, 20.0], now, 'test') == (True, '')
+        rejected = node._frames_rejected
+        node._process_pair(frames.rgb(future), frames.thermal(future), node._time_epoch)
+        assert published == [] and node._frames_rejected == rejected + 1
+        # within input.max_stamp_ahead (clock offsets between machines): tracked
+        soon = node.get_clock().now().nanoseconds + 200_000_000
+        node._process_pair(frames.rgb(soon), frames.thermal(soon), node._time_epoch)
+        assert len(published) == 1

@@ -36,6 +36,7 @@ import copy
 import functools
 import gc
 import math
+import signal
 import sys
 import threading
 import time
@@ -157,6 +158,11 @@ class CkdTrackerNode(LifecycleNode):
         self._time_epoch = 0                      # +1 whenever time goes backwards
         self._tracked_epoch = 0
         self._tracked_stamp_ns: Optional[int] = None   # RGB stamp of the last pair tracked or initialised on
+        # RGB stamp of the newest output of this time epoch: a target set on an older kept pair must not let
+        # a later output go back in time (it reset the mark above, and a late pair went out 94 ms older)
+        self._published_stamp_ns: Optional[int] = None
+        self._published_epoch = -1
+        self._frames_future = 0                       # frames stamped beyond input.max_stamp_ahead
         self._frame_size: Optional[tuple] = None      # RGB (height, width) the target's box belongs to
         self._watch_timer = None
         self._clock_jump_handle = None
@@ -244,6 +250,7 @@ class CkdTrackerNode(LifecycleNode):
         self._streams = [StreamWatch(params.input_timeout, params.input_jump_back_threshold) for _ in range(2)]
         self._stalled, self._frozen = [False, False], [False, False]
         self._tracked_stamp_ns, self._frame_size = None, None
+        self._published_stamp_ns, self._published_epoch = None, -1
         reliability = (ReliabilityPolicy.BEST_EFFORT if params.input_reliability == 'best_effort'
                        else ReliabilityPolicy.RELIABLE)
         input_qos = QoSProfile(depth=params.input_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
@@ -419,6 +426,17 @@ class CkdTrackerNode(LifecycleNode):
         try:
             watch = self._streams[index]
             stamp_ns = stamp_to_ns(msg.header.stamp)
+            ahead_ns = self._stamp_ahead_ns(stamp_ns)
+            if ahead_ns is not None:
+                # not observed: a stamp from the future as the input's newest made every real frame after it
+                # look like a jump back in time
+                self._frames_future += 1
+                message = (f'{self._input_topic(index)}: frame stamped {ahead_ns / 1e9:.3f} s ahead of the node clock '
+                           f'(input.max_stamp_ahead {self._params.input_max_stamp_ahead:g} s): check the clocks '
+                           '(chrony/NTP between machines, use_sim_time with a bag); frame not tracked')
+                self._issues.report(f'{"rgb" if index == RGB else "thermal"} stamp', ERROR, message)
+                self.get_logger().warning(message, throttle_duration_sec=2.0)
+                return
             newest = watch.newest_stamp_ns
             verdict = watch.observe(stamp_ns, zlib.crc32(msg.data))
             if verdict in (FRESH, JUMPED_BACK):
@@ -575,6 +593,11 @@ class CkdTrackerNode(LifecycleNode):
             self._reject('rgb stamp', f'{self._input_topic(RGB)}: header.stamp is zero: the camera driver must stamp '
                          'each image with its capture time; pair not tracked')
             return
+        ahead_ns = self._stamp_ahead_ns(stamp_ns)
+        if ahead_ns is not None:
+            self._reject('rgb stamp', f'{self._input_topic(RGB)}: pair stamped {ahead_ns / 1e9:.3f} s ahead of the node '
+                         'clock (input.max_stamp_ahead): pair not tracked')
+            return
         with self._tracker_lock:
             if self._skip_stale_locked(stamp_ns, epoch):
                 return
@@ -626,10 +649,22 @@ class CkdTrackerNode(LifecycleNode):
         newer than the last one tracked or initialised on (a duplicate, a frozen stream, a late frame), is
         skipped and counted."""
         if epoch != self._time_epoch or (self._tracked_stamp_ns is not None and epoch == self._tracked_epoch
-                                         and stamp_ns <= self._tracked_stamp_ns):
+                                         and stamp_ns <= self._tracked_stamp_ns) or (
+                self._published_stamp_ns is not None and epoch == self._published_epoch
+                and stamp_ns <= self._published_stamp_ns):
             self._pairs_out_of_order += 1
             return True
         return False
+
+    def _stamp_ahead_ns(self, stamp_ns: int) -> Optional[int]:
+        """How far ``stamp_ns`` lies ahead of the node clock beyond input.max_stamp_ahead, or None. A zero
+        node clock (use_sim_time before the first /clock message) checks nothing."""
+        params = self._params
+        now_ns = self.get_clock().now().nanoseconds
+        if params is None or now_ns <= 0:
+            return None
+        ahead_ns = stamp_ns - now_ns
+        return ahead_ns if ahead_ns > params.input_max_stamp_ahead * 1e9 else None
 
     def _initialize_locked(self, tracker, pair: ConvertedPair, box, source: str, epoch: int) -> None:
         box = tuple(float(v) for v in box)
@@ -663,6 +698,9 @@ class CkdTrackerNode(LifecycleNode):
         latency = (self.get_clock().now().nanoseconds - pair.stamp_ns) / 1e9
         msg.latency = float(latency)
         self._target_pub.publish(msg)
+        if self._published_epoch != self._time_epoch or self._published_stamp_ns is None \
+                or pair.stamp_ns > self._published_stamp_ns:
+            self._published_stamp_ns, self._published_epoch = pair.stamp_ns, self._time_epoch
         self._latency.add(latency)
         self._output_rate.tick()
         if self._detections_pub is not None:
@@ -840,7 +878,7 @@ class CkdTrackerNode(LifecycleNode):
             meter.reset()
         self._latency.clear()
         self._pair_dt_window.clear()
-        self._pair_dt_abs_sum, self._pairs_seen, self._frames_rejected = 0.0, 0, 0
+        self._pair_dt_abs_sum, self._pairs_seen, self._frames_rejected, self._frames_future = 0.0, 0, 0, 0
         self._frames_unmatched_at_stop = 0
         self._pairs_out_of_order, self._time_restarts = 0, 0
 
@@ -923,6 +961,7 @@ class CkdTrackerNode(LifecycleNode):
                 ('thermal_silent_s', f'{streams[THERMAL].silent_for():.2f}'),
                 ('frames_stale_stamp', streams[RGB].stale_frames + streams[THERMAL].stale_frames),
                 ('frames_zero_stamp', streams[RGB].zero_stamps + streams[THERMAL].zero_stamps),
+                ('frames_future_stamp', self._frames_future),
                 ('frames_identical', streams[RGB].identical_frames + streams[THERMAL].identical_frames),
                 ('time_restarts', self._time_restarts),
                 ('history_pairs', len(self._history) if self._history is not None else 0),
@@ -965,7 +1004,14 @@ def _tracker_state_to_msg(state) -> int:
     return TrackedTarget.STATE_LOST if state == LOST else TrackedTarget.STATE_TRACKING
 
 
+def _no_keyboard_interrupt(signum, frame) -> None:
+    """Python's handler for SIGINT. rclpy's own handler shuts the context down (the spin loop below then
+    ends) and chains to the handler it found; Python's default one raised KeyboardInterrupt at whatever
+    bytecode ran next, once inside a Future's __del__, which printed 'Exception ignored ... Traceback'."""
+
+
 def main(args=None) -> int:
+    signal.signal(signal.SIGINT, _no_keyboard_interrupt)   # before rclpy.init, which chains to it
     rclpy.init(args=args)
     node = None
     try:

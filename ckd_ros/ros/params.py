@@ -79,6 +79,10 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
                   'a frame stamped this many seconds before the newest one of its input means time went '
                   'backwards (bag loop, simulation reset): pairing, frame history and latency statistics '
                   'restart; smaller steps back are out-of-order frames and are not tracked'),
+    ParameterSpec('input.max_stamp_ahead', 1.0,
+                  'seconds a frame stamp may lie ahead of the node clock (clock offset between machines); a frame '
+                  'stamped later than that is rejected with an ERROR diagnostic (check clock sync or use_sim_time): '
+                  'tracked, it had a negative latency and made every real frame after it look like time going back'),
     ParameterSpec('sync.slop', 0.05,
                   'largest RGB-thermal stamp difference (seconds, strict) for a pair; ~half the faster '
                   'camera period for hardware-synced cameras, more for free-running ones'),
@@ -138,6 +142,7 @@ class TrackerNodeParameters:
     input_depth: int
     input_timeout: float
     input_jump_back_threshold: float
+    input_max_stamp_ahead: float
     sync_slop: float
     sync_queue_size: int
     thermal_gain: str
@@ -268,6 +273,7 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
         input_timeout=read_seconds('input.timeout', g('input.timeout')),
         input_jump_back_threshold=read_seconds('input.jump_back_threshold', g('input.jump_back_threshold'),
                                                MIN_JUMP_BACK_S),
+        input_max_stamp_ahead=read_seconds('input.max_stamp_ahead', g('input.max_stamp_ahead')),
         sync_slop=read_seconds('sync.slop', g('sync.slop')),
         sync_queue_size=_integer('sync.queue_size', g('sync.queue_size'), 1, MAX_QUEUE_OR_HISTORY),
         thermal_gain=_choice('thermal.gain', g('thermal.gain'), GAIN_MODES),
