@@ -228,13 +228,20 @@ def machine_info() -> dict:
     info = {'hostname': socket.gethostname(), 'platform': platform.platform(), 'machine': platform.machine(),
             'python': platform.python_version(), 'cpu_count': os.cpu_count()}
     try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                info['cpu_model'] = line.split(':', 1)[1].strip()
-                break
-    except OSError:
+        from ckd_ros.core.cpu_info import cpu_class, read_cpu_info
+        cpu = read_cpu_info()
+        if cpu.model:
+            info['cpu_model'] = cpu.model
+        info['cpu_class'] = cpu_class(cpu.flags)
+        # the flags that decide bf16/int8 speed (the CPU differs from session to session)
+        info['cpu_flags'] = sorted(f for f in cpu.flags if f.startswith(
+            ('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'avx_vnni', 'amx', 'fma', 'bf16', 'i8mm', 'asimd')))
+    except Exception:   # never fail a report over the CPU description
         pass
     import sys
+    ort = sys.modules.get('onnxruntime')
+    if ort is not None:
+        info['onnxruntime'] = ort.__version__
     torch = sys.modules.get('torch')   # report torch only when the run used it
     if torch is not None:
         info['torch'] = torch.__version__
@@ -251,10 +258,14 @@ def machine_line(info: dict | None = None) -> str:
     """One line naming the machine for printed speed figures."""
     info = info or machine_info()
     line = f"machine: {info.get('cpu_model') or info.get('machine')}, {info.get('cpu_count')} CPUs"
+    if info.get('cpu_class'):
+        line += f" (class {info['cpu_class']}; flags {' '.join(info.get('cpu_flags') or []) or 'none of interest'})"
     if info.get('gpu'):
         line += f", GPU {info['gpu']}"
     if info.get('torch'):
         line += f", torch {info['torch']} with {info['torch_threads']} threads"
+    if info.get('onnxruntime'):
+        line += f", onnxruntime {info['onnxruntime']}"
     if info.get('load_average_1min') is not None:
         line += f", load average {info['load_average_1min']:.2f}"
     return line
