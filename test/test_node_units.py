@@ -471,3 +471,25 @@ def test_a_frame_stamped_in_the_future_is_rejected_and_does_not_poison_the_strea
         soon = node.get_clock().now().nanoseconds + 200_000_000
         node._process_pair(frames.rgb(soon), frames.thermal(soon), node._time_epoch)
         assert len(published) == 1
+
+
+def test_an_init_box_in_another_frame_is_refused_not_misread(rclpy_context):
+    from geometry_msgs.msg import Point32, PolygonStamped
+
+    from peers.frames import FrameMaker
+
+    with _active_node(rclpy_context) as node:
+        frames, stamp_ns = FrameMaker(64, 48), 5 * 10**9
+        rgb = frames.rgb(stamp_ns)
+        rgb.header.frame_id = 'camera_rgb'
+        node._history.add(stamp_ns, (rgb, frames.thermal(stamp_ns)))
+        polygon = PolygonStamped()
+        polygon.polygon.points = [Point32(x=10.0, y=10.0), Point32(x=30.0, y=30.0)]
+        polygon.header.frame_id = 'map'
+        node._on_init_box(polygon)
+        assert node._target_id == 0 and "the polygon is in frame 'map'" in node._issues.last_error
+        for frame_id in ('camera_rgb', ''):   # the RGB frame, or none given: RGB pixels
+            polygon.header.frame_id = frame_id
+            before = node._target_id
+            node._on_init_box(polygon)
+            assert node._target_id == before + 1

@@ -778,7 +778,15 @@ class CkdTrackerNode(LifecycleNode):
     def _on_init_box(self, msg: PolygonStamped) -> None:
         try:
             stamp_ns, box = polygon_to_box(msg)
-            success, message = self._set_target(box, stamp_ns, '~/init_box')
+            # a polygon in another frame (a map, the thermal camera) is not in RGB pixels: refused, not misread
+            history = self._history
+            newest = history.newest() if history is not None else None
+            rgb_frame = newest[1][0].header.frame_id if newest is not None else ''
+            if msg.header.frame_id and rgb_frame and msg.header.frame_id != rgb_frame:
+                success, message = False, (f"the polygon is in frame '{msg.header.frame_id}', the RGB images in "
+                                           f"'{rgb_frame}': give the box in RGB pixels (frame_id '{rgb_frame}' or '')")
+            else:
+                success, message = self._set_target(box, stamp_ns, '~/init_box')
         except Exception as error:
             success, message = False, str(error)
         if not success:
