@@ -290,9 +290,9 @@ def main(argv=None) -> int:
         sequences = demo_sequences(args.frames, args.count)
     else:
         sequences = synthetic_sequence(7 if args.seed is None else args.seed, 30 if args.frames is None else args.frames)
-    machine = machine_info()
-    cpu = read_cpu_info()   # the CPU class and flags: what acceleration.MEASURED_OPTIONS rows are keyed by
-    machine["cpu_flags"], machine["cpu_flags_source"] = sorted(cpu.flags), cpu.source
+    machine = machine_info()   # CPU class and the flags that matter (acceleration.MEASURED_OPTIONS is keyed by class)
+    cpu = read_cpu_info()
+    machine["cpu_flags_all"], machine["cpu_flags_source"] = sorted(cpu.flags), cpu.source   # the JSON keeps all
     print(machine_line(machine), flush=True)
     print(cpu.describe(), flush=True)
     print("sequences: " + ", ".join(f"{s.name} {s.frames} frames {s.scene.width}x{s.scene.height}"
