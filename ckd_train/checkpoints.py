@@ -65,7 +65,56 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path} has no {', '.join(p.rstrip('.') for p in missing)} weights: it was stripped "
                               "for inference and cannot resume training")
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+        raise CheckpointError(f"{path}: its 'epoch' entry is {_shown(epoch)}, not a whole number of epochs in "
+                              f"0..{MAX_EPOCH}: not a training checkpoint this trainer wrote (or a damaged one)")
+    state["settings"] = dict(state["settings"])
+    state["settings"]["history"] = _checked_history(path, state["settings"].get("history"), epoch)
     return state
+
+
+# the largest epoch number a checkpoint may carry (the official runs train 30 epochs; a crafted number would
+# make the resumed loop, the global step and the history run on without end)
+MAX_EPOCH = 100_000
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr`` of a checkpoint value, cut to ``limit`` characters (a crafted file may hold anything)."""
+    text = repr(value) if not isinstance(value, (list, tuple, dict)) else f"a {type(value).__name__} of {len(value)}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _checked_history(path, history: Any, epoch: int) -> list[dict]:
+    """The per-epoch statistics of a checkpoint's ``settings``: at most one entry per epoch up to ``epoch``, each
+    a mapping with an increasing integer ``epoch`` and ``train`` (and optional ``val``) mappings of numbers.
+    Anything else is refused naming the entry ([] when the file keeps none, as the official ones)."""
+    if history is None:
+        return []
+    if not isinstance(history, (list, tuple)):
+        raise CheckpointError(f"{path}: settings.history is {_shown(history)}, not a list of per-epoch statistics")
+    if len(history) > epoch:
+        raise CheckpointError(f"{path}: settings.history holds {len(history)} entries for {epoch} epoch(s) (at most "
+                              "one per epoch): a damaged or crafted checkpoint")
+    checked, previous = [], 0
+    for index, entry in enumerate(history):
+        where = f"{path}: settings.history[{index}]"
+        if not isinstance(entry, Mapping):
+            raise CheckpointError(f"{where} is {_shown(entry)}, not a mapping of epoch statistics")
+        number = entry.get("epoch")
+        if isinstance(number, bool) or not isinstance(number, int) or not previous < number <= epoch:
+            raise CheckpointError(f"{where}: its epoch {_shown(number)} is not a whole number in "
+                                  f"{previous + 1}..{epoch} (entries go up one epoch at a time)")
+        previous = number
+        for split in ("train", "val"):
+            values = entry.get(split, {} if split == "val" else None)
+            if not isinstance(values, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for k, v in values.items()):
+                raise CheckpointError(f"{where}: its {split!r} entry is {_shown(values)}, not a mapping of "
+                                      "statistic names to numbers")
+        checked.append(dict(entry))
+    return checked
 
 
 def export_inference_checkpoint(source: str | os.PathLike, destination: str | os.PathLike,

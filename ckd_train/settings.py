@@ -18,13 +18,14 @@ code's host-IP lookup, defect D10, is what this replaces).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from ckd_ros.core.config import CKDConfig, ConfigError, load_config
+from ckd_ros.core.config import DEFAULTS, CKDConfig, ConfigError, _merge, load_config
 
 TRAIN_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -112,6 +113,12 @@ class TrainConfig:
                 "config": self.cfg.to_dict(), "synthetic": self.synthetic.to_dict()}
 
 
+def _without_source(message: str) -> str:
+    """A :func:`load_config` message without its leading ``<file>: `` (the caller names the files)."""
+    head, sep, rest = message.partition(": ")
+    return rest if sep and head.endswith((".yaml", ".yml")) else message
+
+
 def available_train_configs() -> list[str]:
     return sorted(p.stem for p in TRAIN_CONFIG_DIR.glob("*.yaml"))
 
@@ -150,10 +157,20 @@ def load_train_config(name_or_path: str | Path, overrides: Mapping[str, Any] | N
         base_path = Path(base)
         if not base_path.is_absolute() and (path.parent / base).is_file():
             base = str(path.parent / base)
+        # the keys and values of this file first, on their own: an unknown key here must be reported as this
+        # file's, not as one of the BASE file it is merged into
         try:
-            cfg = load_config(base, data)
-            if overrides:
-                cfg = cfg.with_overrides(overrides)
+            _merge(copy.deepcopy(DEFAULTS), data, DEFAULTS, "")
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        try:
+            cfg = load_config(base, data)
+        except ConfigError as exc:
+            try:
+                load_config(base)
+            except ConfigError as base_exc:  # the BASE file itself is at fault; its message names it
+                raise ConfigError(f"{path}: BASE: {base_exc}") from None
+            raise ConfigError(f"{path} (over its BASE {base!r}): {_without_source(str(exc))}") from None
+        if overrides:
+            cfg = cfg.with_overrides(overrides)
     return TrainConfig(cfg, synthetic, path.stem, path)

@@ -20,7 +20,11 @@ whose checkpoint a killed run never wrote, so each (epoch, step) appears once an
 keys of an uninterrupted run. TensorBoard event files are only appended to: after a resume they may
 hold the re-run steps twice. A resume into an output folder that holds another run of the same name
 (its checkpoint is not one of that folder's) is refused unless ``--overwrite``, which then drops all
-of the other run's CSV rows; a fresh run into a folder with checkpoints is refused likewise.
+of the other run's CSV rows; a fresh run into a folder with checkpoints is refused likewise, and so is a resume
+from a checkpoint of the folder's own run that has checkpoints of later epochs (the resumed run would replace
+them; the error names them). The resumed checkpoint's epoch, history, optimizer state and RNG state are checked
+before use (a crafted or damaged entry is a ``CheckpointError`` naming it and the shapes), and the CSV logs are
+read only when they are regular files (a FIFO under a ``*.csv`` name would block the run).
 """
 from __future__ import annotations
 
@@ -211,19 +215,58 @@ class MetricLog:
             self._tb.close()
 
 
+# the largest CSV log read back (a run of the official 30 epochs writes a few MB even at one row per step)
+MAX_CSV_LOG_BYTES = 1 << 30
+
+
+def _read_csv_log(path: Path) -> list[list[str]]:
+    """The rows of a CSV log of the output folder. Only a regular file up to :data:`MAX_CSV_LOG_BYTES` is read: a
+    FIFO or device under a ``*.csv`` name would block the run or never end, a symbolic link would have the run
+    rewrite a file elsewhere. Raises ValueError naming the file otherwise."""
+    import stat
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ValueError(f"CSV log {path} is a symbolic link; the logs of a run must be regular files in its "
+                             "output folder (remove it, or choose another --output)") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"CSV log {path} is not a regular file (a FIFO or device); remove it, or choose another "
+                             "--output")
+        if info.st_size > MAX_CSV_LOG_BYTES:
+            raise ValueError(f"CSV log {path} holds {info.st_size} bytes, over the {MAX_CSV_LOG_BYTES} a run writes; "
+                             "remove it, or choose another --output")
+        data = handle.read(MAX_CSV_LOG_BYTES + 1)
+    try:
+        return list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"CSV log {path} is not a CSV file ({type(exc).__name__}: {exc}); remove it, or choose "
+                         "another --output") from None
+
+
+def _epoch_of(row: list[str], column: int) -> int | None:
+    """The epoch of a CSV row (None when the field is no plain number of at most 9 digits)."""
+    if len(row) <= column:
+        return None
+    value = row[column]
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
+
+
 def _drop_rows_from_epoch(path: Path, first_epoch: int) -> None:
     """Rewrite the CSV file ``path`` without its rows of epochs ``>= first_epoch``.
 
     Rows cut short by a killed write (field count unlike the header's) go too. A file left with no row
     is removed, so the new run writes its own header.
     """
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    rows = _read_csv_log(path)
     if not rows or "epoch" not in rows[0]:
         return
     header, column = rows[0], rows[0].index("epoch")
     kept = [row for row in rows[1:]
-            if len(row) == len(header) and row[column].isdigit() and int(row[column]) < first_epoch]
+            if len(row) == len(header) and _epoch_of(row, column) is not None and _epoch_of(row, column) < first_epoch]
     if len(kept) == len(rows) - 1:
         return
     if not kept:
@@ -316,14 +359,85 @@ def _check_fits(model: nn.Module, state: Mapping[str, Any], source: Path, name: 
     net = state["net"]
     missing = [k for k in expected if k not in net]
     unexpected = [k for k in net if k not in expected]
+    not_tensors = [f"{k} ({type(net[k]).__name__})" for k in expected
+                   if k in net and not isinstance(net[k], torch.Tensor)]
     reshaped = [f"{k} {tuple(net[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                if k in net and tuple(net[k].shape) != tuple(v.shape)]
-    if missing or unexpected or reshaped:
+                if k in net and isinstance(net[k], torch.Tensor) and tuple(net[k].shape) != tuple(v.shape)]
+    retyped = [f"{k} {net[k].dtype} vs {v.dtype}" for k, v in expected.items()
+               if k in net and isinstance(net[k], torch.Tensor) and v.is_floating_point()
+               and not net[k].is_floating_point()]
+    if missing or unexpected or not_tensors or reshaped or retyped:
         trained = (state.get("settings") or {}).get("config_name") or "another configuration"
+        if not isinstance(trained, str):
+            trained = "another configuration"
         parts = [f"{label} {len(keys)}: {keys[:3]}" for label, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if keys]
+                 (("missing", missing), ("unexpected", unexpected), ("not a tensor", not_tensors),
+                  ("other shape", reshaped), ("not floating point", retyped)) if keys]
         raise CheckpointError(f"{source} does not fit the training network of {name!r} (it was trained as "
                               f"{trained!r}; {'; '.join(parts)}): resume with the configuration it was trained with")
+
+
+def _check_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: Any, source: Path) -> None:
+    """Refuse, naming the parameter, the entry and the shapes, a checkpoint's ``optimizer`` that does not fit this
+    run's optimizer (torch would load it and fail at the first step with a bare size mismatch)."""
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping) \
+            or not isinstance(saved.get("param_groups"), (list, tuple)):
+        raise CheckpointError(f"{source}: its 'optimizer' entry is not an optimizer state (a mapping with 'state' and "
+                              f"'param_groups'), got {type(saved).__name__}")
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups, saved_groups = optimizer.param_groups, saved["param_groups"]
+    if len(saved_groups) != len(groups):
+        raise CheckpointError(f"{source}: its optimizer has {len(saved_groups)} parameter group(s), this run's "
+                              f"{len(groups)} (TRAIN.PARAM_KEY differs from the checkpoint's run)")
+    for number, (group, saved_group) in enumerate(zip(groups, saved_groups)):
+        indices = saved_group.get("params") if isinstance(saved_group, Mapping) else None
+        if not isinstance(indices, (list, tuple)) or len(indices) != len(group["params"]):
+            count = len(indices) if isinstance(indices, (list, tuple)) else type(indices).__name__
+            raise CheckpointError(f"{source}: optimizer parameter group {number} has {count} parameter(s) in the "
+                                  f"checkpoint, {len(group['params'])} in this run (TRAIN.PARAM_KEY differs from the "
+                                  "checkpoint's run)")
+        for index, param in zip(indices, group["params"]):
+            entry = saved["state"].get(index, {})
+            if not isinstance(entry, Mapping):
+                raise CheckpointError(f"{source}: the optimizer state of {names.get(id(param), index)} is "
+                                      f"{type(entry).__name__}, not a mapping")
+            for key, value in entry.items():
+                if not isinstance(value, torch.Tensor):
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise CheckpointError(f"{source}: optimizer state {key!r} of {names.get(id(param), index)} "
+                                              f"is {type(value).__name__}, not a tensor or a number")
+                    continue
+                if value.dim() and tuple(value.shape) != tuple(param.shape):
+                    raise CheckpointError(f"{source}: optimizer state {key!r} of {names.get(id(param), index)} has "
+                                          f"shape {tuple(value.shape)}, the parameter {tuple(param.shape)}: the "
+                                          "optimizer state is not this network's")
+                if not value.is_floating_point():
+                    raise CheckpointError(f"{source}: optimizer state {key!r} of {names.get(id(param), index)} is a "
+                                          f"{value.dtype} tensor, not floating point")
+
+
+def _check_rng_state(value: Any, source: Path) -> torch.Tensor:
+    """The torch RNG state a checkpoint stored, if it is one (``torch.set_rng_state`` raises a bare TypeError or
+    RuntimeError otherwise)."""
+    current = torch.get_rng_state()
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or tuple(value.shape) != tuple(current.shape):
+        shown = (f"a {value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                 else type(value).__name__)
+        raise CheckpointError(f"{source}: settings.torch_rng_state is {shown}; torch's RNG state is a uint8 tensor "
+                              f"of shape {tuple(current.shape)}")
+    return value
+
+
+def _later_checkpoints(ckpt_dir: Path, resumed_epoch: int) -> list[Path]:
+    """The checkpoints of ``ckpt_dir`` of epochs after ``resumed_epoch``, in epoch order."""
+    if not ckpt_dir.is_dir():
+        return []
+    later = []
+    for path in ckpt_dir.glob("OSTrack_CKD_ep*.pth.tar"):
+        number = path.name[len("OSTrack_CKD_ep"):-len(".pth.tar")]
+        if number.isascii() and number.isdigit() and int(number) > resumed_epoch:
+            later.append((int(number), path))
+    return [path for _, path in sorted(later)]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -348,14 +462,13 @@ def _is_own_checkpoint(resume: Path, ckpt_dir: Path, resumed_epoch: int) -> bool
 def _csv_epochs(path: Path) -> list[int]:
     """The epochs of the rows of a CSV log (empty when it has no epoch column or cannot be read)."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
+        rows = _read_csv_log(path)
+    except (OSError, ValueError):
         return []
     if not rows or "epoch" not in rows[0]:
         return []
     column = rows[0].index("epoch")
-    return [int(row[column]) for row in rows[1:] if len(row) > column and row[column].isdigit()]
+    return [e for e in (_epoch_of(row, column) for row in rows[1:]) if e is not None]
 
 
 def _foreign_run(out_dir: Path, name: str, resume: Path, start_epoch: int, total_epochs: int) -> str | None:
@@ -453,9 +566,35 @@ def train(options: TrainOptions) -> TrainResult:
             if dist_info.is_main:
                 print(f"[ckd-train] --overwrite: replacing the checkpoints and CSV logs of another run in {out_dir}",
                       flush=True)
+        else:
+            # the run's own folder: checkpoints of epochs after the resumed one belong to a continuation of it that
+            # this run would replace (or, past --epochs, leave mixed with its own)
+            own_dir = out_dir / "checkpoints" / "train" / "ckd" / (tc.name or cfg.name)
+            later = _later_checkpoints(own_dir, start_epoch - 1)
+            if later and not options.overwrite:
+                replaced = [p.name for p in later
+                            if int(p.name[len("OSTrack_CKD_ep"):-len(".pth.tar")]) <= total_epochs]
+                kept = [p.name for p in later if p.name not in replaced]
+                what = []
+                if replaced:
+                    what.append(f"replace {', '.join(replaced)}")
+                if kept:
+                    what.append(f"leave {', '.join(kept)} of the old continuation beside its own checkpoints")
+                raise FileExistsError(f"{own_dir} holds checkpoint(s) of epochs after {options.resume} (epoch "
+                                      f"{start_epoch - 1}): {', '.join(p.name for p in later)}; resuming from it "
+                                      f"would {' and '.join(what)}. Resume from the last one (--resume {later[-1]}), "
+                                      "choose another --output, or pass --overwrite to replace them")
+            if later and dist_info.is_main:
+                print(f"[ckd-train] --overwrite: epochs {start_epoch}.. run again, replacing "
+                      f"{', '.join(p.name for p in later)} where this run reaches them", flush=True)
         _check_fits(model, resume_state, options.resume, tc.name or cfg.name)
+        settings = resume_state.get("settings") or {}
+        if settings.get("torch_rng_state") is not None:
+            _check_rng_state(settings["torch_rng_state"], options.resume)
+        if resume_state.get("optimizer") is not None:
+            _check_optimizer_state(model, build_optimizer(model, cfg), resume_state["optimizer"], options.resume)
         model.load_state_dict(resume_state["net"], strict=True)
-        history = list((resume_state.get("settings") or {}).get("history", []))
+        history = list(settings.get("history", []))
         changed = _resume_differences(resume_state.get("settings") or {}, options, cfg)
         if changed and dist_info.is_main:
             print(f"[ckd-train] note: resuming with {', '.join(changed)}: not an exact continuation of the "
@@ -485,7 +624,11 @@ def train(options: TrainOptions) -> TrainResult:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
     if resume_state is not None and resume_state.get("optimizer") is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
+        try:
+            optimizer.load_state_dict(resume_state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # what the check above does not foresee
+            raise CheckpointError(f"{options.resume}: its optimizer state cannot be loaded into this run's optimizer "
+                                  f"({type(exc).__name__}: {exc})") from None
     if resume_state is not None and (resume_state.get("settings") or {}).get("torch_rng_state") is not None:
         torch.set_rng_state(resume_state["settings"]["torch_rng_state"])
     net: nn.Module = model

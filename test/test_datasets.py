@@ -230,3 +230,71 @@ def test_an_ambiguous_dataset_folder_is_refused_unless_the_benchmark_says(tmp_pa
     _write_frames(tmp_path / 'mine' / 'gt' / 'i', 1)
     with pytest.raises(ValueError, match='several layouts'):
         datasets.detect_kind(root, benchmark='lasher')
+
+
+def _png_header(width, height):
+    """The first bytes of a PNG declaring ``width`` x ``height`` (8-bit RGB): all a size check may read."""
+    import struct
+    import zlib
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + struct.pack('>I', len(ihdr)) + b'IHDR' + ihdr
+            + struct.pack('>I', zlib.crc32(b'IHDR' + ihdr)))
+
+
+def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    huge = tmp_path / '00000.png'
+    huge.write_bytes(_png_header(20000, 20000) + bytes(1000))
+    decoded = []
+    real_imread = cv2.imread
+    monkeypatch.setattr(datasets.cv2, 'imread', lambda *a, **k: decoded.append(a[0]) or real_imread(*a, **k))
+    # was: handed to OpenCV, which allocates and decodes 1.2 GB for a 20000x20000 RGB file
+    for read in (datasets.read_rgb_image, datasets.read_thermal_image):
+        with pytest.raises(datasets.ImageTooLargeError, match=rf'cannot read image {huge}: it declares 20000x20000 '
+                                                              r'pixels \(400 megapixels\), over the cap of 100000000'):
+            read(huge)
+    assert decoded == [] and isinstance(datasets.ImageTooLargeError('x'), OSError)  # a per-sequence read failure
+    # every format the datasets use: the size comes from the header, decoding is refused over the cap
+    for ext in ('.png', '.jpg', '.bmp', '.tif'):
+        path = tmp_path / f'small{ext}'
+        assert cv2.imwrite(str(path), np.zeros((37, 53, 3), np.uint8))
+        assert datasets.image_file_size(path) == (53, 37), ext
+        assert datasets.read_rgb_image(path).shape == (37, 53, 3)
+        monkeypatch.setattr(datasets, 'MAX_IMAGE_PIXELS', 53 * 37 - 1)
+        with pytest.raises(datasets.ImageTooLargeError, match=r'53x37 pixels'):
+            datasets.read_thermal_image(path)
+        monkeypatch.setattr(datasets, 'MAX_IMAGE_PIXELS', 53 * 37)
+        assert datasets.read_thermal_image(path).shape == (37, 53, 3)
+    # a file that is no image keeps the decoder's message
+    (tmp_path / 'junk.png').write_bytes(b'junk')
+    with pytest.raises(OSError, match='cannot read image .*junk.png \\(missing, truncated or not an image\\)'):
+        datasets.read_rgb_image(tmp_path / 'junk.png')
+
+
+def test_one_bad_sequence_does_not_stop_the_dataset_from_opening(tmp_path):
+    root = tmp_path / 'lasher'
+    for name in ('aa', 'bb', 'cc'):
+        _write_frames(root / name / 'visible', 2)
+        _write_frames(root / name / 'infrared', 2)
+        (root / name / 'init.txt').write_text(_boxes(2, ','))
+    (root / 'bb' / 'init.txt').unlink()                                  # bb: no annotation at all
+    (root / 'AttriSeqsTxt').mkdir()
+    (root / 'AttriSeqsTxt' / 'aa.txt').write_text(','.join(['1'] + ['0'] * 18) + '\n')
+    (root / 'AttriSeqsTxt' / 'cc.txt').write_text('1,0,1\n')              # cc: a bad attribute file
+    # was: AnnotationError for cc's attribute file while opening, so no sequence could be run
+    ds = datasets.open_dataset('lasher', root)
+    assert ds.names == ['aa', 'bb', 'cc']
+    assert ds['aa'].attributes == ('NO',) and len(ds['aa']) == 2
+    with pytest.raises(FileNotFoundError, match=r'lasher sequence .*bb: no init.txt'):
+        ds['bb']
+    with pytest.raises(AnnotationError, match=r'AttriSeqsTxt/cc.txt: 3 attribute flags, expected 19'):
+        ds['cc']
+    # was: building every sequence, so bb's missing annotation aborted the attribute table (and ckd-eval run)
+    table = ds.attributes()
+    assert table['NO'] == ['aa'] and all(names in ([], ['aa']) for names in table.values())
+    # readers without attribute files still list the sequences that open
+    plain = tmp_path / 'plain'
+    for name in ('p1', 'p2'):
+        _write_frames(plain / name / 'rgb', 2)
+        _write_frames(plain / name / 'thermal', 2)
+    (plain / 'p1' / 'groundtruth.txt').write_text(_boxes(2, ' '))
+    assert datasets.open_dataset('plain', plain).attributes() == {}

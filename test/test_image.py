@@ -218,3 +218,39 @@ def test_sixteen_bit_fast_path_equals_the_float_path(raw, mode, percentiles):
     assert fast.low == pytest.approx(reference.low, rel=1e-6, abs=1e-6)
     assert fast.high == pytest.approx(reference.high, rel=1e-6, abs=1e-6)
     np.testing.assert_array_equal(fast.image, reference.image)
+
+
+@pytest.mark.parametrize('mode', ['minmax', 'percentile'])
+def test_one_extreme_float_frame_does_not_poison_the_smoothed_range(mode):
+    gain = ThermalGainControl(mode, percentile_low=0.0, percentile_high=100.0, smoothing=0.95)
+    rng = np.random.default_rng(1)
+
+    def normal():
+        return rng.uniform(290.0, 310.0, (16, 16)).astype(np.float32)   # a float (Kelvin) camera
+
+    for _ in range(30):
+        gain(normal())
+    outlier = normal()
+    outlier[0, 0], outlier[0, 1] = 3.4e38, -3.4e38                      # one corrupt frame
+    gain(outlier)
+    after = [gain(normal()) for _ in range(3)]
+    # was: low ~ -3.2e38, high ~ 3.2e38 for ~120 frames at 0.95 (every pixel mid-grey: 128)
+    for frame in after:
+        assert 289.0 < frame.low < 291.0 and 309.0 < frame.high < 311.0, (frame.low, frame.high)
+        assert frame.image.min() < 30 and frame.image.max() > 225
+    # ordinary changes of the scene's range are still smoothed (a hot object: 10x the span)
+    hot = normal()
+    hot[:4, :4] = 500.0
+    frame = gain(hot)
+    assert 309.0 < frame.high < 330.0
+
+
+def test_the_smoothed_range_restarts_on_a_change_of_scale_either_way():
+    gain = ThermalGainControl('minmax', smoothing=0.9)
+    gain(np.array([[1000, 2000]], np.uint16))
+    big = gain(np.array([[0.0, 3e9]], np.float32))        # 1.5e6 times the scale: taken as it is
+    assert (big.low, big.high) == (0.0, 3e9)
+    back = gain(np.array([[1000, 2000]], np.uint16))      # and back: as it is too, not 0.9 * 3e9
+    assert (back.low, back.high) == (1000.0, 2000.0)
+    step = gain(np.array([[1000, 20000]], np.uint16))     # 10x: blended as before
+    assert (step.low, step.high) == (1000.0, pytest.approx(0.9 * 2000 + 0.1 * 20000))

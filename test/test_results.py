@@ -125,3 +125,47 @@ def test_run_manifest_round_trip_and_damage(tmp_path):
     (tmp_path / 'ckd_run.json').write_text('{"settings": ')                  # cut off: never "no manifest"
     with pytest.raises(ValueError, match='not a run manifest'):
         results.read_run_manifest(tmp_path)
+
+
+def test_a_result_file_that_is_a_symbolic_link_is_refused_unread(tmp_path, capsys):
+    from ckd_ros.core import eval_cli
+    secret = tmp_path / 'shadow'
+    secret.write_text('root:$6$saltsalt$SECRETHASH:19000:0:99999:7:::\n')
+    out = tmp_path / 'run'
+    results.write_sequence_result(out, 'aa', [[1, 2, 3, 4], [2, 3, 4, 5]])
+    (out / 'bb.txt').symlink_to(secret)
+    (out / 'bb_time.txt').write_text('0\n')
+    (out / 'cc_time.txt').symlink_to(secret)
+    (out / 'cc.txt').write_text('1 2 3 4\n')
+    # was: AnnotationError "...bb.txt:1: expected numbers ..., got 'root:$6$saltsalt$SECRETHASH:...'"
+    for read, path in ((results.read_result_boxes, out / 'bb.txt'), (results.read_result_times, out / 'cc_time.txt')):
+        with pytest.raises(results.ResultFileError, match='is a symbolic link; results must be regular files') as exc:
+            read(path)
+        assert 'SECRETHASH' not in str(exc.value)
+    with pytest.raises(results.ResultFileError, match=r'bb\.txt is a symbolic link'):
+        results.load_results(out)
+    with pytest.raises(results.ResultFileError, match=r'cc_time\.txt is a symbolic link'):
+        results.load_times(out, ['aa', 'cc'])
+    np.testing.assert_array_equal(results.load_results(out, ['aa'])['aa'], [[1, 2, 3, 4], [2, 3, 4, 5]])
+    # the command line: one line naming the link, nothing of the file it points to
+    import cv2
+    root = tmp_path / 'plain'
+    for name in ('aa', 'bb', 'cc'):
+        for sub in ('rgb', 'thermal'):
+            (root / name / sub).mkdir(parents=True)
+            for k in range(2):
+                cv2.imwrite(str(root / name / sub / f'{k}.png'), np.zeros((8, 8, 3), np.uint8))
+        (root / name / 'groundtruth.txt').write_text('1 2 3 4\n2 3 4 5\n')
+    assert eval_cli.main(['score', '--results', str(out), '--benchmark', 'generic', '--dataset', str(root),
+                          '--kind', 'plain', '--report', str(tmp_path / 'report')]) == 2
+    err = capsys.readouterr().err
+    assert 'SECRETHASH' not in err and 'bb.txt is a symbolic link' in err
+
+
+def test_a_result_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    import os
+    out = tmp_path / 'run'
+    out.mkdir()
+    os.mkfifo(out / 'aa.txt')
+    with pytest.raises(results.ResultFileError, match=r'aa\.txt is not a regular file'):
+        results.read_result_boxes(out / 'aa.txt')

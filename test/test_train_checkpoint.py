@@ -189,8 +189,10 @@ def test_resumed_run_logs_each_epoch_and_step_once(two_epochs, tmp_path):
     shutil.copytree(out, tmp_path, dirs_exist_ok=True)
     logs = tmp_path / "logs" / "tiny"
     before = {table: (logs / f"{table}.csv").read_bytes() for table in ("train", "epochs")}
-    # resume from epoch 1 though epoch 2 was logged (and checkpointed): its rows must not appear twice
-    resumed = train(_options(tmp_path, resume=tmp_path / result.checkpoints[0].relative_to(out), epochs=3))
+    # resume from epoch 1 though epoch 2 was logged (and checkpointed; replacing it takes --overwrite): its rows
+    # must not appear twice
+    resumed = train(_options(tmp_path, resume=tmp_path / result.checkpoints[0].relative_to(out), epochs=3,
+                             overwrite=True))
     assert [p.name for p in resumed.checkpoints] == ["OSTrack_CKD_ep0002.pth.tar", "OSTrack_CKD_ep0003.pth.tar"]
     train_rows = _csv_rows(logs / "train.csv")
     assert [(r["epoch"], r["step"]) for r in train_rows] == [(str(e), str(s)) for e in (1, 2, 3) for s in (1, 2)]
@@ -307,11 +309,17 @@ def test_resume_refuses_to_replace_another_run_in_the_output_folder(two_epochs, 
     assert "replace its checkpoint(s) OSTrack_CKD_ep0002.pth.tar" in message
     assert "epochs.csv, train.csv" in message and "--overwrite" in message and "another --output" in message
     assert _tree_bytes(other) == before
-    # a byte-identical backup of the folder's own checkpoint is a normal resume into its own folder
+    # a byte-identical backup of the folder's own checkpoint is a resume into its own folder: not another run's,
+    # though replacing the folder's later epoch 2 still takes --overwrite
     backup = tmp_path / "backup.pth.tar"
     shutil.copy(other / result.checkpoints[0].relative_to(out), backup)
-    resumed = train(_options(other, resume=backup))
+    with pytest.raises(FileExistsError, match="holds checkpoint\\(s\\) of epochs after") as exc:
+        train(_options(other, resume=backup))
+    assert "another run" not in str(exc.value)
+    resumed = train(_options(other, resume=backup, overwrite=True))
     assert [p.name for p in resumed.checkpoints] == ["OSTrack_CKD_ep0002.pth.tar"]
+    assert [r["epoch"] for r in _csv_rows(other / "logs" / "tiny" / "epochs.csv")] == ["1", "1", "2", "2"]
+    assert "another run" not in capsys.readouterr().out
     # --overwrite: the other run's checkpoints and CSV rows are replaced, the logs hold this run's epochs only
     again = train(_options(other, resume=foreign, overwrite=True))
     assert [p.name for p in again.checkpoints] == ["OSTrack_CKD_ep0002.pth.tar"]

@@ -3,7 +3,11 @@
 * ``convert``: a dataset (one bag per sequence under ``--out``) or one sequence given as two image
   folders and a box file (the bag is ``--out``); MCAP by default, ``--storage sqlite3``; a bag appears
   under its name only once complete (see ``bagio.BagWriter``), so a killed conversion is rerun as is;
-* ``info``: topics, types, message counts, duration, rates, image encodings;
+  ``--fps`` 0.1..1000, ``--start-time`` 0..2**31-1 s (a ROS Time), ``--max-frames`` >= 1; a sequence that cannot
+  be read fails alone (the others are converted; exit status 2);
+* ``info``: topics, types, message counts, duration, rates, image encodings; an MCAP bag without a usable
+  ``metadata.yaml`` (missing, or damaged: text in its numbers) is read record by record as the readers do
+  and reported as damaged (exit status 1);
 * ``play``: replay a converted bag into a running tracker node and record its outputs (needs rclpy;
   see ``ckd_ros.ros.bag_play``).
 """
@@ -11,11 +15,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
-from ckd_ros.core import bagio, datasets
+from ckd_ros.core import bagio, cli_args, datasets
+
+# builtin_interfaces/Time.sec is an int32: stamps from 0 (no negative time in ROS) up to 2**31 - 1 s
+MAX_START_TIME_S = float(2 ** 31 - 1)
+FPS_RANGE = (0.1, 1000.0)
+
+
+def _start_time(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0.0 <= value < MAX_START_TIME_S):
+        raise argparse.ArgumentTypeError(f'must be a time in seconds from 0 to {MAX_START_TIME_S:.0f} (a ROS '
+                                         f'builtin_interfaces/Time has an int32 sec field), got {text!r}')
+    return value
+
+
+def _fps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    low, high = FPS_RANGE
+    if not (low <= value <= high):
+        raise argparse.ArgumentTypeError(f'must be a frame rate from {low:g} to {high:g} frames per second, '
+                                         f'got {text!r}')
+    return value
 
 
 def _topics(args) -> bagio.BagTopics:
@@ -42,16 +74,26 @@ def cmd_convert(args) -> int:
             raise SystemExit(f'ckd-bag convert: no sequence {", ".join(unknown)} in the {ds.kind} dataset at '
                              f'{args.dataset}')
         out = Path(args.out)
+        failed = {}
         for name in tqdm(names, desc='sequences', unit='seq', disable=args.quiet):
             target = out / name
             if target.exists() and not args.overwrite:
                 print(f'skip {name}: {target} exists (--overwrite to replace)', file=sys.stderr)
                 continue
-            seq = ds[name]
-            with tqdm(total=len(seq) if args.max_frames is None else min(len(seq), args.max_frames), desc=name,
-                      unit='frame', leave=False, disable=args.quiet) as bar:
-                summary = bagio.write_sequence_bag(seq, target, progress=bar.update, **options)
+            try:
+                seq = ds[name]      # a sequence whose annotation cannot be read fails alone
+                with tqdm(total=len(seq) if args.max_frames is None else min(len(seq), args.max_frames), desc=name,
+                          unit='frame', leave=False, disable=args.quiet) as bar:
+                    summary = bagio.write_sequence_bag(seq, target, progress=bar.update, **options)
+            except (OSError, ValueError) as exc:   # nothing is left under its name (staged writer); go on
+                failed[name] = str(exc)
+                print(f'ckd-bag convert: FAILED {name}: {exc}', file=sys.stderr)
+                continue
             print(f'{name}: {summary.frames} frames, thermal {summary.thermal_encoding} -> {summary.path}')
+        if failed:
+            print(f'ckd-bag convert: {len(failed)} of {len(names)} sequence(s) failed ({", ".join(failed)}); the '
+                  'others are converted, a rerun converts only the missing ones', file=sys.stderr)
+            return 2
         return 0
     if not (args.rgb and args.thermal and args.boxes):
         raise SystemExit('ckd-bag convert: give --dataset ROOT, or --rgb DIR --thermal DIR --boxes FILE')
@@ -64,7 +106,8 @@ def cmd_convert(args) -> int:
 
 def cmd_info(args) -> int:
     """Every bag given (a folder of bags: each bag in it); an unreadable one is reported and the others
-    still shown. Exit status 2 if one could not be opened, else 1 if one is damaged, else 0."""
+    still shown. Exit status 2 if one could not be opened, else 1 if one is damaged (read up to the damage,
+    or without its metadata), else 0."""
     status = 0
     infos = []
     for path in args.bags:
@@ -122,11 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument('--boxes', help='box file: one x,y,w,h per frame, or one line (initial box)')
     c.add_argument('--name', help='sequence name (single sequence)')
     c.add_argument('--out', required=True, help='bag folder (single sequence) or folder of bags (dataset)')
-    c.add_argument('--fps', type=float, default=30.0, help='frame rate of the stamps (default 30)')
-    c.add_argument('--start-time', type=float, default=0.0, help='stamp of frame 0 in seconds')
+    c.add_argument('--fps', type=_fps, default=30.0,
+                   help=f'frame rate of the stamps, {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g} (default 30)')
+    c.add_argument('--start-time', type=_start_time, default=0.0,
+                   help='stamp of frame 0 in seconds, 0 to 2^31-1 (ROS time; default 0)')
     c.add_argument('--storage', choices=bagio.STORAGES, default='mcap')
     c.add_argument('--compression', choices=('zstd',), help='per-message zstd compression')
-    c.add_argument('--max-frames', type=int)
+    c.add_argument('--max-frames', type=cli_args.integer(1), help='convert at most the first N frames (N >= 1)')
     c.add_argument('--overwrite', action='store_true', help='replace existing bags')
     c.add_argument('--quiet', action='store_true')
     add_topic_arguments(c)
@@ -167,7 +212,7 @@ def main(argv=None) -> int:
             print(exc.code, file=sys.stderr)
             return 2
         raise
-    except (FileNotFoundError, FileExistsError, ValueError, bagio.BagReadError) as exc:
+    except (OSError, ValueError, bagio.BagReadError) as exc:
         print(f'ckd-bag: error: {exc}', file=sys.stderr)
         return 2
 

@@ -349,9 +349,21 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+# builtin_interfaces/Time: int32 sec (and no negative time in ROS): the last stamp a bag may carry
+MAX_STAMP_NS = (2 ** 31 - 1) * 1_000_000_000 + 999_999_999
+
+
 def frame_stamps(count: int, fps: float, start_ns: int = 0) -> np.ndarray:
+    """``start + index / fps`` in ns for ``count`` frames; every stamp must fit a ROS Time (0 to 2**31 - 1 s)."""
     if not (fps > 0 and math.isfinite(fps)):
         raise ValueError(f'frame rate must be a positive number of frames per second, got {fps}')
+    if not 0 <= start_ns <= MAX_STAMP_NS:
+        raise ValueError(f'start time {start_ns / 1e9:g} s is not a ROS time (0 to 2**31 - 1 s)')
+    last_ns = start_ns + (count - 1) * 1e9 / fps if count else start_ns
+    if last_ns > MAX_STAMP_NS:
+        raise ValueError(f'{count} frames at {fps:g} fps from {start_ns / 1e9:g} s end at {last_ns / 1e9:.0f} s, past '
+                         'the last ROS time (2**31 - 1 s: builtin_interfaces/Time.sec is an int32); give an earlier '
+                         'start time or a higher frame rate')
     return start_ns + np.round(np.arange(count) * (1e9 / fps)).astype(np.int64)
 
 
@@ -595,6 +607,10 @@ def _open_reader(path: Path, store):
         raise BagReadError(path, 'not a rosbag2 bag: the folder has no metadata.yaml or .mcap file')
     _bound_rosbags_decompression()
     _check_mcap_chunk_index(path)
+    problem = metadata_problem(path)
+    if problem is not None:
+        # rosbags would fail on it with a bare TypeError, or later on arithmetic with a text field
+        raise BagReadError(path, f'cannot open bag: damaged metadata.yaml ({problem})')
     try:
         reader = AnyReader([path], default_typestore=store)
         reader.open()
@@ -603,6 +619,67 @@ def _open_reader(path: Path, store):
     except Exception as exc:  # rosbags raises several types for unreadable files
         raise BagReadError(path, f'cannot open bag ({type(exc).__name__}: {exc})') from exc
     return reader
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def metadata_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with a bag folder's ``metadata.yaml`` in the fields rosbags computes with (None when it is
+    absent or fine): YAML that does not parse, a missing section, text or negative numbers in the times and
+    counts, topics without a name or type. Checked before rosbags reads it: rosbags turns these into a bare
+    ``TypeError`` (``starting_time: {nanoseconds_since_epoch: "abc"}``) or, for the message count, a traceback
+    when the summary is asked for."""
+    metadata = Path(path) / 'metadata.yaml'
+    if not Path(path).is_dir() or not metadata.is_file():
+        return None
+    import yaml
+    try:
+        document = yaml.safe_load(metadata.read_text(encoding='utf-8'))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return f'not readable as YAML: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}'
+    info = document.get('rosbag2_bagfile_information') if isinstance(document, dict) else None
+    if not isinstance(info, dict):
+        return 'no rosbag2_bagfile_information mapping'
+
+    def shown(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:40] + '...'
+
+    version = info.get('version')
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f'version is {shown(version)}, not an integer'
+    if not isinstance(info.get('storage_identifier'), str):
+        return f'storage_identifier is {shown(info.get("storage_identifier"))}, not a name'
+    paths = info.get('relative_file_paths')
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return f'relative_file_paths is {shown(paths)}, not a list of file names'
+    for section, key, least in (('duration', 'nanoseconds', 0), ('starting_time', 'nanoseconds_since_epoch', None)):
+        value = info.get(section)
+        value = value.get(key) if isinstance(value, dict) else value
+        if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+            return (f'{section}.{key} is {shown(value)}, not a whole number of nanoseconds'
+                    + (f' >= {least}' if least is not None else ''))
+    if not _is_count(info.get('message_count')):
+        return f'message_count is {shown(info.get("message_count"))}, not a whole number >= 0'
+    topics = info.get('topics_with_message_count')
+    if not isinstance(topics, list):
+        return f'topics_with_message_count is {shown(topics)}, not a list'
+    for index, topic in enumerate(topics):
+        where = f'topics_with_message_count[{index}]'
+        meta = topic.get('topic_metadata') if isinstance(topic, dict) else None
+        if not isinstance(meta, dict):
+            return f'{where} has no topic_metadata mapping'
+        for key in ('name', 'type', 'serialization_format'):
+            if not isinstance(meta.get(key), str):
+                return f'{where}.topic_metadata.{key} is {shown(meta.get(key))}, not a string'
+        if not _is_count(topic.get('message_count')):
+            return f'{where}.message_count is {shown(topic.get("message_count"))}, not a whole number >= 0'
+    files = info.get('files', [])
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        return f'files is {shown(files)}, not a list of mappings'
+    return None
 
 
 def is_bag(folder: str | os.PathLike) -> bool:
@@ -705,12 +782,14 @@ def _chunk_records(chunk) -> list:
     return records
 
 
-def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) -> Iterator[tuple[str, int, object]]:
+def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception,
+                  topic_types: dict | None = None) -> Iterator[tuple[str, int, object]]:
     """Read an MCAP file record by record (no summary section needed), up to the first damage.
 
     rosbags needs the file's footer and summary, which a crashed recorder never writes; the records
     before the damage are still valid, so they are yielded (those of a chunk cut short too, when it is
-    uncompressed) and the damage is reported with its byte offset.
+    uncompressed) and the damage is reported with its byte offset. ``topic_types``, when given, receives
+    topic -> message type for every channel met (also those without a message).
     """
     from mcap.records import Channel, Chunk, Message, Schema
     from mcap.stream_reader import StreamReader
@@ -728,6 +807,8 @@ def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception) 
             schemas[record.id] = record.name
         elif isinstance(record, Channel):
             channels[record.id] = (record.topic, schemas.get(record.schema_id))
+            if topic_types is not None and (wanted is None or record.topic in wanted):
+                topic_types.setdefault(record.topic, schemas.get(record.schema_id))
         elif isinstance(record, Message):
             topic, msgtype = channels.get(record.channel_id, (None, None))
             if topic is None or (wanted is not None and topic not in wanted):
@@ -1084,10 +1165,20 @@ def bag_custom_data(path: str | os.PathLike) -> dict[str, str]:
 
 def bag_info(path: str | os.PathLike, scan: bool = True) -> dict:
     """Summary of a bag: storage, version, duration, and per topic type, count, rate (and image
-    encodings when ``scan``). A corrupt bag gives what was read plus ``error``."""
+    encodings when ``scan``). A corrupt bag gives what was read plus ``error``.
+
+    An MCAP bag that rosbags cannot open (no ``metadata.yaml``, a damaged one, a file without its summary) is
+    read record by record as :func:`iter_messages` reads it (``salvaged``: True, ``error`` saying why and
+    where the reading stopped), with or without ``scan``: there is no usable summary to show instead.
+    Bags refused for their size (:class:`BagLimitError`) and other unopenable bags raise."""
     path = Path(path)
     store = make_typestore()
-    reader = _open_reader(path, store)
+    try:
+        reader = _open_reader(path, store)
+    except BagReadError as exc:
+        if isinstance(exc, BagLimitError) or not _mcap_files(path):
+            raise
+        return _salvaged_info(path, store, exc)
     try:
         topics = {c.topic: TopicInfo(c.topic, c.msgtype, int(c.msgcount)) for c in reader.connections}
         info = {'path': str(path), 'message_count': int(reader.message_count),
@@ -1099,7 +1190,10 @@ def bag_info(path: str | os.PathLike, scan: bool = True) -> dict:
     metadata = path / 'metadata.yaml' if path.is_dir() else None
     if metadata is not None and metadata.is_file():
         import yaml
-        meta = yaml.safe_load(metadata.read_text()).get('rosbag2_bagfile_information', {})
+        try:
+            meta = yaml.safe_load(metadata.read_text()).get('rosbag2_bagfile_information', {})
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as exc:  # changed since it was opened
+            raise BagReadError(path, f'cannot read metadata.yaml ({type(exc).__name__}: {exc})') from exc
         info['storage'] = meta.get('storage_identifier')
         info['version'] = meta.get('version')
         info['ros_distro'] = meta.get('ros_distro')
@@ -1128,9 +1222,52 @@ def bag_info(path: str | os.PathLike, scan: bool = True) -> dict:
     return info
 
 
+def _salvaged_info(path: Path, store, open_error: BagReadError) -> dict:
+    """:func:`bag_info` of an MCAP bag that rosbags cannot open, from its records (:func:`_salvage_mcap`)."""
+    if Path(path).is_dir() and not (Path(path) / 'metadata.yaml').is_file():
+        reason = 'no metadata.yaml (its recording never finished, or the file was removed)'
+    else:
+        problem = metadata_problem(path)
+        cause = open_error.__cause__
+        reason = (f'damaged metadata.yaml ({problem})' if problem is not None else
+                  f'rosbags cannot open it ({type(cause).__name__}: {cause})' if cause is not None else str(open_error))
+    types: dict[str, str | None] = {}
+    topics: dict[str, TopicInfo] = {}
+    count, first, last, error = 0, None, None, None
+    try:
+        for topic, log_time, message in _salvage_mcap(path, None, store, open_error.__cause__ or open_error, types):
+            stats = topics.get(topic)
+            if stats is None:
+                stats = topics[topic] = TopicInfo(topic, types.get(topic) or '?', 0)
+            stats.count += 1
+            stats.first_ns = log_time if stats.first_ns is None else stats.first_ns
+            stats.last_ns = log_time
+            if stats.msgtype == IMAGE_TYPE:
+                stats.encodings.add(f'{message.encoding} {message.width}x{message.height}')
+            count += 1
+            first = log_time if first is None else min(first, log_time)
+            last = log_time if last is None else max(last, log_time)
+    except BagReadError as exc:      # damage after the records read (a limit too: reported like a scan's)
+        error = f'{reason}; {exc}'
+    for topic, msgtype in types.items():
+        topics.setdefault(topic, TopicInfo(topic, msgtype or '?', 0))
+    if error is None:
+        error = f'{reason}: read record by record instead ({count} messages, to the end of the file)'
+    info = {'path': str(path), 'salvaged': True, 'storage': 'mcap', 'message_count': count,
+            'start_ns': first, 'end_ns': last, 'duration_s': (last - first) / 1e9 if count else 0.0,
+            'custom_data': bag_custom_data(path),
+            'topics': [{'name': t.name, 'type': t.msgtype, 'count': t.count, 'rate_hz': t.rate_hz,
+                        **({'encodings': sorted(t.encodings)} if t.encodings else {})}
+                       for t in sorted(topics.values(), key=lambda t: t.name)],
+            'error': error}
+    return info
+
+
 def format_info(info: dict) -> str:
     lines = [f"bag:       {info['path']}"]
-    if info.get('storage'):
+    if info.get('salvaged'):
+        lines.append(f"storage:   {info['storage']} (no usable metadata: read record by record)")
+    elif info.get('storage'):
         lines.append(f"storage:   {info['storage']} (metadata version {info.get('version')}, "
                      f"ros_distro {info.get('ros_distro')})")
     source = BagSource.from_custom_data(info.get('custom_data') or {})

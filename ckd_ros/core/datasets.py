@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence as SequenceType
@@ -67,9 +68,17 @@ def read_box_file(path: str | os.PathLike, *, min_rows: int = 1) -> np.ndarray:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding='utf-8-sig')
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f'box file not found: {path}') from None
+    return parse_box_text(data, path, min_rows=min_rows)
+
+
+def parse_box_text(data: bytes, path: str | os.PathLike, *, min_rows: int = 1) -> np.ndarray:
+    """The boxes of a box file's bytes ``data`` (read by the caller), as :func:`read_box_file` reads them;
+    ``path`` names the file in errors."""
+    try:
+        text = data.decode('utf-8-sig')
     except UnicodeDecodeError as exc:
         raise AnnotationError(f'{path}: not a text file ({exc})') from None
     lines = text.splitlines()
@@ -142,8 +151,109 @@ def _check_jpeg_complete(path: str | os.PathLike) -> None:
         raise OSError(f'cannot read image {path}: truncated JPEG ({size} bytes, no end-of-image marker)')
 
 
+# The most pixels an image file may declare before it is decoded (100 megapixels: 10000 x 10000; a 16-bit
+# thermal frame of that size takes 200 MB, an RGB one 300 MB). The datasets' frames are below 2 megapixels; a
+# file declaring 20000 x 20000 would take 1.2 GB and seconds to decode before anything could refuse it.
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+class ImageTooLargeError(OSError):
+    """An image file whose header declares more than :data:`MAX_IMAGE_PIXELS` pixels: refused undecoded."""
+
+
+def _jpeg_size(handle, limit: int = 1 << 22) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame marker, walking the marker segments from the file start."""
+    handle.seek(2)
+    position = 2
+    while position < limit:
+        head = handle.read(2)
+        if len(head) < 2 or head[0] != 0xFF:
+            return None
+        marker = head[1]
+        while marker == 0xFF:                        # fill bytes before a marker
+            byte = handle.read(1)
+            if not byte:
+                return None
+            marker = byte[0]
+        if marker in (0x01, *range(0xD0, 0xD8)):     # markers without a segment
+            position = handle.tell()
+            continue
+        if marker in (0xD9, 0xDA):                   # end of image / start of scan before any frame header
+            return None
+        length_bytes = handle.read(2)
+        if len(length_bytes) < 2:
+            return None
+        (length,) = struct.unpack('>H', length_bytes)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):   # SOF0..SOF15
+            body = handle.read(5)
+            if len(body) < 5:
+                return None
+            height, width = struct.unpack('>HH', body[1:5])
+            return width, height
+        if length < 2:
+            return None
+        handle.seek(length - 2, os.SEEK_CUR)
+        position = handle.tell()
+    return None
+
+
+def _tiff_size(handle, header: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first image file directory of a (classic) TIFF."""
+    order = '<' if header[:2] == b'II' else '>'
+    (offset,) = struct.unpack(order + 'I', header[4:8])
+    handle.seek(offset)
+    count_bytes = handle.read(2)
+    if len(count_bytes) < 2:
+        return None
+    (count,) = struct.unpack(order + 'H', count_bytes)
+    entries = handle.read(12 * min(count, 4096))
+    size = {}
+    for index in range(len(entries) // 12):
+        tag, kind, _ = struct.unpack(order + 'HHI', entries[12 * index:12 * index + 8])
+        if tag in (256, 257):
+            value = entries[12 * index + 8:12 * index + 12]
+            size[tag] = struct.unpack(order + ('H' if kind == 3 else 'I'), value[:2] if kind == 3 else value)[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def image_file_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) an image file declares in its header (PNG IHDR, JPEG start of frame, BMP, TIFF), read
+    without decoding it; None for another format or a header that cannot be parsed (OpenCV then decides)."""
+    with open(path, 'rb') as handle:
+        header = handle.read(32)
+        if header[:8] == b'\x89PNG\r\n\x1a\n' and header[12:16] == b'IHDR':
+            return struct.unpack('>II', header[16:24])
+        if header[:3] == b'\xff\xd8\xff':
+            return _jpeg_size(handle)
+        if header[:2] == b'BM' and len(header) >= 26:
+            (dib,) = struct.unpack('<I', header[14:18])
+            if dib == 12:                                            # BITMAPCOREHEADER: 16-bit sizes
+                return struct.unpack('<HH', header[18:22])
+            width, height = struct.unpack('<ii', header[18:26])
+            return abs(width), abs(height)                           # negative height: top-down rows
+        if header[:4] in (b'II*\x00', b'MM\x00*'):
+            return _tiff_size(handle, header)
+    return None
+
+
+def check_image_size(path: str | os.PathLike) -> None:
+    """Refuse (:class:`ImageTooLargeError`, naming the file) an image whose header declares more than
+    :data:`MAX_IMAGE_PIXELS` pixels, before anything decodes it. An unreadable file passes: the reader says why."""
+    try:
+        size = image_file_size(path)
+    except (OSError, ValueError, IndexError, struct.error):   # missing, unreadable or short: the decoder says why
+        return
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        width, height = size
+        raise ImageTooLargeError(f'cannot read image {path}: it declares {width}x{height} pixels '
+                                 f'({width * height / 1e6:.0f} megapixels), over the cap of {MAX_IMAGE_PIXELS} '
+                                 '(datasets.MAX_IMAGE_PIXELS); refusing to decode it')
+
+
 def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 ``H x W x 3`` RGB (OpenCV colour read, BGR -> RGB, as the official tracker reads frames)."""
+    """uint8 ``H x W x 3`` RGB (OpenCV colour read, BGR -> RGB, as the official tracker reads frames).
+    An image declaring more than :data:`MAX_IMAGE_PIXELS` is refused before decoding."""
+    check_image_size(path)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OSError(f'cannot read image {path} (missing, truncated or not an image)')
@@ -153,7 +263,9 @@ def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
 
 def read_thermal_image(path: str | os.PathLike) -> np.ndarray:
     """Thermal frame as stored: ``H x W`` uint8/uint16 for single-channel files (16-bit kept),
-    ``H x W x 3`` RGB for colour files (BGR -> RGB; an alpha channel is dropped)."""
+    ``H x W x 3`` RGB for colour files (BGR -> RGB; an alpha channel is dropped). An image declaring more
+    than :data:`MAX_IMAGE_PIXELS` is refused before decoding."""
+    check_image_size(path)
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise OSError(f'cannot read image {path} (missing, truncated or not an image)')
@@ -223,13 +335,16 @@ class Dataset:
     """A dataset: an ordered list of sequence names and a factory building each sequence on demand."""
 
     def __init__(self, kind: str, root: Path, names: list[str], build: Callable[[str], Sequence],
-                 attribute_names: tuple[str, ...] = ()):
+                 attribute_names: tuple[str, ...] = (),
+                 sequence_attributes: Mapping[str, tuple[str, ...]] | None = None):
         self.kind = kind
         self.root = Path(root)
         self.names = list(names)
         self.attribute_names = attribute_names
         self._build = build
         self._cache: dict[str, Sequence] = {}
+        # name -> attributes, known without building the sequence (the dataset root's attribute files)
+        self._sequence_attributes = dict(sequence_attributes) if sequence_attributes is not None else None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -250,11 +365,22 @@ class Dataset:
         return self._cache[name]
 
     def attributes(self) -> dict[str, list[str]]:
-        """Attribute -> names of the sequences that have it."""
+        """Attribute -> names of the sequences that have it.
+
+        Taken from the dataset's attribute files when the reader has them, without opening any sequence;
+        otherwise from the sequences, where one that cannot be opened (a missing or bad annotation file) is
+        left out here: it fails on its own when it is used, and the others are still listed."""
         table: dict[str, list[str]] = {a: [] for a in self.attribute_names}
-        for seq in self:
-            for attr in seq.attributes:
-                table.setdefault(attr, []).append(seq.name)
+        for name in self.names:
+            if self._sequence_attributes is not None:
+                attributes = self._sequence_attributes.get(name, ())
+            else:
+                try:
+                    attributes = self[name].attributes
+                except (OSError, ValueError):
+                    continue
+            for attr in attributes:
+                table.setdefault(attr, []).append(name)
         return table
 
     def __repr__(self) -> str:
@@ -292,16 +418,29 @@ def _read_names(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def lasher_attributes(attribute_dir: Path, names: SequenceType[str]) -> dict[str, tuple[str, ...]]:
-    """LasHeR ``AttriSeqsTxt/<seq>.txt``: 19 flags in :data:`LASHER_ATTRIBUTES` order."""
+def lasher_attributes(attribute_dir: Path, names: SequenceType[str],
+                      failures: dict[str, Exception] | None = None) -> dict[str, tuple[str, ...]]:
+    """LasHeR ``AttriSeqsTxt/<seq>.txt``: 19 flags in :data:`LASHER_ATTRIBUTES` order.
+
+    A file that cannot be read raises, or with ``failures`` is recorded there (name -> error) and the other
+    sequences are still read (the dataset opens; that sequence fails when it is built)."""
     table = {}
     for name in names:
         path = attribute_dir / f'{name}.txt'
         if not path.is_file():
             continue
-        flags = _read_flags(path)
-        if len(flags) != len(LASHER_ATTRIBUTES):
-            raise AnnotationError(f'{path}: {len(flags)} attribute flags, expected {len(LASHER_ATTRIBUTES)}')
+        try:
+            try:
+                flags = _read_flags(path)
+            except UnicodeDecodeError as exc:
+                raise AnnotationError(f'{path}: not a text file ({exc})') from None
+            if len(flags) != len(LASHER_ATTRIBUTES):
+                raise AnnotationError(f'{path}: {len(flags)} attribute flags, expected {len(LASHER_ATTRIBUTES)}')
+        except (OSError, ValueError) as exc:
+            if failures is None:
+                raise
+            failures[name] = exc
+            continue
         table[name] = tuple(a for a, f in zip(LASHER_ATTRIBUTES, flags) if f == 1.0)
     return table
 
@@ -321,13 +460,14 @@ def rgbt_attributes(attribute_dir: Path, names_file: Path) -> dict[str, tuple[st
     return {n: tuple(a) for n, a in found.items()}
 
 
-def _attributes_for(kind: str, root: Path, names: list[str]) -> dict[str, tuple[str, ...]]:
+def _attributes_for(kind: str, root: Path, names: list[str],
+                    failures: dict[str, Exception] | None = None) -> dict[str, tuple[str, ...]]:
     if kind == 'lasher':
         local = root / 'AttriSeqsTxt'
         if local.is_dir():
-            return lasher_attributes(local, names)
+            return lasher_attributes(local, names, failures)
         try:
-            return lasher_attributes(toolkit_directory() / 'LasHeR' / 'AttriSeqsTxt', names)
+            return lasher_attributes(toolkit_directory() / 'LasHeR' / 'AttriSeqsTxt', names, failures)
         except ModuleNotFoundError:
             return {}
     if kind in ('rgbt234', 'rgbt210'):
@@ -399,10 +539,13 @@ def open_gtot(root: str | os.PathLike, sequences=None) -> Dataset:
 def _open_visible_infrared(kind: str, root: str | os.PathLike, sequences=None) -> Dataset:
     root = Path(root)
     names = _select(_sequence_dirs(root, ('visible', 'infrared')), sequences, root, kind)
-    attributes = _attributes_for(kind, root, names)
+    failures: dict[str, Exception] = {}     # sequences whose attribute file is bad: they fail alone, when built
+    attributes = _attributes_for(kind, root, names, failures)
 
     def build(name: str) -> Sequence:
         d = root / name
+        if name in failures:
+            raise failures[name]
         gt_rgb = _optional_boxes(d / 'visible.txt')
         gt_thermal = _optional_boxes(d / 'infrared.txt')
         if (d / 'init.txt').is_file():
@@ -415,7 +558,8 @@ def _open_visible_infrared(kind: str, root: str | os.PathLike, sequences=None) -
                         gt_thermal, attributes=attributes.get(name, ()), dataset=kind)
 
     attr_names = LASHER_ATTRIBUTES if kind == 'lasher' else RGBT234_ATTRIBUTES
-    return Dataset(kind, root, names, build, attr_names if attributes else ())
+    return Dataset(kind, root, names, build, attr_names if attributes else (),
+                   sequence_attributes={n: attributes.get(n, ()) for n in names if n not in failures})
 
 
 def open_rgbt210(root, sequences=None) -> Dataset:

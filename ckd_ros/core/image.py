@@ -183,8 +183,12 @@ class ThermalGainControl:
     (``fixed_min``/``fixed_max`` in raw units: stable brightness for radiometric cameras).  With
     ``smoothing`` in (0, 1) the per-frame range is low-pass filtered over time
     (``range = smoothing * previous + (1 - smoothing) * current``), which removes the flicker
-    automatic ranges show when a hot object enters the view.  NaN/inf pixels (32FC1) are excluded
-    from the range and written as 0; a frame without any finite pixel raises.
+    automatic ranges show when a hot object enters the view.  A frame whose range is of another order
+    of magnitude than the smoothed one (more than :data:`RANGE_RESET_FACTOR` times larger or smaller,
+    e.g. one float frame holding +-3.4e38, or the normal frame after it) is not blended in: smoothing
+    restarts from that frame's own range, so one outlier changes one frame instead of dragging the
+    mapping for hundreds.  NaN/inf pixels (32FC1) are excluded from the range and written as 0; a
+    frame without any finite pixel raises.
     """
 
     def __init__(self, mode: str = DEFAULT_GAIN_MODE, percentile_low: float = 1.0, percentile_high: float = 99.0,
@@ -235,7 +239,8 @@ class ThermalGainControl:
                             nonfinite_pixels=nonfinite)
 
     def _smoothed(self, low: float, high: float) -> tuple[float, float]:
-        if self.smoothing > 0.0 and self._previous_range is not None:
+        if self.smoothing > 0.0 and self._previous_range is not None \
+                and not _ranges_apart(self._previous_range, (low, high)):
             previous_low, previous_high = self._previous_range
             low = self.smoothing * previous_low + (1.0 - self.smoothing) * low
             high = self.smoothing * previous_high + (1.0 - self.smoothing) * high
@@ -246,7 +251,8 @@ class ThermalGainControl:
     def _map(values: np.ndarray, low: float, high: float) -> np.ndarray:
         """``values`` (float32) linearly to 0..255 (rounded, clipped); NaN becomes 0."""
         if high > low:
-            scaled = (values - np.float32(low)) * np.float32(255.0 / (high - low))
+            with np.errstate(over='ignore', invalid='ignore'):   # a +-3.4e38 range: inf, then clipped
+                scaled = (values - np.float32(low)) * np.float32(255.0 / (high - low))
         else:
             # A flat frame (or flat range): everything above the level is white, the rest black.
             scaled = np.where(values > low, np.float32(255.0), np.float32(0.0))
@@ -275,6 +281,27 @@ class ThermalGainControl:
             below, above = np.searchsorted(cumulative, [lower, min(lower + 1, n - 1)], side='right')
             result.append(float(below) + (float(above) - float(below)) * (position - lower))
         return result[0], result[1]
+
+
+# How far apart (a factor, either way) the magnitudes of a frame's range and the smoothed range may be before
+# ThermalGainControl restarts the smoothing instead of blending: real scenes change their range by a few
+# times (a hot object entering), a corrupt float frame by 1e30 and more.
+RANGE_RESET_FACTOR = 1000.0
+
+
+def _range_magnitude(low: float, high: float) -> float:
+    """The scale of a gain range: its span or its levels, whichever is larger (at least 1 raw unit, so that a
+    flat zero frame is no zero scale)."""
+    return max(high - low, abs(low), abs(high), 1.0)
+
+
+def _ranges_apart(previous: tuple[float, float], current: tuple[float, float]) -> bool:
+    """Whether two gain ranges are of different orders of magnitude (or one is not finite): blending them
+    would hold the mapping at neither for many frames."""
+    if not all(math.isfinite(v) for v in (*previous, *current)):
+        return True
+    a, b = _range_magnitude(*previous), _range_magnitude(*current)
+    return max(a, b) > RANGE_RESET_FACTOR * min(a, b)
 
 
 def thermal_image_to_rgb8(array: np.ndarray, encoding: str, gain: ThermalGainControl) -> ThermalFrame:

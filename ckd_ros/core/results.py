@@ -19,8 +19,10 @@ are found by :func:`find_tracker_prefix` and read with ``prefix=``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Collection, Iterable, Mapping
@@ -28,7 +30,7 @@ from typing import Collection, Iterable, Mapping
 import numpy as np
 
 from ckd_ros.core.atomic import _current_umask, atomic_write
-from ckd_ros.core.datasets import AnnotationError, read_box_file
+from ckd_ros.core.datasets import AnnotationError, parse_box_text
 
 TIME_SUFFIX = '_time.txt'
 RUN_MANIFEST = 'ckd_run.json'
@@ -36,6 +38,32 @@ RUN_MANIFEST = 'ckd_run.json'
 
 class ResultExistsError(FileExistsError):
     """A result file exists and overwriting was not requested."""
+
+
+class ResultFileError(OSError):
+    """A result file that is not a regular file (a symbolic link, a FIFO, a device): refused unread."""
+
+
+def read_result_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a result file, which must be a regular file.
+
+    A symbolic link is refused without being followed (``O_NOFOLLOW``): the readers quote a bad line in their
+    errors, and a ``<seq>.txt`` linked to another file (``/etc/shadow``, a key) would have them print its first
+    line. A FIFO or device is refused too (it would block, or never end). Raises :class:`ResultFileError`.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or path.is_symlink():
+            raise ResultFileError(f'{path} is a symbolic link; results must be regular files (copy the file '
+                                  'into the result folder instead)') from None
+        raise
+    with os.fdopen(fd, 'rb') as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ResultFileError(f'{path} is not a regular file (a FIFO, device or socket); results must be '
+                                  'regular files')
+        return handle.read()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
@@ -90,14 +118,24 @@ def write_sequence_result(result_dir: str | os.PathLike, sequence: str, boxes, t
 
 
 def read_result_boxes(path: str | os.PathLike) -> np.ndarray:
-    """``(N, 4)`` float64 boxes of a result file (delimiters ',', ' ' or tab)."""
-    return read_box_file(path)
+    """``(N, 4)`` float64 boxes of a result file (delimiters ',', ' ' or tab); a symbolic link or other
+    non-regular file raises :class:`ResultFileError` unread (:func:`read_result_file`)."""
+    try:
+        data = read_result_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'box file not found: {path}') from None
+    return parse_box_text(data, path)
 
 
 def read_result_times(path: str | os.PathLike) -> np.ndarray:
+    """Per-frame seconds of a ``<seq>_time.txt`` (regular files only, as :func:`read_result_boxes`)."""
     path = Path(path)
+    try:
+        text = read_result_file(path).decode('utf-8')
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f'{path}: not a text file ({exc})') from None
     values = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
