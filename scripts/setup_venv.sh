@@ -18,5 +18,10 @@ echo "[setup] installing pinned dependencies (first run: about 2 minutes)"
 # pip's notes about this machine's unused local index locations are noise: keep real errors only.
 quiet_pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 quiet_pip install -q --upgrade pip
+# The test environment uses OpenCV's contrib build (CSRT/KCF baselines); it and the plain build both
+# provide cv2 and must not be installed together: an older .venv with the plain one gets contrib alone.
+if "$venv/bin/python" -m pip show -q opencv-python-headless >/dev/null 2>&1; then
+  quiet_pip uninstall -q -y opencv-python-headless opencv-contrib-python-headless
+fi
 quiet_pip install -q -r "$root/requirements.txt"
 echo "$want" > "$stamp"

@@ -15,6 +15,10 @@ pytestmark = pytest.mark.ros
 
 MICRO_CONFIG = TEST_DIR / 'data' / 'node_micro_config.yaml'
 SEQUENCES, FRAMES, WIDTH, HEIGHT = 2, 24, 160, 128
+# the default --baselines: OpenCV's CSRT (fused, psr 0), KCF (RGB), MIL (thermal)
+BASELINE_RUNS = {'opencv_csrt_fused_psr0': 'OpenCV CSRT fused (psr 0)', 'opencv_kcf_rgb': 'OpenCV KCF RGB',
+                 'opencv_mil_thermal': 'OpenCV MIL thermal'}
+CKD_RUNS = ('fused', 'rgb_only', 'thermal_only')
 
 
 def demo_command(output_dir, *extra):
@@ -46,12 +50,12 @@ def test_short_demo_writes_every_output_with_sane_numbers(demo_run):
     assert demo_run['seconds'] < 60, f"the shortened demo took {demo_run['seconds']:.0f} s"
     assert run_dir.parent == demo_run['output_dir'] and (demo_run['output_dir'] / 'latest').is_symlink()
     for name in ('metrics.md', 'metrics.json', 'precision.png', 'success.png', 'normalized_precision.png',
-                 'performance.json', 'sequences.json', 'node.log', 'preview.png'):
+                 'performance.json', 'sequences.json', 'node.log', 'preview.png', 'baselines.log'):
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
     for png in ('precision.png', 'success.png', 'preview.png'):
         assert (run_dir / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # the table printed is the one written
-    assert 'fused (node over DDS)' in demo_run['stdout'] and 'thermal only (RGB blanked)' in demo_run['stdout']
+    assert 'CKD fused (node over DDS)' in demo_run['stdout'] and 'CKD thermal only (RGB blanked)' in demo_run['stdout']
     assert str(run_dir / 'metrics.md') in demo_run['stdout']
     # the speed figures name their machine (README: every figure names its machine)
     machine_lines = [line for line in demo_run['stdout'].splitlines() if line.startswith('machine: ')]
@@ -60,10 +64,13 @@ def test_short_demo_writes_every_output_with_sane_numbers(demo_run):
     assert summary['machine']['cpu_count'] >= 1
     assert 'lock-step round trip' in (run_dir / 'metrics.md').read_text()
     md = (run_dir / 'metrics.md').read_text()
-    assert '| fused (node over DDS) |' in md and '| RGB only (thermal blanked) |' in md
+    assert '| CKD fused (node over DDS) |' in md and '| CKD RGB only (thermal blanked) |' in md
+    for label in BASELINE_RUNS.values():
+        assert f'| {label} |' in md and label in demo_run['stdout']
 
     scored = SEQUENCES * (FRAMES - 1)            # frame 0 is the initialisation
-    for run in ('fused', 'rgb_only', 'thermal_only'):
+    assert set(summary['metrics']) == set(CKD_RUNS) | set(BASELINE_RUNS)
+    for run in (*CKD_RUNS, *BASELINE_RUNS):
         m = summary['metrics'][run]
         assert m['frames'] == scored
         for key in ('PR', 'NPR', 'SR'):
@@ -76,6 +83,18 @@ def test_short_demo_writes_every_output_with_sane_numbers(demo_run):
     assert summary['frames_dropped'] == 0, 'lock-step replay tracks every pair'
     assert summary['node_exit_code'] == 0, 'the node left through the lifecycle shutdown'
     assert set(summary['fused_beats_ablations']) == {'PR', 'NPR', 'SR'}
+    # the verdict names the winner by SR and by PR: the run(s) with the highest value, among every tracker
+    assert set(summary['winner']) == {'SR', 'PR'}
+    for metric, runs in summary['winner'].items():
+        top = max(m[metric] for m in summary['metrics'].values())
+        assert runs and all(summary['metrics'][run][metric] == top for run in runs)
+        assert f"by {metric}: {' and '.join(summary['labels'][run] for run in runs)} with {top:.1f}" \
+            in summary['winner_verdict']
+    assert summary['winner_verdict'].startswith('Winner by SR: ')
+    assert summary['winner_verdict'] in demo_run['stdout'] and f"**{summary['winner_verdict']}.**" in md
+    assert set(summary['config']['baselines']) == set(BASELINE_RUNS)
+    assert summary['config']['baselines']['opencv_csrt_fused_psr0']['csrt_psr_threshold'] == 0.0
+    assert summary['timings_s']['baselines_s'] > 0
 
     perf = json.loads((run_dir / 'performance.json').read_text())
     assert perf['BasicPerformanceMetrics.NUM_FRAMES_SENT'] == SEQUENCES * (FRAMES - 1)
@@ -86,10 +105,11 @@ def test_short_demo_writes_every_output_with_sane_numbers(demo_run):
     assert perf['NodeLatency.P50_LATENCY'] <= perf['BasicPerformanceMetrics.P50_LATENCY']
     assert perf['BasicPerformanceMetrics.MEAN_FRAME_RATE'] > 0
     assert set(perf['sequences']) == {s['name'] for s in demo_run['manifest']['sequences']}
+    assert set(perf['offline_baselines']) == set(BASELINE_RUNS)
 
 
 def test_one_node_output_per_replayed_pair_and_scenes_with_the_promised_failures(demo_run):
-    from ckd_ros.core import bagio
+    from ckd_ros.core import bagio, results
     run_dir, manifest = demo_run['run_dir'], demo_run['manifest']
     assert len(manifest['sequences']) == SEQUENCES
     first = manifest['sequences'][0]
@@ -111,9 +131,9 @@ def test_one_node_output_per_replayed_pair_and_scenes_with_the_promised_failures
         _, input_gt = bagio.read_ground_truth(run_dir / 'bags' / name)
         np.testing.assert_array_equal(gt, input_gt)
         # result files: one box per frame for each run
-        for run in ('fused', 'rgb_only', 'thermal_only'):
-            lines = (run_dir / 'results' / run / f'{name}.txt').read_text().splitlines()
-            assert len(lines) == FRAMES
+        for run in (*CKD_RUNS, *BASELINE_RUNS):
+            boxes = results.read_result_boxes(run_dir / 'results' / run / f'{name}.txt')
+            assert boxes.shape == (FRAMES, 4) and np.isfinite(boxes).all(), run
 
 
 def test_video_has_one_frame_per_replayed_pair(demo_run):
@@ -222,6 +242,9 @@ def test_scenes_come_from_unseen_seeds_and_hold_their_failure_segments(tmp_path)
     (['--timeout', 'nan'], '--timeout must be a positive number'),
     # a traceback before, after the bags had been written
     (['--namespace', 'bad-ns'], "--namespace 'bad-ns' is not a valid ROS namespace"),
+    (['--baselines', 'goturn'], 'baseline tracker must be one of csrt, kcf, mil'),
+    (['--baselines', 'csrt:depth'], 'baseline input must be one of rgb, thermal, fused'),
+    (['--baselines', 'kcf:rgb,kcf:rgb'], 'a baseline is named twice'),
 ])
 def test_bad_options_are_refused_with_the_reason(tmp_path, args, message):
     proc = run_demo(demo_command(tmp_path / 'out') + args, timeout=60)   # the last value of an option wins
@@ -257,3 +280,40 @@ def test_refuses_to_replay_into_a_domain_where_someone_publishes_the_camera_topi
     runs = [p for p in tmp_path.iterdir() if p.name != 'latest']
     assert len(runs) == 1 and not (runs[0] / 'node.log').exists(), 'the node was never started'
     assert not (tmp_path / 'latest').exists(), '`latest` links finished runs only'
+
+
+def test_baselines_the_opencv_build_lacks_are_refused_before_any_work(monkeypatch):
+    """Without OpenCV's contrib build (the runtime requirements' plain opencv-python-headless) CSRT and KCF
+    are missing: the demo stops at once, naming the package to install and --baselines none."""
+    import cv2
+
+    from ckd_ros.core import baselines
+    from ckd_ros.ros.demo import DemoError, check_baselines, parse_baselines
+    monkeypatch.delattr(cv2, 'TrackerCSRT_create', raising=False)
+    monkeypatch.delattr(cv2, 'TrackerCSRT', raising=False)
+    monkeypatch.setattr(baselines, '_installed_opencv', lambda: {'opencv-python-headless': '5.0.0.93'})
+    with pytest.raises(DemoError) as raised:
+        check_baselines(parse_baselines('kcf:rgb,csrt:fused:psr=0'))
+    message = str(raised.value)
+    assert 'pip install opencv-contrib-python-headless==5.0.0.93' in message and '--baselines none' in message
+    check_baselines(parse_baselines('kcf:rgb,mil:fused'))
+    check_baselines(parse_baselines('none'))
+
+
+def test_a_failing_baseline_run_stops_the_demo_with_its_output(tmp_path):
+    """The baselines are `ckd-eval run --tracker ...` processes: one that fails is a DemoError with the end
+    of its output (here: no bags to track)."""
+    from ckd_ros.ros.demo import BaselineRuns, DemoError, baseline_command, parse_baselines
+    chosen = parse_baselines('csrt:fused:psr=0,kcf:rgb')
+    command = baseline_command(chosen[0], tmp_path / 'bags', tmp_path / 'results' / 'x', 1)
+    assert command[1:] == ['-m', 'ckd_ros.core.eval_cli', 'run', '--bags', str(tmp_path / 'bags'), '--results',
+                           str(tmp_path / 'results' / 'x'), '--tracker', 'csrt', '--tracker-input', 'fused',
+                           '--threads', '1', '--quiet', '--no-report', '--csrt-psr-threshold', '0.0']
+    job = BaselineRuns(chosen, tmp_path, 1)
+    with pytest.raises(DemoError) as raised:
+        job.wait([])
+    message = str(raised.value)
+    assert 'OpenCV baseline CSRT fused (psr 0): ckd-eval run exited with code 2' in message
+    assert 'ckd-eval: error:' in message and str(tmp_path / 'baselines.log') in message
+    assert '--tracker kcf' not in (tmp_path / 'baselines.log').read_text(), 'the runs stop at the first failure'
+    job.cancel()                                   # a no-op once they have finished

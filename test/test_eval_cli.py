@@ -602,3 +602,115 @@ def test_run_precision_and_backend_choices_are_the_trackers():
     from ckd_ros.core import api
     assert eval_cli.RECIPE_CHECKPOINTS == api.RECIPE_CHECKPOINTS
     assert eval_cli._shipped_weights('ckd_tiny') == api.shipped_weights_path('ckd_tiny')
+
+
+# ------------------------------------------------------------------ OpenCV baseline trackers (--tracker)
+
+def test_run_with_an_opencv_baseline_writes_results_scores_and_its_manifest(lasher_root, tmp_path, capsys):
+    import cv2
+    out = tmp_path / 'csrt'
+    base = ['run', '--dataset', str(lasher_root), '--results', str(out), '--quiet', '--tracker', 'csrt',
+            '--tracker-input', 'fused', '--threads', '1']
+    assert eval_cli.main(base + ['--csrt-psr-threshold', '0']) == 0
+    for name in SEQUENCES:
+        boxes = results.read_result_boxes(out / f'{name}.txt')
+        assert boxes.shape == (FRAMES, 4) and np.isfinite(boxes).all()
+        assert (out / f'{name}_time.txt').is_file()
+    settings = json.loads((out / 'ckd_run.json').read_text())['settings']
+    assert settings['tracker'] == 'csrt' and settings['tracker_input'] == 'fused'
+    assert settings['csrt_psr_threshold'] == 0.0 and settings['opencv_version'] == cv2.__version__
+    assert 'config' not in settings and 'checkpoint' not in settings      # CKD's options do not apply
+    doc = json.loads((out / 'report' / 'scores.json').read_text())
+    assert doc['num_sequences'] == 3 and doc['metrics']['PR'] > 0.5     # a bright square moving 3 px a frame
+    assert 'CSRT fused (psr 0)' in (out / 'report' / 'summary.md').read_text()
+    perf = json.loads((out / 'report' / 'performance.json').read_text())
+    assert perf['metadata']['config']['tracker'] == 'csrt' and perf['metadata']['config']['tracker_input'] == 'fused'
+    capsys.readouterr()
+    assert eval_cli.main(base + ['--csrt-psr-threshold', '0']) == 0       # the same settings resume
+    assert 'skipped (results exist) 3' in capsys.readouterr().out
+    # other tracker options are other settings: refused, naming them
+    for other, key in ((['--csrt-psr-threshold', '0.035'], 'csrt_psr_threshold'), ([], 'csrt_psr_threshold')):
+        assert eval_cli.main(base + other) == 2
+        assert key in capsys.readouterr().err
+    args = ['run', '--dataset', str(lasher_root), '--results', str(out), '--quiet']
+    assert eval_cli.main(args + ['--tracker', 'kcf', '--tracker-input', 'fused']) == 2
+    assert "tracker: 'csrt' -> 'kcf'" in capsys.readouterr().err
+    assert eval_cli.main(args + ['--tracker', 'csrt', '--tracker-input', 'rgb', '--csrt-psr-threshold', '0']) == 2
+    assert "tracker_input: 'fused' -> 'rgb'" in capsys.readouterr().err
+    # KCF (contrib) and MIL (main package) on the RGB image, into folders of their own
+    for tracker in ('kcf', 'mil'):
+        assert eval_cli.main(['run', '--dataset', str(lasher_root), '--results', str(tmp_path / tracker), '--quiet',
+                              '--tracker', tracker, '--tracker-input', 'rgb']) == 0
+        settings = json.loads((tmp_path / tracker / 'ckd_run.json').read_text())['settings']
+        assert settings['tracker'] == tracker and settings['tracker_input'] == 'rgb'
+        assert settings['csrt_psr_threshold'] is None
+        assert np.isfinite(results.read_result_boxes(tmp_path / tracker / 'aa.txt')).all()
+
+
+def test_tracker_options_of_the_other_kind_are_refused(lasher_root, tmp_path, monkeypatch, capsys):
+    _fake_factory(monkeypatch)
+    args = ['run', '--dataset', str(lasher_root), '--results', str(tmp_path / 'r'), '--quiet']
+    for extra, message in (
+            (['--tracker', 'csrt', '--checkpoint', 'w.pth.tar'], '--checkpoint: options of the CKD tracker'),
+            (['--tracker', 'kcf', '--config', 'ckd_tiny', '--precision', 'bf16'],
+             '--config, --precision: options of the CKD tracker'),
+            (['--tracker', 'mil', '--csrt-psr-threshold', '0'], '--csrt-psr-threshold is an option of --tracker csrt'),
+            (['--tracker-input', 'rgb'], '--tracker-input: options of the OpenCV baseline trackers'),
+            (['--csrt-psr-threshold', '0.1'], '--csrt-psr-threshold: options of the OpenCV baseline trackers')):
+        assert eval_cli.main(args + extra) == 2, extra
+        assert f'ckd-eval: error: {message}' in capsys.readouterr().err
+    assert not (tmp_path / 'r').exists()
+    with pytest.raises(SystemExit):           # argparse: a negative threshold
+        eval_cli.main(args + ['--tracker', 'csrt', '--csrt-psr-threshold', '-1'])
+    assert 'must be a finite number >= 0' in capsys.readouterr().err
+    # CKD (the default) records its tracker; a folder written before --tracker existed (no 'tracker' in its
+    # manifest) was a CKD run and resumes
+    assert eval_cli.main(args) == 0
+    manifest_path = tmp_path / 'r' / 'ckd_run.json'
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest['settings']['tracker'] == 'ckd'
+    assert manifest['settings']['config'] == eval_cli.DEFAULT_CONFIG and manifest['settings']['precision'] == 'fp32'
+    del manifest['settings']['tracker']
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert eval_cli.main(args) == 0
+    assert 'skipped (results exist) 3' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('tracker', ['csrt', 'kcf'])
+def test_run_of_a_contrib_tracker_without_opencv_contrib_names_the_package(lasher_root, tmp_path, monkeypatch,
+                                                                            capsys, tracker):
+    """OpenCV's plain build (opencv-python-headless, requirements-runtime.txt) lacks CSRT and KCF: the run
+    stops before reading or writing anything and says what to install."""
+    import cv2
+
+    from ckd_ros.core import baselines
+    from conftest import REPO_ROOT
+    pin = next(line.split('==')[1] for line in (REPO_ROOT / 'requirements-runtime.txt').read_text().splitlines()
+               if line.startswith('opencv-python-headless=='))
+    name = baselines._OPENCV_NAMES[tracker]
+    monkeypatch.delattr(cv2, f'{name}_create', raising=False)
+    monkeypatch.delattr(cv2, name, raising=False)
+    monkeypatch.setattr(baselines, '_installed_opencv', lambda: {'opencv-python-headless': pin})
+    out = tmp_path / 'run'
+    assert eval_cli.main(['run', '--dataset', str(lasher_root), '--results', str(out), '--quiet',
+                          '--tracker', tracker]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f'ckd-eval: error: --tracker {tracker}: ')
+    assert f'pip install opencv-contrib-python-headless=={pin}' in captured.err
+    assert 'must not be installed together' in captured.err and 'Traceback' not in captured.err
+    assert not out.exists(), 'nothing is written'
+    assert 'dataset:' not in captured.out, 'nothing is read'
+
+
+def test_a_sequence_that_cannot_be_opened_fails_alone(lasher_root, tmp_path, monkeypatch, capsys):
+    """A sequence folder without its annotation file: that sequence FAILED, the others tracked and scored,
+    exit 1 (was: 'ckd-eval: error: lasher sequence .../bb: no init.txt', exit 2, nothing tracked)."""
+    _fake_factory(monkeypatch)
+    (lasher_root / 'bb' / 'init.txt').unlink()
+    out = tmp_path / 'r'
+    assert eval_cli.main(_fake_run_args(['--dataset', str(lasher_root)], out)) == 1
+    captured = capsys.readouterr()
+    assert 'tracked 2, skipped (results exist) 0, failed 1' in captured.out
+    assert 'FAILED bb: lasher sequence' in captured.err and 'no init.txt' in captured.err
+    assert results.list_result_sequences(out) == ['aa', 'cc']

@@ -10,7 +10,10 @@ Subcommands (``python -m ckd_ros.core.eval_cli <cmd> --help``):
 * ``run``: ``init_tracker`` over a dataset or bags, result files per sequence (sequences that already
   have results are skipped, so an interrupted run resumes), then the report. The folder keeps a run
   manifest (``ckd_run.json``: configuration, checkpoint and its SHA-256, precision, backend, options,
-  package version); a run with other settings is refused unless ``--overwrite``;
+  package version; for an OpenCV baseline tracker its name, input, CSRT psr threshold and the OpenCV
+  version); a run with other settings is refused unless ``--overwrite``. ``--tracker csrt|kcf|mil``
+  runs one of OpenCV's classical trackers instead of CKD (``ckd_ros.core.baselines``) on the RGB, thermal
+  or fused image (``--tracker-input``);
 * ``compare``: several result folders (trackers) in one table and on one figure per metric.
 
 ``score`` also reads results as trackers publish them (``<tracker>_<seq>.txt``, no time files), and
@@ -32,7 +35,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ckd_ros.core import bagio, cli_args, datasets, metrics, report, results
+from ckd_ros.core import bagio, baselines, cli_args, datasets, metrics, report, results
 
 TOOLKIT_BENCHMARKS = ('gtot', 'rgbt210', 'rgbt234', 'lasher')
 DEFAULT_BENCHMARK = {'gtot': 'gtot', 'rgbt210': 'rgbt210', 'rgbt234': 'rgbt234', 'lasher': 'lasher',
@@ -73,18 +76,34 @@ def tracker_thermal(thermal: np.ndarray, encoding: str | None, gain) -> np.ndarr
 
 def dataset_sources(dataset: datasets.Dataset, names: Iterable[str] | None, gain, max_frames: int | None) -> Iterator[FrameSource]:
     for name in (list(names) if names is not None else dataset.names):
-        seq = dataset[name]
-        count = len(seq) if max_frames is None else min(len(seq), max_frames)
+        try:
+            seq = dataset[name]
+            count = len(seq) if max_frames is None else min(len(seq), max_frames)
+            init_box = seq.init_box
+            gt = datasets.ground_truth_of(seq)
+        except (OSError, ValueError) as exc:
+            # this sequence cannot be opened (a missing or bad annotation file, no frames): it fails alone when
+            # the run reaches it (run_sources' per-sequence failure), the others are tracked and scored
+            yield FrameSource(name, np.full(4, np.nan), _unopened_frames(exc), None)
+            continue
 
         def frames(seq=seq, count=count):
             gain.reset()
             for index in range(count):
                 yield seq.rgb(index), tracker_thermal(seq.thermal(index), None, gain)
 
-        gt = datasets.ground_truth_of(seq)
         if max_frames is not None:
             gt = _truncate_gt(gt, count)
-        yield FrameSource(name, seq.init_box, frames, count, gt)
+        yield FrameSource(name, init_box, frames, count, gt)
+
+
+def _unopened_frames(error: Exception) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """``frames`` of a sequence that could not be opened: raises its error as an OSError (what track_source
+    turns into that sequence's failure) when the run reaches it."""
+    def frames():
+        raise OSError(str(error)) from error
+        yield  # a generator, like every frames()
+    return frames
 
 
 def _truncate_gt(gt: datasets.GroundTruth, count: int) -> datasets.GroundTruth:
@@ -319,6 +338,16 @@ def make_tracker_factory(config: str, checkpoint: str | None, device: str | None
     return factory
 
 
+def make_baseline_factory(options: baselines.BaselineOptions, threads: int | None):
+    """An OpenCV baseline tracker (``--tracker csrt|kcf|mil``); ``threads``: OpenCV's thread count."""
+    def factory():
+        if threads:
+            import cv2
+            cv2.setNumThreads(threads)
+        return baselines.OpenCVTracker(options)
+    return factory
+
+
 # --------------------------------------------------------------------------------------------
 # Run manifest: the settings a results folder was made with
 
@@ -342,11 +371,49 @@ def _shipped_weights(config: str) -> Path:
     return Path(__file__).resolve().parent / 'weights' / f'{config}.pth.tar'
 
 
-def run_settings(args) -> dict:
-    """What decides the boxes a run writes: configuration (a YAML file by its content too), checkpoint
-    (by its SHA-256: the same path may hold other weights later), precision, backend, device, thermal
-    gain, the bag pairing slop and --init-box. Not the sequence subset, --max-frames (checked per sequence) or
-    --threads."""
+TRACKERS = ('ckd',) + baselines.BASELINES
+DEFAULT_CONFIG = 'ckd_4b_dropmae_ckd_tf_cc_mask.25'
+CKD_ONLY_OPTIONS = ('config', 'checkpoint', 'device', 'precision', 'backend')
+BASELINE_ONLY_OPTIONS = ('tracker_input', 'csrt_psr_threshold')
+
+
+def resolve_tracker(args) -> baselines.BaselineOptions | None:
+    """Check the tracker options of ``run`` and fill in the CKD defaults; the OpenCV baseline's options
+    (None for CKD). Refuses (CliError) options of the other kind of tracker, and a baseline that the
+    installed OpenCV lacks (naming the package to install), before anything is read or written."""
+    flag = lambda name: '--' + name.replace('_', '-')
+    if args.tracker == 'ckd':
+        given = [flag(n) for n in BASELINE_ONLY_OPTIONS if getattr(args, n) is not None]
+        if given:
+            raise CliError(f'{", ".join(given)}: options of the OpenCV baseline trackers (--tracker '
+                           f'{"|".join(baselines.BASELINES)}), not of CKD')
+        args.config = args.config if args.config is not None else DEFAULT_CONFIG
+        args.precision = args.precision or 'fp32'
+        args.backend = args.backend or 'eager'
+        return None
+    given = [flag(n) for n in CKD_ONLY_OPTIONS if getattr(args, n) is not None]
+    if given:
+        raise CliError(f'{", ".join(given)}: options of the CKD tracker; --tracker {args.tracker} takes '
+                       '--tracker-input and (csrt) --csrt-psr-threshold')
+    if args.csrt_psr_threshold is not None and args.tracker != 'csrt':
+        raise CliError(f'--csrt-psr-threshold is an option of --tracker csrt, not {args.tracker}')
+    try:
+        options = baselines.BaselineOptions(args.tracker, args.tracker_input or 'fused', args.csrt_psr_threshold)
+        baselines.check_available(args.tracker)
+    except (ValueError, baselines.BaselineUnavailable) as error:
+        raise CliError(f'--tracker {args.tracker}: {error}') from None
+    return options
+
+
+def run_settings(args, baseline: baselines.BaselineOptions | None = None) -> dict:
+    """What decides the boxes a run writes: the tracker; for CKD its configuration (a YAML file by its
+    content too), checkpoint (by its SHA-256: the same path may hold other weights later), precision,
+    backend and device; for an OpenCV baseline its input, CSRT psr threshold and the OpenCV version; and
+    the thermal gain, the bag pairing slop and --init-box. Not the sequence subset, --max-frames (checked per
+    sequence) or --threads."""
+    if baseline is not None:
+        return {**baseline.settings, 'thermal_gain': args.thermal_gain, 'slop': args.slop,
+                'init_box': args.init_box}
     config = str(args.config)
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -359,7 +426,7 @@ def run_settings(args) -> dict:
             raise CliError(f'checkpoint not found: {checkpoint}')
         checkpoint = os.path.abspath(checkpoint)
         checkpoint_sha256 = file_sha256(checkpoint)
-    return {'config': config,
+    return {'tracker': 'ckd', 'config': config,
             'config_sha256': file_sha256(config) if Path(config).is_file() else None,
             'checkpoint': checkpoint, 'checkpoint_sha256': checkpoint_sha256,
             'precision': args.precision, 'backend': args.backend, 'device': args.device or 'auto',
@@ -375,6 +442,7 @@ def run_manifest(settings: dict) -> dict:
 def manifest_differences(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every setting (and the package version) that differs."""
     a, b = dict(old.get('settings', {})), dict(new['settings'])
+    a.setdefault('tracker', 'ckd')      # manifests written before --tracker: CKD runs
     a['package_version'], b['package_version'] = old.get('package_version'), new['package_version']
     if a.get('checkpoint_sha256') and a.get('checkpoint_sha256') == b.get('checkpoint_sha256'):
         a.pop('checkpoint', None)   # the same weights, moved or copied elsewhere
@@ -674,7 +742,8 @@ def cmd_run(args) -> int:
     gain = ThermalGainControl(args.thermal_gain)
     result_dir = Path(args.results)
     names = args.sequences.split(',') if args.sequences else None
-    settings = run_settings(args)
+    baseline = resolve_tracker(args)
+    settings = run_settings(args, baseline)
     if args.dataset:
         kind = args.kind or detected_kind(args.dataset, args.benchmark)
         ds = datasets.open_dataset(kind, args.dataset, **({'split': args.split} if args.split else {}))
@@ -699,8 +768,13 @@ def cmd_run(args) -> int:
         discard_results(result_dir, discard)
         # before any result of this run exists, so none is ever without the settings that made it
         results.write_run_manifest(result_dir, manifest)
-    factory = make_tracker_factory(args.config, args.checkpoint, args.device, args.threads, args.precision,
-                                   args.backend)
+    if baseline is None:
+        factory = make_tracker_factory(args.config, args.checkpoint, args.device, args.threads, args.precision,
+                                       args.backend)
+        run_name = args.name or args.config
+    else:
+        factory = make_baseline_factory(baseline, args.threads)
+        run_name = args.name or baseline.label
     summary = run_sources(sources, factory, result_dir, overwrite=args.overwrite,
                           show_progress=not args.quiet, keep_going=True)
     print(f'tracked {len(summary.tracked)}, skipped (results exist) {len(summary.skipped)}, '
@@ -716,16 +790,20 @@ def cmd_run(args) -> int:
     if unscorable:
         print(f'not scored (no ground truth after frame 0): {", ".join(unscorable)}')
         gt = {n: g for n, g in gt.items() if n not in unscorable}
-    config = {'config': args.config, 'checkpoint': args.checkpoint, 'device': args.device, 'threads': args.threads,
-              'precision': args.precision, 'backend': args.backend, 'checkpoint_sha256': settings['checkpoint_sha256'],
-              'dataset': args.dataset, 'bags': args.bags, 'max_frames': args.max_frames,
-              'thermal_gain': args.thermal_gain, 'sequences_tracked': summary.tracked,
+    if baseline is None:
+        config = {'tracker': 'ckd', 'config': args.config, 'checkpoint': args.checkpoint, 'device': args.device,
+                  'precision': args.precision, 'backend': args.backend,
+                  'checkpoint_sha256': settings['checkpoint_sha256']}
+    else:
+        config = {key: settings[key] for key in ('tracker', 'tracker_input', 'csrt_psr_threshold', 'opencv_version')}
+    config = {**config, 'threads': args.threads, 'dataset': args.dataset, 'bags': args.bags,
+              'max_frames': args.max_frames, 'thermal_gain': args.thermal_gain, 'sequences_tracked': summary.tracked,
               'sequences_skipped': summary.skipped}
     perf = report.offline_performance(summary.times, summary.cpu, config) if summary.times else None
     if gt and not args.no_report:
         # the sequences of this run only: the folder may hold other runs' results
         score_and_report(result_dir, gt, benchmark, Path(args.report or result_dir / 'report'),
-                         args.name or args.config, attributes, perf,
+                         run_name, attributes, perf,
                          {'failed': summary.failed} if summary.failed else None, sequences=list(gt), total=total)
     elif not gt and not args.no_report:
         print(f'nothing to score: results in {result_dir}')
@@ -808,12 +886,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--sequences', help='comma-separated subset')
     r.add_argument('--results', required=True,
                    help='result folder (sequences with results are skipped; its ckd_run.json must match the settings)')
-    r.add_argument('--config', default='ckd_4b_dropmae_ckd_tf_cc_mask.25', help='tracker configuration (init_tracker)')
-    r.add_argument('--checkpoint')
-    r.add_argument('--device')
-    r.add_argument('--precision', default='fp32', choices=PRECISIONS, help='network precision (init_tracker)')
-    r.add_argument('--backend', default='eager', choices=BACKENDS, help='network backend (init_tracker)')
-    r.add_argument('--threads', type=cli_args.integer(1), help='torch CPU threads')
+    r.add_argument('--tracker', default='ckd', choices=TRACKERS,
+                   help="'ckd' (default), or one of OpenCV's classical trackers as a baseline: 'csrt', 'kcf' (both "
+                        "need opencv-contrib-python-headless), 'mil'")
+    r.add_argument('--tracker-input', choices=baselines.INPUTS,
+                   help="OpenCV trackers: the image they track on: 'rgb', 'thermal' or 'fused' = (RGB + thermal) / 2 "
+                        'per pixel (default fused)')
+    r.add_argument('--csrt-psr-threshold', type=cli_args.number(0.0, inclusive=True), metavar='PSR',
+                   help="--tracker csrt: peak-to-sidelobe ratio below which CSRT reports the target lost (OpenCV's "
+                        'default 0.035; 0: never)')
+    r.add_argument('--config', help=f'CKD: tracker configuration (init_tracker; default {DEFAULT_CONFIG})')
+    r.add_argument('--checkpoint', help='CKD: weights file')
+    r.add_argument('--device', help='CKD: device')
+    r.add_argument('--precision', choices=PRECISIONS, help='CKD: network precision (init_tracker; default fp32)')
+    r.add_argument('--backend', choices=BACKENDS, help='CKD: network backend (init_tracker; default eager)')
+    r.add_argument('--threads', type=cli_args.integer(1), help='torch CPU threads (OpenCV threads for the OpenCV '
+                                                               'trackers)')
     r.add_argument('--max-frames', type=cli_args.integer(1), help='track only the first N frames of each sequence')
     r.add_argument('--thermal-gain', default='minmax', choices=('minmax', 'percentile', 'fixed'),
                    help='16-bit thermal to 8 bit')

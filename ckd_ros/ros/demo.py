@@ -12,12 +12,16 @@
    its ``~/target`` and ``~/status``; then shuts it down through the lifecycle;
 3. runs the same model without DDS on the same bags with one modality blanked (all-zero thermal =
    "RGB only", all-zero RGB = "thermal only"): what each camera alone carries;
-4. scores all three (PR / NPR / SR, generic protocol) overall and on the frames where one camera
-   fails, and writes everything below into ``<output-dir>/<YYYYmmdd-HHMMSS>/`` (``<output-dir>/latest``
-   points to the newest finished run; an existing run folder is never written into):
+4. runs OpenCV's classical trackers (``ckd_ros.core.baselines``; default CSRT on the fused image with
+   psr threshold 0, KCF on RGB, MIL on thermal; ``--baselines``) on the same bags, as ``ckd-eval run
+   --tracker`` processes alongside step 3 (output in ``baselines.log``): the peers CKD has to beat;
+5. scores every run (PR / NPR / SR, generic protocol) overall and on the frames where one camera
+   fails, says which tracker wins by SR and by PR, and writes everything below into
+   ``<output-dir>/<YYYYmmdd-HHMMSS>/`` (``<output-dir>/latest`` points to the newest finished run; an
+   existing run folder is never written into):
 
    ``metrics.md`` / ``metrics.json``  the table (also printed), configuration, timings
-   ``precision.png`` ``success.png`` ``normalized_precision.png``  fused vs the ablations
+   ``precision.png`` ``success.png`` ``normalized_precision.png``  every run on one figure
    ``tracking.mp4`` (``.avi``/MJPG where OpenCV has no MPEG-4 writer)  RGB | thermal, node box + score,
                     ground truth in magenta; ``preview.png``: a night and a crossover frame of it
    ``performance.json``  node throughput, end-to-end and node latency percentiles, drops, CPU
@@ -34,6 +38,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +46,7 @@ from typing import Callable
 
 import numpy as np
 
-from ckd_ros.core import bagio, cli_args, metrics, report, results
+from ckd_ros.core import bagio, baselines, cli_args, metrics, report, results
 from ckd_ros.core.datasets import GroundTruth
 from ckd_ros.core.synthetic import (CONDITIONS, RGB_FAILURES, THERMAL_FAILURES, SyntheticScene, rgb_failure,
                                     thermal_failure)
@@ -56,8 +61,12 @@ SEED_STRIDE = 1_000          # scenario i searches seeds first_seed + i * SEED_S
 SEED_SEARCH_LIMIT = 200      # seeds tried per scenario before giving up
 
 RUNS = ('fused', 'rgb_only', 'thermal_only')
-RUN_LABELS = {'fused': 'fused (node over DDS)', 'rgb_only': 'RGB only (thermal blanked)',
-              'thermal_only': 'thermal only (RGB blanked)'}
+RUN_LABELS = {'fused': 'CKD fused (node over DDS)', 'rgb_only': 'CKD RGB only (thermal blanked)',
+              'thermal_only': 'CKD thermal only (RGB blanked)'}
+# OpenCV's classical trackers on the same bags (``--baselines``): the best setting of each on the demo
+# sequences (README, "Demo"): CSRT on the fused image with psr threshold 0 (never reports the target lost),
+# KCF on RGB (fused: within 0.1 SR), MIL on thermal
+DEFAULT_BASELINES = 'csrt:fused:psr=0,kcf:rgb,mil:thermal'
 BENCHMARK = 'generic'
 STATE_LOST = bagio.STATE_LOST
 
@@ -553,8 +562,159 @@ def run_ablations(sequences: list[DemoSequence], bags: dict[str, Path], run_dir:
     return out
 
 
+def baseline_run_name(options: baselines.BaselineOptions) -> str:
+    """The run's folder name under ``results/`` and ``reports/``: ``opencv_csrt_fused_psr0``."""
+    psr = '' if options.psr_threshold is None else f'_psr{options.psr_threshold:g}'
+    return f'opencv_{options.tracker}_{options.input}{psr}'
+
+
+def parse_baselines(text: str) -> list[baselines.BaselineOptions]:
+    """``--baselines``: comma-separated ``tracker[:input[:psr=<value>]]``, or ``none``."""
+    if text.strip().lower() in ('none', ''):
+        return []
+    try:
+        chosen = [baselines.parse_baseline(part) for part in text.split(',')]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    names = [baseline_run_name(o) for o in chosen]
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f'a baseline is named twice in {text!r}')
+    return chosen
+
+
+def check_baselines(chosen: list[baselines.BaselineOptions]) -> None:
+    """Refuse (before any work) a baseline the installed OpenCV lacks, saying what to install."""
+    for options in chosen:
+        try:
+            baselines.check_available(options.tracker)
+        except baselines.BaselineUnavailable as error:
+            raise DemoError(f'{error}. Or leave the OpenCV baselines out: --baselines none (or e.g. --baselines '
+                            'mil:fused: MIL is in the plain OpenCV build too)') from None
+
+
+def usable_cores() -> int:
+    from ckd_ros.core.cpu_info import read_cores
+    return read_cores().usable
+
+
+def baseline_command(options: baselines.BaselineOptions, bags_dir: Path, result_dir: Path, threads: int) -> list[str]:
+    """``ckd-eval run --tracker ...`` over the demo's bags, as ``python -m ckd_ros.core.eval_cli``."""
+    command = [sys.executable, '-m', 'ckd_ros.core.eval_cli', 'run', '--bags', str(bags_dir), '--results',
+               str(result_dir), '--tracker', options.tracker, '--tracker-input', options.input,
+               '--threads', str(threads), '--quiet', '--no-report']
+    if options.psr_threshold is not None:
+        command += ['--csrt-psr-threshold', repr(options.psr_threshold)]
+    return command
+
+
+class BaselineRuns:
+    """OpenCV's trackers over the demo's bags: ``ckd-eval run --tracker ...`` child processes, one after
+    another, from a thread of this process (started with :meth:`start`, so they can run while this
+    process runs the ablations: each process measures its own frame times, and no GIL is shared).
+    Their output goes to ``baselines.log``; result files to ``results/<run>/``."""
+
+    def __init__(self, chosen: list[baselines.BaselineOptions], run_dir: Path, threads: int):
+        self.chosen, self.run_dir, self.threads = chosen, run_dir, threads
+        self.log_path = run_dir / 'baselines.log'
+        self.seconds: float | None = None
+        self.failure: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._run_all, name='demo-baselines', daemon=True)
+
+    def start(self) -> 'BaselineRuns':
+        self._thread.start()
+        return self
+
+    def _run_all(self) -> None:
+        tic = time.monotonic()
+        try:
+            with open(self.log_path, 'w', encoding='utf-8') as log:
+                for options in self.chosen:
+                    if self._cancelled.is_set():
+                        return
+                    command = baseline_command(options, self.run_dir / 'bags',
+                                               self.run_dir / 'results' / baseline_run_name(options), self.threads)
+                    log.write('$ ' + ' '.join(command) + '\n')
+                    log.flush()
+                    self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                  stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+                    code = self._proc.wait()
+                    if code != 0 and not self._cancelled.is_set():
+                        self.failure = f'{options.label}: ckd-eval run exited with code {code}'
+                        return
+        except OSError as error:
+            self.failure = f'could not run the baselines: {error}'
+        finally:
+            self.seconds = time.monotonic() - tic
+
+    def wait(self, sequences: list[DemoSequence]) -> dict[str, dict[str, SequenceTrack]]:
+        """Run them (if not started yet), wait, and read their frame times; DemoError on a failure."""
+        if self._thread.ident is None:
+            self.start()
+        self._thread.join()
+        if self.failure:
+            try:
+                tail = '\n'.join('    ' + line for line in self.log_path.read_text(errors='replace').splitlines()[-20:])
+            except OSError:
+                tail = ''
+            raise DemoError(f'OpenCV baseline {self.failure}; its output ({self.log_path}):\n{tail}')
+        out = {}
+        for options in self.chosen:
+            run = baseline_run_name(options)
+            times = results.load_times(self.run_dir / 'results' / run, [s.name for s in sequences])
+            missing = [s.name for s in sequences if s.name not in times]
+            if missing:
+                raise DemoError(f'OpenCV baseline {options.label}: no results for {", ".join(missing)} (see '
+                                f'{self.log_path})')
+            out[run] = {}
+            for seq in sequences:
+                n = len(times[seq.name])
+                # per-frame boxes for scoring come from the result files (read_result_files)
+                out[run][seq.name] = SequenceTrack(np.full((n, 4), np.nan), np.full(n, np.nan), np.full(n, -1),
+                                                   np.ones(n, bool), times[seq.name])
+        return out
+
+    def cancel(self) -> None:
+        """Stop the runs (an error or Ctrl-C elsewhere in the demo); a no-op once they have finished."""
+        self._cancelled.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 # --------------------------------------------------------------------------------------------
 # Scoring
+
+def winners(scores: dict[str, metrics.BenchmarkScore], labels: dict[str, str],
+            baseline_runs: list[str]) -> tuple[dict[str, list[str]], str]:
+    """The run(s) with the highest SR and PR, and one sentence naming them, each against the best run of
+    the other side: an OpenCV winner against CKD's fused node run, a CKD winner against the best OpenCV
+    baseline."""
+    best: dict[str, list[str]] = {}
+    parts = []
+    for metric in ('SR', 'PR'):
+        values = {run: score.metrics[metric] for run, score in scores.items()}
+        top = max(values.values())
+        best[metric] = [run for run, value in values.items() if value == top]
+        text = f'by {metric}: {" and ".join(labels[run] for run in best[metric])} with {100 * top:.1f}'
+        if baseline_runs:
+            if any(run in baseline_runs for run in best[metric]):
+                text += f', {labels["fused"]} {100 * values["fused"]:.1f}'
+            else:
+                other = max(baseline_runs, key=lambda run: values[run])
+                text += f', the best baseline, {labels[other]}, {100 * values[other]:.1f}'
+        parts.append(text)
+    sentence = 'Winner ' + '; '.join(parts)
+    if not baseline_runs:
+        sentence += ' (no OpenCV baseline run: --baselines none)'
+    return best, sentence
+
 
 def condition_masks(seq: DemoSequence) -> dict[str, np.ndarray]:
     """Frames (after frame 0) where the RGB image fails, where the thermal image fails, and neither."""
@@ -592,14 +752,15 @@ def condition_scores(boxes: dict[str, np.ndarray], sequences: list[DemoSequence]
 
 
 def metrics_table(scores: dict[str, metrics.BenchmarkScore], conditions: dict[str, dict], fps: dict[str, float],
-                  markdown: bool) -> str:
+                  markdown: bool, labels: dict[str, str] | None = None) -> str:
+    labels = RUN_LABELS if labels is None else labels
     header = ['run', 'frames', 'PR', 'NPR', 'SR', 'PR rgb-fail', 'SR50 rgb-fail', 'PR th-fail', 'SR50 th-fail',
               'fps']
     pct = lambda v: f'{100 * v:.1f}' if np.isfinite(v) else '-'
     rows = []
     for run, score in scores.items():
         c = conditions[run]
-        rows.append([RUN_LABELS[run], str(score.num_frames), pct(score.metrics['PR']), pct(score.metrics['NPR']),
+        rows.append([labels[run], str(score.num_frames), pct(score.metrics['PR']), pct(score.metrics['NPR']),
                      pct(score.metrics['SR']), pct(c['rgb_fails']['PR']), pct(c['rgb_fails']['SR50']),
                      pct(c['thermal_fails']['PR']), pct(c['thermal_fails']['SR50']),
                      f'{fps[run]:.1f}' if np.isfinite(fps[run]) else '-'])
@@ -727,9 +888,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights: '' = the configuration's shipped weights, a .pth.tar path, or 'recipe' (untrained)")
     p.add_argument('--device', default='auto', help="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--threads', type=cli_args.integer(1), default=1,
-                   help='torch CPU threads of the node and of the ablation runs (1 avoids oversubscribing 2 cores)')
+                   help='torch CPU threads of the node and of the ablation runs, OpenCV threads of the baselines (1 '
+                        'avoids oversubscribing 2 cores)')
     p.add_argument('--first-seed', type=cli_args.integer(0), default=DEFAULT_FIRST_SEED,
                    help='first seed searched for scenario 0 (scenario i: + i * 1000)')
+    p.add_argument('--baselines', type=parse_baselines, default=DEFAULT_BASELINES,
+                   help="OpenCV trackers run on the same bags for comparison: comma-separated "
+                        "tracker[:input[:psr=<v>]] (tracker csrt, kcf or mil; input rgb, thermal or fused = (RGB + "
+                        "thermal) / 2; psr: CSRT's psr threshold), or 'none'")
     p.add_argument('--namespace', default='/ckd_demo', help='namespace of the tracker node')
     p.add_argument('--timeout', type=float, default=30.0, help='seconds to wait for the node (per frame in lock-step)')
     p.add_argument('--quiet', action='store_true', help='no progress bars')
@@ -786,7 +952,9 @@ def run(args) -> int:
         timings[name] = time.monotonic() - since
         return time.monotonic()
 
-    # Fail fast on the model before any work: the ablation tracker is loaded here, in this process.
+    # Fail fast on the model and the OpenCV baselines before any work: the ablation tracker is loaded here,
+    # in this process.
+    check_baselines(args.baselines)
     checkpoint_file = resolve_checkpoint_file(args.config, args.checkpoint)
     import torch
     torch.set_num_threads(args.threads)
@@ -818,16 +986,41 @@ def run(args) -> int:
         results.write_sequence_result(run_dir / 'results' / 'fused', seq.name, track.boxes, track.times)
     t = stage('node_replay_s', t)
 
-    # 3. ablations without DDS
-    say('ablations: the same model without DDS, one modality blanked')
-    ablations = run_ablations(sequences, bags, run_dir, tracker, show_progress=not args.quiet)
-    t = stage('ablations_s', t)
+    # 3. ablations without DDS, and 4. OpenCV's classical trackers on the same bags (ckd-eval run --tracker, in
+    # processes of their own): alongside the ablations where the machine has cores for both
+    labels = dict(RUN_LABELS)
+    labels.update({baseline_run_name(o): f'OpenCV {o.label}' for o in args.baselines})
+    job = BaselineRuns(args.baselines, run_dir, args.threads) if args.baselines else None
+    alongside = job is not None and usable_cores() >= 2 * args.threads
+    baseline_tracks = {}
+    try:
+        if alongside:
+            say('baselines: OpenCV ' + ', '.join(o.label for o in args.baselines) + ' (ckd-eval run --tracker) on '
+                f'the same bags, alongside the ablations (log: {job.log_path})')
+            job.start()
+        say('ablations: the same model without DDS, one modality blanked')
+        ablations = run_ablations(sequences, bags, run_dir, tracker, show_progress=not args.quiet)
+        t = stage('ablations_s', t)
+        if job is not None:
+            if not alongside:
+                say('baselines: OpenCV ' + ', '.join(o.label for o in args.baselines) + ' (ckd-eval run --tracker) '
+                    f'on the same bags (log: {job.log_path})')
+            baseline_tracks = job.wait(sequences)
+            timings['baselines_s'] = job.seconds
+            if alongside:
+                timings['baselines_wait_s'] = time.monotonic() - t
+            say(f'baselines: done in {job.seconds:.0f} s')
+            t = time.monotonic()
+    finally:
+        if job is not None:
+            job.cancel()
+    runs = list(RUNS) + list(baseline_tracks)
 
-    # 4. scores, plots
-    tracks = {'fused': {n: r.track for n, r in replays.items()}, **ablations}
+    # 5. scores, plots
+    tracks = {'fused': {n: r.track for n, r in replays.items()}, **ablations, **baseline_tracks}
     ground_truth = {s.name: GroundTruth(gt[s.name]) for s in sequences}
     scores, conditions, fps = {}, {}, {}
-    for run_name in RUNS:
+    for run_name in runs:
         boxes = read_result_files(run_dir / 'results' / run_name, sequences)
         scores[run_name] = metrics.evaluate(BENCHMARK, boxes, ground_truth)
         conditions[run_name] = condition_scores(boxes, sequences, gt)
@@ -840,17 +1033,18 @@ def run(args) -> int:
         else:
             measured = np.concatenate([tt[1:] for tt in times.values()])
             fps[run_name] = len(measured) / measured.sum() if measured.sum() > 0 else float('nan')
-        report.write_report(run_dir / 'reports' / run_name, scores[run_name], RUN_LABELS[run_name], times)
-    labelled = {RUN_LABELS[r]: scores[r] for r in RUNS}
+        report.write_report(run_dir / 'reports' / run_name, scores[run_name], labels[run_name], times)
+    labelled = {labels[r]: scores[r] for r in runs}     # every run on one figure
     plots = {}
     for metric, file in (('PR', 'precision.png'), ('SR', 'success.png'), ('NPR', 'normalized_precision.png')):
         plots[metric] = report.plot_curves(labelled, metric, run_dir / file,
                                            title=f'{metric}: {len(sequences)} synthetic RGB-T sequences')
     fused_wins = {metric: all(scores['fused'].metrics[metric] > scores[r].metrics[metric]
                               for r in ('rgb_only', 'thermal_only')) for metric in ('PR', 'NPR', 'SR')}
+    winner, winner_line = winners(scores, labels, list(baseline_tracks))
     t = stage('scoring_s', t)
 
-    # 5. video
+    # 6. video
     video, codec, video_frames, previews = write_video(sequences, bags, tracks['fused'], gt, run_dir / 'tracking',
                                                        args.fps)
     preview_path = None
@@ -861,7 +1055,7 @@ def run(args) -> int:
         cv2.imwrite(str(preview_path), cv2.cvtColor(stacked, cv2.COLOR_RGB2BGR))
     t = stage('video_s', t)
 
-    # 6. performance
+    # 7. performance
     all_e2e = np.concatenate([r.end_to_end_s for r in replays.values()])
     all_node = np.concatenate([r.node_latency_s for r in replays.values()])
     sent = sum(r.stats['sent'] for r in replays.values())
@@ -882,6 +1076,8 @@ def run(args) -> int:
               'checkpoint': str(checkpoint_file or args.checkpoint), 'device': args.device,
               'torch_threads': args.threads, 'sequences': [s.name for s in sequences], 'frames': args.frames,
               'size': list(args.size), 'bag_fps': args.fps, 'node_bring_up_s': node_info.get('bring_up_s'),
+              'baselines': {baseline_run_name(o): {**o.settings, 'label': labels[baseline_run_name(o)]}
+                            for o in args.baselines},
               'latency_note': 'BasicPerformanceMetrics latencies: publication stamp to receipt of the node\'s '
                               'TrackedTarget in the player (DDS both ways + conversion + tracking); NodeLatency: the '
                               'node\'s own stamp-to-publish latency field'}
@@ -891,15 +1087,16 @@ def run(args) -> int:
                                                        frames_dropped=int((~r.track.answered[1:]).sum()))
                          for n, r in replays.items()}
     perf['offline_ablations'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]} for run_name in ('rgb_only', 'thermal_only')}
+    perf['offline_baselines'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]} for run_name in baseline_tracks}
     (run_dir / 'performance.json').write_text(report.to_json(perf))
     stage('performance_s', t)
     timings['total_s'] = time.monotonic() - started
 
-    # 7. tables
-    text_table = metrics_table(scores, conditions, fps, markdown=False)
-    md_table = metrics_table(scores, conditions, fps, markdown=True)
-    verdict = ('fused beats both single-modality runs on PR, NPR and SR' if all(fused_wins.values()) else
-               'fused does NOT beat both single-modality runs on ' +
+    # 8. tables
+    text_table = metrics_table(scores, conditions, fps, markdown=False, labels=labels)
+    md_table = metrics_table(scores, conditions, fps, markdown=True, labels=labels)
+    verdict = ('CKD fused beats both of its single-modality runs on PR, NPR and SR' if all(fused_wins.values()) else
+               'CKD fused does NOT beat both of its single-modality runs on ' +
                ', '.join(m for m, won in fused_wins.items() if not won) +
                (' (untrained recipe weights: expected)' if checkpoint_file is None else ''))
     # the speed figures (fps, latency) name the machine they were measured on (load: at the end)
@@ -911,8 +1108,9 @@ def run(args) -> int:
                  f"{dropped} of {tracked_pairs} pairs dropped")
     summary = {
         'run_dir': str(run_dir), 'verdict': verdict, 'fused_beats_ablations': fused_wins,
+        'winner': winner, 'winner_verdict': winner_line, 'labels': labels,
         'metrics': {r: {**{k: 100 * v for k, v in scores[r].metrics.items()}, 'frames': scores[r].num_frames,
-                        'fps': fps[r], 'conditions': conditions[r]} for r in RUNS},
+                        'fps': fps[r], 'conditions': conditions[r]} for r in runs},
         'frames_replayed': sent, 'frames_answered': int(sum(r.track.answered.sum() for r in replays.values())),
         'frames_dropped': dropped, 'video': str(video), 'video_codec': codec, 'video_frames': video_frames,
         'timings_s': timings, 'node_exit_code': node_info.get('node_exit_code'), 'config': config,
@@ -928,19 +1126,25 @@ def run(args) -> int:
           'SR50: IoU > 0.5. "rgb-fail": frames where the RGB image does not show the target (night, glare); '
           '"th-fail": frames where the thermal image does not (crossover, low contrast). fps: fused = pairs per '
           f'second through the node over DDS ({"lock-step round trip" if args.rate is None else "real-time replay"}); '
-          'ablations = ROS-free tracker.', '',
-          f'**{verdict}.**', '', perf_line + '.', '', machine_line + '.', '',
-          'Stage timings (s): ' + ', '.join(f'{k[:-2]} {v:.1f}' for k, v in timings.items()), '']
+          'ablations and OpenCV rows = the tracker alone, without DDS. OpenCV rows: its classical trackers '
+          '(`ckd-eval run --tracker`) on the image named, fused = (RGB + thermal) / 2 per pixel; psr 0: CSRT never '
+          'reports the target lost.', '',
+          f'**{winner_line}.**', '', f'**{verdict}.**', '', perf_line + '.', '', machine_line + '.', '',
+          'Stage timings (s): ' + ', '.join(f'{k[:-2]} {v:.1f}' for k, v in timings.items()) +
+          ('; the baselines ran alongside the ablations (baselines_wait: the time spent waiting for them after the '
+           'ablations)' if 'baselines_wait_s' in timings else ''), '']
     (run_dir / 'metrics.md').write_text('\n'.join(md))
 
     link_latest(run_dir)   # only a finished run becomes `latest`
     say('')
     say(text_table)
+    say(winner_line)
     say(verdict)
     say(perf_line)
     say(machine_line)
     say(f"took {timings['total_s']:.0f} s (" + ', '.join(f'{k[:-2]} {v:.0f}' for k, v in timings.items()
-                                                         if k != 'total_s') + ')')
+                                                         if k != 'total_s') + ')' +
+        ('; the baselines ran alongside the ablations' if 'baselines_wait_s' in timings else ''))
     say('')
     say(f'outputs in {run_dir} ({args.output_dir / "latest"} links the newest run):')
     for label, path in (('metrics table', run_dir / 'metrics.md'), ('precision plot', plots['PR']),
