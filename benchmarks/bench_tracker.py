@@ -2,7 +2,7 @@
 """Speed of the CKD network forward and of the whole tracker (track()) per frame, batch 1, fp32.
 
 Compares with the official code measured on a 2-vCPU Xeon with torch 2.13 and 2 threads
-(spec/CKD.md section 7): forward 0.591 s (CE off) / 0.486 s (MCE); tracker 590 / 483 ms per frame.
+(docs/spec/CKD.md sec. 7): forward 0.591 s (CE off) / 0.486 s (MCE); tracker 590 / 483 ms per frame.
 Weights are the deterministic recipe weights (speed does not depend on their values).
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_tracker.py                 # full-size CE off + MCE, ckd_tiny

@@ -1,4 +1,4 @@
-"""Training data: sequence protocol, paired RGB-T sampling and processing (CKD.md sec. 4.5).
+"""Training data: sequence protocol, paired RGB-T sampling and processing (``docs/spec/CKD.md`` sec. 4.5).
 
 A training sequence is anything with ``name``, ``len()``, ``ground_truth`` ((N, 4) x, y, w, h),
 ``rgb(i)`` (H x W x 3 uint8 RGB) and ``thermal(i)`` (H x W or H x W x 3, uint8, or uint16 raw
@@ -239,7 +239,8 @@ def masked_modelling_keep(rng: np.random.Generator, tokens: int, probability: fl
 
 
 class CKDProcessing:
-    """Official STARK/OSTrack processing for RGB-T pairs (CKD.md sec. 4.5). Returns None for a rejected sample."""
+    """Official STARK/OSTrack processing for RGB-T pairs (``docs/spec/CKD.md`` sec. 4.5). Returns None for a
+    rejected sample."""
 
     def __init__(self, settings: ProcessingSettings):
         self.s = settings

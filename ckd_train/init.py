@@ -1,4 +1,4 @@
-"""Initialisation of the training network from pretrained files (CKD.md sec. 4.6).
+"""Initialisation of the training network from pretrained files (``docs/spec/CKD.md`` sec. 4.6).
 
 * ``MODEL.RGB_BRANCH`` / ``TIR_BRANCH`` / ``RGB_TEACHER`` / ``TIR_TEACHER``: single-modality tracker
   (OSTrack / DropTrack: ``backbone.*``) or ViT (timm / MAE) files for the four branches, loaded with

@@ -1,4 +1,4 @@
-"""CKD training losses (CKD.md sec. 4.3): CenterNet focal, GIoU, L1, GT heat map, style and content.
+"""CKD training losses (``docs/spec/CKD.md`` sec. 4.3): CenterNet focal, GIoU, L1, GT heat map, style and content.
 
 Everything here follows the official ``lib/train/actors/ckd.py`` / ``ckd_loss.py`` and the OSTrack
 utilities they call; the "bug version" of CornerNet's ``gaussian_radius`` is kept on purpose
@@ -228,7 +228,7 @@ class CKDLossWeights:
 
 def ckd_loss(out: dict, gt_boxes_xywh: torch.Tensor, search_size: int, stride: int,
              weights: CKDLossWeights) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total stage-1/stage-2 loss (CKD.md sec. 4.3).
+    """Total stage-1/stage-2 loss (``docs/spec/CKD.md`` sec. 4.3).
 
     ``out``: ``fused``, ``teacher_rgb``, ``teacher_tir`` prediction dicts, and ``features`` =
     dict branch name -> list of per-block (B, N, C) features for ``rgb_branch``, ``tir_branch``,

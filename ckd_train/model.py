@@ -1,4 +1,4 @@
-"""The training-mode CKD network (CKD.md sec. 4.1-4.2): four branches in lock-step, three heads.
+"""The training-mode CKD network (``docs/spec/CKD.md`` sec. 4.1-4.2): four branches in lock-step, three heads.
 
 Module names and their order are the official ones, so ``state_dict()`` is the official training
 checkpoint's ``net`` (878 keys for ViT-B): ``rgb_branch``, ``tir_branch``, ``box_head`` (the

@@ -1,4 +1,4 @@
-"""Parameter groups, optimiser and learning-rate schedule (CKD.md sec. 4.4).
+"""Parameter groups, optimiser and learning-rate schedule (``docs/spec/CKD.md`` sec. 4.4).
 
 ``TRAIN.PARAM_KEY`` is a list of ``[name_substring, lr]``: a parameter joins the group of the first
 substring that occurs in its name; parameters matching none are frozen (``requires_grad = False``).

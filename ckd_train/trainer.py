@@ -1,4 +1,4 @@
-"""The training loop: data, model, optimiser, DDP, logging, checkpoints, resume (CKD.md sec. 4).
+"""The training loop: data, model, optimiser, DDP, logging, checkpoints, resume (``docs/spec/CKD.md`` sec. 4).
 
 One process trains on ``TRAIN.BATCH_SIZE`` samples per step; under ``torchrun`` every process does
 (gloo on CPU, NCCL on GPU), DDP averages the gradients (``find_unused_parameters=True`` like the

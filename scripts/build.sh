@@ -21,7 +21,7 @@ export AMENT_PREFIX_PATH="$venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export CMAKE_PREFIX_PATH="$venv${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
 echo "[build] colcon build (ckd_ros)"
 # The ros-* wheels' CMake exports carry the include paths of the container they were built in;
-# cmake/fix_wheel_python_paths.cmake rewrites them to this interpreter's (see ../shared notes).
+# cmake/fix_wheel_python_paths.cmake rewrites them to this interpreter's.
 log="$root/log/build.out"
 mkdir -p "$root/log"
 if ! colcon --log-base "$root/log" build --base-paths "$root" --build-base "$root/build" \

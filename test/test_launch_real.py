@@ -1,6 +1,6 @@
 """The launch file and the ``ros2`` CLI against the node, with the real launch_ros and ros2cli.
 
-Neither is on PyPI: these tests run where a ROS install (or the overlay of shared/ros/OVERLAY.md) puts
+Neither is on PyPI: these tests run where a ROS install (or those packages built from source with colcon) puts
 ``ros2`` on PATH and launch_ros on the Python path, and skip cleanly elsewhere. They start
 ``ros2 launch ckd_ros ckd_tracker.launch.py`` as a user does, so the lifecycle event handlers, the
 parameter file, the Fast DDS profile argument and the exit behaviour are those of the real launch_ros.
@@ -27,7 +27,7 @@ def _ros2():
     ros2 = shutil.which('ros2')
     if ros2 is None:
         pytest.skip('no ros2 command on PATH')
-    # `ros2` may carry another interpreter in its shebang (OVERLAY.md): run it with this one
+    # `ros2` may carry another interpreter in its shebang (a colcon build from another venv): run it with this one
     return [sys.executable, ros2]
 
 

@@ -1,4 +1,4 @@
-"""Paired RGB-T sampling and processing for training (CKD.md sec. 4.5)."""
+"""Paired RGB-T sampling and processing for training (docs/spec/CKD.md sec. 4.5)."""
 import numpy as np
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """CKD checkpoints: restricted loading, key mapping onto the inference model, writing, and import of
-ViT / OSTrack / DropTrack weights for training initialisation (spec sections 4.6 and 6).
+ViT / OSTrack / DropTrack weights for training initialisation (``docs/spec/CKD.md`` sec. 4.6 and 6).
 
 Official files (``OSTrack_CKD_ep0030.pth.tar``) are ``torch.save`` of a dict with ``net`` (the
 training-mode state dict: students, fused head, teachers, teacher heads), ``epoch``,
@@ -485,7 +485,7 @@ def save_checkpoint(path: str | os.PathLike, net_state_dict: Mapping[str, torch.
     return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
-# ---- ViT / tracker weights for training initialisation (spec 4.6) --------------------------------
+# ---- ViT / tracker weights for training initialisation (docs/spec/CKD.md sec. 4.6) ---------------
 
 @dataclass
 class WeightImport:
@@ -538,8 +538,8 @@ def load_vit_weights(branch: nn.Module, source: str | os.PathLike | Mapping[str,
       any classifier ``head.*`` are ignored; a fine-tuned MAE file without ``norm`` uses ``fc_norm``.
     * ``ostrack`` / ``dropmae_track``: tracker files (``net`` -> ``backbone.*``) with their own
       ``pos_embed_z/x``, resized bilinearly if the grid differs; DropTrack files'
-      ``temporal_pos_embed_z/x`` are added to them (spec 4.6; the official code decides this by the
-      file name containing "DropTrack", here by the presence of those keys).
+      ``temporal_pos_embed_z/x`` are added to them (``docs/spec/CKD.md`` sec. 4.6; the official code
+      decides this by the file name containing "DropTrack", here by the presence of those keys).
 
     Every branch parameter except ``cls_token``/``pos_embed`` must be filled, else CheckpointError.
     """
@@ -596,7 +596,7 @@ def load_vit_weights(branch: nn.Module, source: str | os.PathLike | Mapping[str,
 
 def load_tracker_head(head: nn.Module, source: str | os.PathLike | Mapping[str, Any],
                       duplicate_inputs: bool | None = None) -> WeightImport:
-    """Initialise a CENTER head from a single-modality tracker's ``box_head.*`` (spec 4.6).
+    """Initialise a CENTER head from a single-modality tracker's ``box_head.*`` (``docs/spec/CKD.md`` sec. 4.6).
 
     For the fused head (input channels = 2x the file's) each tower's first conv
     ``conv1_*.0.weight`` (256, 768, 3, 3) is duplicated along input channels to (256, 1536, 3, 3)

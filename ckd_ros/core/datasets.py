@@ -9,7 +9,7 @@ RGB frames as uint8 ``H x W x 3`` in RGB order, thermal frames with ``IMREAD_UNC
 file stays ``uint16`` (colour thermal files are converted BGR -> RGB; single-channel files stay
 ``H x W``).
 
-On-disk layouts (CKD.md sec. 3 and 4.7):
+On-disk layouts (``docs/spec/CKD.md`` sec. 3 and 4.7):
 
 * GTOT: ``<seq>/v/*``, ``<seq>/i/*``, ``init.txt`` (tab-separated x y w h), ``groundTruth_v.txt`` /
   ``groundTruth_i.txt`` (x1 y1 x2 y2; converted with ``w = x2 - x1`` as the GTOT toolkit does).

@@ -2,7 +2,7 @@
 
 ROS-free: the functions take the fields of a ``sensor_msgs/Image`` (height, width, encoding,
 is_bigendian, step, data) rather than the message, so that bag tools, tests and the node share them
-and nothing here imports rclpy.  Conventions (see ``../shared/ros/NOTES.md`` sec. 3.4):
+and nothing here imports rclpy.  Conventions (see ``docs/ros_notes.md`` sec. 3.4):
 
 * :func:`decode_image_buffer` is the ``passthrough`` conversion of cv_bridge: native dtype
   (``mono16``/``16UC1`` -> ``uint16``, ``32FC1`` -> ``float32``), row padding (``step``) removed,

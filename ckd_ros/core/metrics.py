@@ -1,6 +1,6 @@
 """RGBT benchmark metrics, computed exactly as the RGBT toolkit (pip ``rgbt==1.0.1``) computes them.
 
-Definitions (CKD.md sec. 5, ``rgbt/utils.py`` and ``rgbt/metrics/metrics.py``):
+Definitions (``docs/spec/CKD.md`` sec. 5, ``rgbt/utils.py`` and ``rgbt/metrics/metrics.py``):
 
 * boxes are ``x, y, w, h``; IoU uses the inclusive pixel convention (``x2 = x + w - 1``, intersection
   ``+ 1``) with areas ``w * h``; the centre is ``x + (w - 1) / 2`` (strict) or ``x + w / 2`` (GTOT);

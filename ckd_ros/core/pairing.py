@@ -2,7 +2,7 @@
 
 * :class:`ApproximateTimePairer` reproduces the algorithm of the Python
   ``message_filters.ApproximateTimeSynchronizer`` (identical on Humble, Jazzy and Rolling; see
-  ``../shared/ros/NOTES.md`` sec. 3.3) so that the node behaves the same with or without
+  ``docs/ros_notes.md`` sec. 3.3) so that the node behaves the same with or without
   message_filters installed.  On each arrival: store the item in its input's queue keyed by the stamp
   in nanoseconds (an equal stamp overwrites); trim that queue to ``queue_size`` by deleting the oldest
   stamp; for every other input collect the stamps within ``slop`` of the new one (``|dt| <= slop``),

@@ -1,4 +1,4 @@
-"""Deterministic "recipe" weights and inputs of the CKD reference run (spec/reference/README.md).
+"""Deterministic "recipe" weights and inputs of the CKD reference run (``docs/spec/reference/README.md``).
 
 Every state-dict key ``k`` gets ``z = default_rng(s).standard_normal(prod(shape))`` (float64) with
 ``s = int.from_bytes(sha256(f"{seed}/{k}").digest()[:8], "little")``, transformed by the first
@@ -56,7 +56,7 @@ def recipe_array(key: str, shape: Iterable[int], seed: int = RECIPE_SEED) -> np.
 
 
 def recipe_state_dict(shapes: Mapping[str, Iterable[int]], seed: int = RECIPE_SEED) -> "OrderedDict[str, torch.Tensor]":
-    """Recipe tensors for ``{key: shape}`` (e.g. from ``spec/ckd_state_dict.json``), in the given order."""
+    """Recipe tensors for ``{key: shape}`` (e.g. the shapes of ``model.state_dict()``), in the given order."""
     return OrderedDict((k, torch.from_numpy(recipe_array(k, s, seed))) for k, s in shapes.items())
 
 

@@ -216,7 +216,7 @@ def _system_cpu_times() -> tuple[float, float] | None:
     return sum(fields) - idle, sum(fields)
 
 
-# The official code's published CPU speed (seconds per frame, batch 1, fp32), spec/CKD.md section 7:
+# The official code's published CPU speed (seconds per frame, batch 1, fp32), docs/spec/CKD.md sec. 7:
 # the full-size configurations without and with candidate elimination.
 PUBLISHED_OFFICIAL_SPEED_S = {
     'ckd_4b_dropmae_ckd_tf_cc_mask.25': {'forward_s': 0.591, 'track_s': 0.590},

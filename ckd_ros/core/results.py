@@ -1,6 +1,6 @@
 """Result files in the official layout, written atomically.
 
-Layout (CKD.md sec. 3, ``lib/test/evaluation/running.py``): one folder per run and dataset holding
+Layout (``docs/spec/CKD.md`` sec. 3, ``lib/test/evaluation/running.py``): one folder per run and dataset holding
 ``<seq>.txt`` (one ``x y w h`` line per frame including frame 0, tab-separated, boxes cast to int
 with truncation like the official ``astype(int)``) and ``<seq>_time.txt`` (per-frame seconds, ``%f``).
 The toolkit takes the sequence list from the ``*_time.txt`` files, so the time file is written last:
