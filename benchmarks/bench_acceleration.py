@@ -26,12 +26,14 @@ Accuracy effect, per option:
 ``--before`` adds this package's fp32 eager path as it was before the branches were batched (each
 branch on its own, the last block over all tokens), ``--official-style`` the official way of computing.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_acceleration.py --configs ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead \\
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_acceleration.py \\
+        --configs ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead \\
         --frames 10 --threads 2 --options bf16/eager --before --official-style
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_acceleration.py --configs ckd_tiny --sequences demo \\
         --options fp32/compile fp32/int8 fp32/onnxruntime fp32/onnxruntime-int8 bf16/eager
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_acceleration.py --sequences demo --frames 3 \\
-        --configs ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead --options fp32/int8 fp32/onnxruntime fp32/onnxruntime-int8
+        --configs ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead \\
+        --options fp32/int8 fp32/onnxruntime fp32/onnxruntime-int8
 """
 from __future__ import annotations
 
@@ -60,9 +62,9 @@ from ckd_ros.core.report import PUBLISHED_OFFICIAL_SPEED_S, machine_info, machin
 from ckd_ros.core.synthetic import SyntheticScene
 from ckd_ros.core.tracker import CKDTracker
 
-DEFAULT_OPTIONS = ["fp32/int8", "fp32/onnxruntime", "fp32/onnxruntime-int8", "bf16/eager"]
-OFFICIAL_STYLE = "official-style"
-BEFORE = "fp32/eager-per-branch"
+DEFAULT_OPTIONS = ['fp32/int8', 'fp32/onnxruntime', 'fp32/onnxruntime-int8', 'bf16/eager']
+OFFICIAL_STYLE = 'official-style'
+BEFORE = 'fp32/eager-per-branch'
 
 
 class OfficialStyleAttention(Attention):
@@ -72,7 +74,7 @@ class OfficialStyleAttention(Attention):
 
     def forward(self, x, template_len=None, template_rows=None, weights=None, query_start=0):
         if weights or query_start:
-            raise ValueError("the official way of computing runs each branch on its own, all tokens")
+            raise ValueError('the official way of computing runs each branch on its own, all tokens')
         _, B, N, C = x.shape
         q, k, v = self.qkv(x[0]).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
@@ -112,16 +114,16 @@ def official_style_network(network):
 def parse_option(text: str) -> Acceleration:
     """``PRECISION/BACKEND`` -> an Acceleration that runs on the CPU (argparse type: refused with the reason)."""
     try:
-        precision, backend = text.split("/")
+        precision, backend = text.split('/')
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} must be PRECISION/BACKEND, e.g. fp32/int8") from None
+        raise argparse.ArgumentTypeError(f'{text!r} must be PRECISION/BACKEND, e.g. fp32/int8') from None
     try:
         acceleration = Acceleration(precision=precision, backend=backend)
-        acceleration.check_device(torch.device("cpu"))
+        acceleration.check_device(torch.device('cpu'))
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    if (acceleration.precision, acceleration.backend) == ("fp32", "eager"):
-        raise argparse.ArgumentTypeError("fp32/eager is the baseline every option is timed against; it always runs")
+        raise argparse.ArgumentTypeError(f'{text!r}: {exc}') from None
+    if (acceleration.precision, acceleration.backend) == ('fp32', 'eager'):
+        raise argparse.ArgumentTypeError('fp32/eager is the baseline every option is timed against; it always runs')
     return acceleration
 
 
@@ -147,20 +149,20 @@ def demo_sequences(frames: int | None, count: int | None = None) -> list[BenchSe
     excluded = demo.training_seed_ranges(demo.resolve_checkpoint_file(defaults.config, defaults.checkpoint))
     planned = demo.plan_sequences(count or defaults.sequences, defaults.frames, defaults.size, defaults.first_seed,
                                   excluded)
-    return [BenchSequence(f"{p.name} (seed {p.seed})", p.scene,
+    return [BenchSequence(f'{p.name} (seed {p.seed})', p.scene,
                           len(p.scene) - 1 if frames is None else min(frames, len(p.scene) - 1)) for p in planned]
 
 
 def synthetic_sequence(seed: int, frames: int) -> list[BenchSequence]:
-    return [BenchSequence(f"synthetic seed {seed}", SyntheticScene(seed, length=frames + 1, size=(640, 512)), frames)]
+    return [BenchSequence(f'synthetic seed {seed}', SyntheticScene(seed, length=frames + 1, size=(640, 512)), frames)]
 
 
 def as_result_files(boxes: dict[str, list]) -> dict[str, np.ndarray]:
     """Per-sequence boxes written as result files and read back (what ``make demo`` and ckd-eval score)."""
-    with tempfile.TemporaryDirectory(prefix="bench_acceleration_") as folder:
+    with tempfile.TemporaryDirectory(prefix='bench_acceleration_') as folder:
         out = {}
         for index, (name, rows) in enumerate(boxes.items()):
-            file_name = f"seq{index:03d}"
+            file_name = f'seq{index:03d}'
             results.write_sequence_result(folder, file_name, np.asarray(rows), np.zeros(len(rows)))
             out[name] = results.read_result_boxes(results.result_paths(folder, file_name)[0])
         return out
@@ -170,21 +172,21 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
           official_style: bool = False, before: bool = False) -> dict:
     cfg = load_config(config)
     trained = not cfg.is_official and shipped_weights_path(cfg.name).is_file()
-    network = load_network(cfg, None if trained else "recipe", torch.device("cpu"))
-    variants = [("fp32/eager", Acceleration())] + [(f"{o.precision}/{o.backend}", o) for o in options]
+    network = load_network(cfg, None if trained else 'recipe', torch.device('cpu'))
+    variants = [('fp32/eager', Acceleration())] + [(f'{o.precision}/{o.backend}', o) for o in options]
     trackers, setup_s = {}, {}
     for name, acceleration in variants:
         start = time.perf_counter()
-        trackers[name] = CKDTracker(network, cfg, "cpu", acceleration=acceleration)
+        trackers[name] = CKDTracker(network, cfg, 'cpu', acceleration=acceleration)
         setup_s[name] = time.perf_counter() - start
     if before:
-        trackers[BEFORE] = CKDTracker(network, cfg, "cpu")
-        trackers[BEFORE].runner = PerBranchRunner(network, torch.device("cpu"))
+        trackers[BEFORE] = CKDTracker(network, cfg, 'cpu')
+        trackers[BEFORE].runner = PerBranchRunner(network, torch.device('cpu'))
         setup_s[BEFORE] = 0.0
     if official_style:
         # the in-process stand-in for the official code (for the ratio on this machine, at this load)
-        trackers[OFFICIAL_STYLE] = CKDTracker(network, cfg, "cpu")
-        trackers[OFFICIAL_STYLE].runner = OfficialStyleRunner(official_style_network(network), torch.device("cpu"))
+        trackers[OFFICIAL_STYLE] = CKDTracker(network, cfg, 'cpu')
+        trackers[OFFICIAL_STYLE].runner = OfficialStyleRunner(official_style_network(network), torch.device('cpu'))
         setup_s[OFFICIAL_STYLE] = 0.0
     names = list(trackers)
     times = {name: [] for name in names}
@@ -199,7 +201,7 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
             boxes[name][sequence.name] = [truth[0]]
         if not map_error:
             # open loop: every runner on the same frame-1 search crops of the first sequence
-            reference = trackers["fp32/eager"]
+            reference = trackers['fp32/eager']
             rgb1, tir1 = sequence.scene.frame(1)
             crops = [reference.preprocess(sample_target(img, reference.box, reference.search_factor,
                                                         reference.search_size)[0]) for img in (rgb1, tir1)]
@@ -221,7 +223,7 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
     ground_truth = {s.name: GroundTruth(s.ground_truth) for s in sequences}
     # the demo's scoring: the boxes as result files hold them (official layout, integers truncated like
     # the official astype(int)), generic protocol (the frames after frame 0)
-    scores = {name: metrics.evaluate("generic", as_result_files(boxes[name]), ground_truth) for name in names}
+    scores = {name: metrics.evaluate('generic', as_result_files(boxes[name]), ground_truth) for name in names}
     tracked = {name: np.concatenate([np.asarray(boxes[name][s.name])[1:] for s in sequences]) for name in names}
 
     def frame_ratio(name: str, reference: str) -> float:
@@ -230,102 +232,103 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
         return statistics.median(a / b for a, b in zip(times[name], times[reference]))
     rows = []
     for name in names:
-        agreement = metrics.overlap(tracked[name], tracked["fp32/eager"])
+        agreement = metrics.overlap(tracked[name], tracked['fp32/eager'])
         median = statistics.median(times[name])
-        row = {"option": name, "setup_s": setup_s[name], "track_median_ms": median * 1e3,
-               "track_p90_ms": float(np.percentile(times[name], 90)) * 1e3,
-               "ratio_vs_fp32_eager": frame_ratio(name, "fp32/eager"), "pairs_per_s": 1 / median,
-               "max_abs_map_diff": map_error[name], "box_iou_vs_fp32_mean": float(agreement.mean()),
-               "box_iou_vs_fp32_min": float(agreement.min()), "frames_iou_gt_0.9": float((agreement > 0.9).mean())}
+        row = {'option': name, 'setup_s': setup_s[name], 'track_median_ms': median * 1e3,
+               'track_p90_ms': float(np.percentile(times[name], 90)) * 1e3,
+               'ratio_vs_fp32_eager': frame_ratio(name, 'fp32/eager'), 'pairs_per_s': 1 / median,
+               'max_abs_map_diff': map_error[name], 'box_iou_vs_fp32_mean': float(agreement.mean()),
+               'box_iou_vs_fp32_min': float(agreement.min()), 'frames_iou_gt_0.9': float((agreement > 0.9).mean())}
         if trained:
-            row["success_auc"] = float(scores[name].metrics["SR"])
-            row["precision_20px"] = float(scores[name].metrics["PR"])
-            row["success_change_points"] = 100 * (row["success_auc"] - float(scores["fp32/eager"].metrics["SR"]))
-            row["precision_change_points"] = 100 * (row["precision_20px"] - float(scores["fp32/eager"].metrics["PR"]))
+            row['success_auc'] = float(scores[name].metrics['SR'])
+            row['precision_20px'] = float(scores[name].metrics['PR'])
+            row['success_change_points'] = 100 * (row['success_auc'] - float(scores['fp32/eager'].metrics['SR']))
+            row['precision_change_points'] = 100 * (row['precision_20px'] - float(scores['fp32/eager'].metrics['PR']))
         if before:
-            row["ratio_vs_per_branch"] = frame_ratio(name, BEFORE)
+            row['ratio_vs_per_branch'] = frame_ratio(name, BEFORE)
         if official_style:
-            row["ratio_vs_official_style"] = frame_ratio(name, OFFICIAL_STYLE)
+            row['ratio_vs_official_style'] = frame_ratio(name, OFFICIAL_STYLE)
         official = PUBLISHED_OFFICIAL_SPEED_S.get(config)
         if official:
-            row["ratio_vs_official_track"] = median / official["track_s"]
+            row['ratio_vs_official_track'] = median / official['track_s']
         rows.append(row)
-    return {"config": config, "weights": "shipped" if trained else "recipe (untrained)",
-            "sequences": [{"name": s.name, "frames": s.frames} for s in sequences], "frames": frame_count,
-            "results": rows}
+    return {'config': config, 'weights': 'shipped' if trained else 'recipe (untrained)',
+            'sequences': [{'name': s.name, 'frames': s.frames} for s in sequences], 'frames': frame_count,
+            'results': rows}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", type=cli_args.config_name, default=["ckd_tiny"])
-    parser.add_argument("--options", nargs="+", type=parse_option, default=DEFAULT_OPTIONS,
-                        help="PRECISION/BACKEND pairs, timed against fp32/eager")
-    parser.add_argument("--sequences", choices=("synthetic", "demo"), default="synthetic",
+    parser.add_argument('--configs', nargs='+', type=cli_args.config_name, default=['ckd_tiny'])
+    parser.add_argument('--options', nargs='+', type=parse_option, default=DEFAULT_OPTIONS,
+                        help='PRECISION/BACKEND pairs, timed against fp32/eager')
+    parser.add_argument('--sequences', choices=('synthetic', 'demo'), default='synthetic',
                         help="'demo': the sequences of make demo; 'synthetic': one 640x512 scene of --seed")
-    parser.add_argument("--count", type=cli_args.integer(1), default=None,
+    parser.add_argument('--count', type=cli_args.integer(1), default=None,
                         help="--sequences demo: this many demo sequences (scenarios in turn) instead of the demo's 3, "
                              "for a closed-loop success change with less variance")
-    parser.add_argument("--frames", type=cli_args.integer(1), default=None,
-                        help="tracked frames (synthetic: default 30; demo: per sequence, default all)")
-    parser.add_argument("--threads", type=cli_args.integer(1), default=1,
-                        help="torch/ORT threads (1 is faster on a busy 2-core box)")
-    parser.add_argument("--seed", type=cli_args.integer(0), default=None,
-                        help="scene seed of --sequences synthetic (default 7)")
-    parser.add_argument("--official-style", action="store_true",
-                        help="also time the official way of computing (explicit attention matrix, templates "
-                             "embedded every frame) in the same process")
-    parser.add_argument("--before", action="store_true",
-                        help=f"also time {BEFORE}: fp32 eager with each branch on its own and the last block "
-                             "over all tokens (the path before batching the branches; same numbers)")
-    parser.add_argument("--json", type=cli_args.output_file, help="also write the results to this JSON file")
+    parser.add_argument('--frames', type=cli_args.integer(1), default=None,
+                        help='tracked frames (synthetic: default 30; demo: per sequence, default all)')
+    parser.add_argument('--threads', type=cli_args.integer(1), default=1,
+                        help='torch/ORT threads (1 is faster on a busy 2-core box)')
+    parser.add_argument('--seed', type=cli_args.integer(0), default=None,
+                        help='scene seed of --sequences synthetic (default 7)')
+    parser.add_argument('--official-style', action='store_true',
+                        help='also time the official way of computing (explicit attention matrix, templates '
+                             'embedded every frame) in the same process')
+    parser.add_argument('--before', action='store_true',
+                        help=f'also time {BEFORE}: fp32 eager with each branch on its own and the last block '
+                             'over all tokens (the path before batching the branches; same numbers)')
+    parser.add_argument('--json', type=cli_args.output_file, help='also write the results to this JSON file')
     args = parser.parse_args(argv)
     # options that only apply to one kind of sequences are refused with the other, not silently ignored
-    if args.sequences == "synthetic" and args.count is not None:
-        parser.error("--count applies to --sequences demo (the synthetic sequence is one scene of --seed)")
-    if args.sequences == "demo" and args.seed is not None:
+    if args.sequences == 'synthetic' and args.count is not None:
+        parser.error('--count applies to --sequences demo (the synthetic sequence is one scene of --seed)')
+    if args.sequences == 'demo' and args.seed is not None:
         parser.error("--seed applies to --sequences synthetic (the demo sequences have the demo's seeds)")
     torch.set_num_threads(args.threads)
     options = [o if isinstance(o, Acceleration) else parse_option(o) for o in args.options]
-    if args.sequences == "demo":
+    if args.sequences == 'demo':
         sequences = demo_sequences(args.frames, args.count)
     else:
-        sequences = synthetic_sequence(7 if args.seed is None else args.seed, 30 if args.frames is None else args.frames)
+        sequences = synthetic_sequence(7 if args.seed is None else args.seed,
+                                       30 if args.frames is None else args.frames)
     machine = machine_info()   # CPU class and the flags that matter (acceleration.MEASURED_OPTIONS is keyed by class)
     cpu = read_cpu_info()
-    machine["cpu_flags_all"], machine["cpu_flags_source"] = sorted(cpu.flags), cpu.source   # the JSON keeps all
+    machine['cpu_flags_all'], machine['cpu_flags_source'] = sorted(cpu.flags), cpu.source   # the JSON keeps all
     print(machine_line(machine), flush=True)
     print(cpu.describe(), flush=True)
-    print("sequences: " + ", ".join(f"{s.name} {s.frames} frames {s.scene.width}x{s.scene.height}"
+    print('sequences: ' + ', '.join(f'{s.name} {s.frames} frames {s.scene.width}x{s.scene.height}'
                                     for s in sequences), flush=True)
     reports = []
     for config in args.configs:
         report = bench(config, options, sequences, args.official_style, args.before)
         reports.append(report)
         print(f"{config} ({report['weights']} weights, {report['frames']} tracked frames, interleaved):")
-        for row in report["results"]:
+        for row in report['results']:
             line = (f"  {row['option']:<22} {row['track_median_ms']:8.1f} ms/frame (p90 {row['track_p90_ms']:.1f}) "
                     f"x{row['ratio_vs_fp32_eager']:.2f} of fp32 eager, {row['pairs_per_s']:.1f} pairs/s; "
                     f"map diff {row['max_abs_map_diff']:.1e}; box IoU vs fp32 mean {row['box_iou_vs_fp32_mean']:.3f}, "
                     f"IoU > 0.9 on {100 * row['frames_iou_gt_0.9']:.1f} % of frames")
-            if "success_auc" in row:
+            if 'success_auc' in row:
                 line += (f"; SR {100 * row['success_auc']:.1f} ({row['success_change_points']:+.1f}), "
                          f"PR {100 * row['precision_20px']:.1f} ({row['precision_change_points']:+.1f})")
-            if "ratio_vs_per_branch" in row:
+            if 'ratio_vs_per_branch' in row:
                 line += f"; x{row['ratio_vs_per_branch']:.2f} of per-branch"
-            if "ratio_vs_official_style" in row:
+            if 'ratio_vs_official_style' in row:
                 line += f"; x{row['ratio_vs_official_style']:.2f} of official-style"
-            if "ratio_vs_official_track" in row:
+            if 'ratio_vs_official_track' in row:
                 line += f"; x{row['ratio_vs_official_track']:.2f} of the official's published ms"
             print(line, flush=True)
-        if "success_auc" not in report["results"][0]:
-            print("  (untrained recipe weights: success/precision and their change cannot be measured, "
-                  "only box agreement with fp32)")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        if 'success_auc' not in report['results'][0]:
+            print('  (untrained recipe weights: success/precision and their change cannot be measured, '
+                  'only box agreement with fp32)')
+    print(f'load average at the end: {os.getloadavg()[0]:.2f}')
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"machine": machine, "reports": reports}, handle, indent=1)
+        with open(args.json, 'w') as handle:
+            json.dump({'machine': machine, 'reports': reports}, handle, indent=1)
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

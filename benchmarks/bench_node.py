@@ -36,10 +36,10 @@ from ckd_ros.core import cli_args
 from ckd_ros.ros.node_command import tracker_node_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CAMERA_PEER = REPO_ROOT / "test" / "peers" / "rgbt_camera_peer.py"
-PACKAGE_PROFILE = REPO_ROOT / "config" / "fastdds_large_images.xml"
-NAMESPACE = "/bench"
-NODE = f"{NAMESPACE}/ckd_tracker"
+CAMERA_PEER = REPO_ROOT / 'test' / 'peers' / 'rgbt_camera_peer.py'
+PACKAGE_PROFILE = REPO_ROOT / 'config' / 'fastdds_large_images.xml'
+NAMESPACE = '/bench'
+NODE = f'{NAMESPACE}/ckd_tracker'
 
 
 class Lines:
@@ -47,12 +47,12 @@ class Lines:
 
     def __init__(self, proc: subprocess.Popen):
         self.lines: list[str] = []
-        threading.Thread(target=lambda: [self.lines.append(line.rstrip("\n")) for line in proc.stdout],
+        threading.Thread(target=lambda: [self.lines.append(line.rstrip('\n')) for line in proc.stdout],
                          daemon=True).start()
 
     def event(self, name: str):
         for line in self.lines:
-            if line.startswith("{") and json.loads(line).get("event") == name:
+            if line.startswith('{') and json.loads(line).get('event') == name:
                 return json.loads(line)
         return None
 
@@ -63,62 +63,62 @@ def spawn(args: list) -> subprocess.Popen:
 
 
 def percentile(values, q):
-    return float(np.percentile(values, q)) if len(values) else float("nan")
+    return float(np.percentile(values, q)) if len(values) else float('nan')
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-config", type=cli_args.config_name, default="ckd_tiny")
-    parser.add_argument("--checkpoint", default="random")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--backend", default="eager")
-    parser.add_argument("--threads", type=cli_args.integer(1), default=1, help="node torch_threads")
-    parser.add_argument("--rate", type=cli_args.number(0.0), default=30.0, help="camera pairs per second")
-    parser.add_argument("--frames", type=cli_args.integer(2), default=300)
-    parser.add_argument("--size", default="640x512",
-                        help="WIDTHxHEIGHT, or several separated by commas (one run each)")
-    parser.add_argument("--input-reliability", choices=("default", "best_effort", "reliable"), default="default",
+    parser.add_argument('--model-config', type=cli_args.config_name, default='ckd_tiny')
+    parser.add_argument('--checkpoint', default='random')
+    parser.add_argument('--precision', default='fp32')
+    parser.add_argument('--backend', default='eager')
+    parser.add_argument('--threads', type=cli_args.integer(1), default=1, help='node torch_threads')
+    parser.add_argument('--rate', type=cli_args.number(0.0), default=30.0, help='camera pairs per second')
+    parser.add_argument('--frames', type=cli_args.integer(2), default=300)
+    parser.add_argument('--size', default='640x512',
+                        help='WIDTHxHEIGHT, or several separated by commas (one run each)')
+    parser.add_argument('--input-reliability', choices=('default', 'best_effort', 'reliable'), default='default',
                         help="the node's input.reliability ('default': the node's own default)")
-    parser.add_argument("--skip-s", type=cli_args.number(0.0, inclusive=True), default=1.0,
-                        help="seconds of the stream left out (start-up)")
-    parser.add_argument("--json", type=cli_args.output_file, help="also write the results to this JSON file")
-    parser.add_argument("--dds-profile", help="FASTDDS_DEFAULT_PROFILES_FILE for the camera and node processes: "
+    parser.add_argument('--skip-s', type=cli_args.number(0.0, inclusive=True), default=1.0,
+                        help='seconds of the stream left out (start-up)')
+    parser.add_argument('--json', type=cli_args.output_file, help='also write the results to this JSON file')
+    parser.add_argument('--dds-profile', help="FASTDDS_DEFAULT_PROFILES_FILE for the camera and node processes: "
                         "a path, 'none' for Fast DDS's built-in transports, or 'both' (the package's profile, "
                         "then none; default: inherited, which scripts/env.sh sets to config/fastdds_large_images.xml)")
     args = parser.parse_args(argv)
     try:
-        sizes = [cli_args.size(32)(text) for text in args.size.split(",")]
+        sizes = [cli_args.size(32)(text) for text in args.size.split(',')]
     except argparse.ArgumentTypeError as exc:
-        parser.error(f"--size: {exc}")
+        parser.error(f'--size: {exc}')
     stream_s = args.frames / args.rate
     if args.skip_s >= stream_s:
-        parser.error(f"--frames {args.frames} at --rate {args.rate:g} Hz stream for {stream_s:g} s, all of it left "
-                     f"out by --skip-s {args.skip_s:g}: stream longer (more --frames) or skip less")
+        parser.error(f'--frames {args.frames} at --rate {args.rate:g} Hz stream for {stream_s:g} s, all of it left '
+                     f'out by --skip-s {args.skip_s:g}: stream longer (more --frames) or skip less')
     try:
         import torch
 
         from ckd_ros.core.acceleration import Acceleration
-        Acceleration(precision=args.precision, backend=args.backend).check_device(torch.device("cpu"))
+        Acceleration(precision=args.precision, backend=args.backend).check_device(torch.device('cpu'))
     except ValueError as exc:
-        parser.error(f"--precision {args.precision} --backend {args.backend}: {exc}")
-    if args.dds_profile not in (None, "none", "both") and not Path(args.dds_profile).is_file():
+        parser.error(f'--precision {args.precision} --backend {args.backend}: {exc}')
+    if args.dds_profile not in (None, 'none', 'both') and not Path(args.dds_profile).is_file():
         parser.error(f"--dds-profile {args.dds_profile} is not a file (give a Fast DDS XML profile, 'none' or 'both')")
-    profiles = {"both": [str(PACKAGE_PROFILE), "none"], None: [os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "none")]}
+    profiles = {'both': [str(PACKAGE_PROFILE), 'none'], None: [os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', 'none')]}
     results = []
     for profile in profiles.get(args.dds_profile, [args.dds_profile]):
-        if profile == "none":
-            os.environ.pop("FASTDDS_DEFAULT_PROFILES_FILE", None)
+        if profile == 'none':
+            os.environ.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
         else:
-            os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(Path(profile).resolve())
+            os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = str(Path(profile).resolve())
         for size in sizes:
             results.append(run_once(args, size))
     if args.json:
-        with open(args.json, "w") as handle:
+        with open(args.json, 'w') as handle:
             json.dump(results if len(results) > 1 else results[0], handle, indent=1)
     if len(results) > 1:
-        print("\nsize        profile   delivered  tracked/s  dropped  p50 ms  p95 ms  p99 ms  node CPU")
+        print('\nsize        profile   delivered  tracked/s  dropped  p50 ms  p95 ms  p99 ms  node CPU')
         for r in results:
-            lat = r["latency_ms"]
+            lat = r['latency_ms']
             print(f"{r['size']:<11} {'package' if r['fastdds_profile'] else 'none':<9} "
                   f"{100 * r['delivered_fraction']:7.1f} %  {r['throughput_pairs_per_s']:8.1f}  "
                   f"{100 * r['drop_fraction']:5.1f} %  {lat['p50']:6.1f}  {lat['p95']:6.1f}  {lat['p99']:6.1f}  "
@@ -128,8 +128,8 @@ def main(argv=None) -> int:
 
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def run_once(args, size_wh) -> dict:
@@ -140,15 +140,15 @@ def run_once(args, size_wh) -> dict:
     from ckd_ros.core.report import machine_info, machine_line
     from ckd_ros.msg import TrackedTarget, TrackerStatus
 
-    size = "{}x{}".format(*size_wh)
-    peer = spawn([CAMERA_PEER, "--namespace", NAMESPACE, "--frames", args.frames, "--rate", args.rate,
-                  "--thermal-every", "1", "--jitter-ms", "1", "--size", size, "--thermal-size", size,
-                  "--rgb-encodings", "rgb8", "--thermal-encodings", "mono16", "--qos", "reliable",
-                  "--cycle", "30", "--wait-subscribers", "120", "--linger", "2"])
+    size = '{}x{}'.format(*size_wh)
+    peer = spawn([CAMERA_PEER, '--namespace', NAMESPACE, '--frames', args.frames, '--rate', args.rate,
+                  '--thermal-every', '1', '--jitter-ms', '1', '--size', size, '--thermal-size', size,
+                  '--rgb-encodings', 'rgb8', '--thermal-encodings', 'mono16', '--qos', 'reliable',
+                  '--cycle', '30', '--wait-subscribers', '120', '--linger', '2'])
     peer_out = Lines(peer)
     node = None
     rclpy.init()
-    client = rclpy.create_node("ckd_bench_node")
+    client = rclpy.create_node('ckd_bench_node')
     executor = SingleThreadedExecutor()
     executor.add_node(client)
 
@@ -156,33 +156,33 @@ def run_once(args, size_wh) -> dict:
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
-                raise SystemExit(f"timed out waiting for {what}\n" + "\n".join(
+                raise SystemExit(f'timed out waiting for {what}\n' + '\n'.join(
                     (node_out.lines if node is not None else peer_out.lines)[-40:]))
             executor.spin_once(timeout_sec=0.02)
 
     try:
-        wait(lambda: peer_out.event("ready"), 120, "the camera peer")
-        ready = peer_out.event("ready")
-        params = {"model_config": args.model_config, "checkpoint": args.checkpoint, "device": "cpu",
-                  "precision": args.precision, "backend": args.backend, "torch_threads": args.threads,
-                  "autostart": True, "initial_box": ready["init_box"],
-                  "status_period": 0.5, "stats_window": 1000, "publish_detections": False}
-        if args.input_reliability != "default":
-            params["input.reliability"] = args.input_reliability
-        command = tracker_node_args("ckd_tracker", NAMESPACE, params)
+        wait(lambda: peer_out.event('ready'), 120, 'the camera peer')
+        ready = peer_out.event('ready')
+        params = {'model_config': args.model_config, 'checkpoint': args.checkpoint, 'device': 'cpu',
+                  'precision': args.precision, 'backend': args.backend, 'torch_threads': args.threads,
+                  'autostart': True, 'initial_box': ready['init_box'],
+                  'status_period': 0.5, 'stats_window': 1000, 'publish_detections': False}
+        if args.input_reliability != 'default':
+            params['input.reliability'] = args.input_reliability
+        command = tracker_node_args('ckd_tracker', NAMESPACE, params)
         targets, arrival = [], []
         statuses = []
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
-        client.create_subscription(TrackedTarget, f"{NODE}/target",
+        client.create_subscription(TrackedTarget, f'{NODE}/target',
                                    lambda m: (targets.append(m), arrival.append(time.monotonic())), qos)
-        client.create_subscription(TrackerStatus, f"{NODE}/status", statuses.append, 10)
+        client.create_subscription(TrackerStatus, f'{NODE}/status', statuses.append, 10)
         node = spawn(command)
         node_out = Lines(node)
         wait(lambda: len(targets) > 0, 300, "the node's first target")
         cpu_start, wall_start = process_cpu_s(node.pid), time.monotonic()
-        wait(lambda: peer_out.event("done"), args.frames / args.rate + 300, "the camera peer to finish")
+        wait(lambda: peer_out.event('done'), args.frames / args.rate + 300, 'the camera peer to finish')
         cpu_fraction = (process_cpu_s(node.pid) - cpu_start) / max(1e-9, time.monotonic() - wall_start)
-        done = peer_out.event("done")
+        done = peer_out.event('done')
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.02)
@@ -198,13 +198,13 @@ def run_once(args, size_wh) -> dict:
         client.destroy_node()
         rclpy.try_shutdown()
 
-    published = sorted(done["rgb_stamps"])
+    published = sorted(done['rgb_stamps'])
     first_ns = published[0] + int(args.skip_s * 1e9)
     window = [s for s in published if s >= first_ns]
     stamps = [t.header.stamp.sec * 10**9 + t.header.stamp.nanosec for t in targets]
     tracked = [(s, t) for s, t in zip(stamps, targets) if s >= first_ns]
     if not window or not tracked:
-        raise SystemExit("no tracked pairs in the measuring window: " + "\n".join(node_out.lines[-40:]))
+        raise SystemExit('no tracked pairs in the measuring window: ' + '\n'.join(node_out.lines[-40:]))
     span_s = (window[-1] - window[0]) / 1e9 + 1 / args.rate
     latencies_ms = [1e3 * t.latency for _, t in tracked]
     last = statuses[-1] if statuses else None
@@ -212,30 +212,30 @@ def run_once(args, size_wh) -> dict:
     # same clock as the camera's stamps on one machine): the start-up transient is left out as for the rest
     before = [s for s in statuses if s.header.stamp.sec * 10**9 + s.header.stamp.nanosec <= first_ns]
     made_before = int(before[-1].pairs_made) if before else 0
-    delivered = ((int(last.pairs_made) - made_before) / len(window)) if last is not None else float("nan")
+    delivered = ((int(last.pairs_made) - made_before) / len(window)) if last is not None else float('nan')
     delivered = min(delivered, 1.0)   # a status taken just before the window start counts a pair or two of it
     result = {
-        "machine": machine_info(),
+        'machine': machine_info(),
         # the DDS transport settings of all three processes (README: "Large images over Fast DDS")
-        "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
-        "fastdds_profile": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", ""),
-        "config": args.model_config, "precision": args.precision, "backend": args.backend,
-        "node_torch_threads": args.threads, "size": size, "camera_rate_hz": args.rate,
-        "pairs_published": len(window), "pairs_tracked": len(tracked),
-        "throughput_pairs_per_s": len(tracked) / span_s,
-        "dropped": len(window) - len(tracked), "drop_fraction": 1 - len(tracked) / len(window),
+        'rmw': os.environ.get('RMW_IMPLEMENTATION', ''),
+        'fastdds_profile': os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', ''),
+        'config': args.model_config, 'precision': args.precision, 'backend': args.backend,
+        'node_torch_threads': args.threads, 'size': size, 'camera_rate_hz': args.rate,
+        'pairs_published': len(window), 'pairs_tracked': len(tracked),
+        'throughput_pairs_per_s': len(tracked) / span_s,
+        'dropped': len(window) - len(tracked), 'drop_fraction': 1 - len(tracked) / len(window),
         # pairs the node formed from what reached it, over the pairs published in the measuring window
-        "delivered_fraction": delivered,
-        "node_input_reliability": params.get("input.reliability", "default (best_effort)"),
-        "node_cpu_fraction": cpu_fraction,   # of one core, from the first target to the stream's end
-        "latency_ms": {"p50": percentile(latencies_ms, 50), "p95": percentile(latencies_ms, 95),
-                       "p99": percentile(latencies_ms, 99), "max": max(latencies_ms)},
-        "node_status": None if last is None else {"pairs_made": int(last.pairs_made),
-                                                  "pairs_dropped": int(last.pairs_dropped),
-                                                  "frames_unmatched": int(last.frames_unmatched),
-                                                  "output_rate": float(last.output_rate)},
+        'delivered_fraction': delivered,
+        'node_input_reliability': params.get('input.reliability', 'default (best_effort)'),
+        'node_cpu_fraction': cpu_fraction,   # of one core, from the first target to the stream's end
+        'latency_ms': {'p50': percentile(latencies_ms, 50), 'p95': percentile(latencies_ms, 95),
+                       'p99': percentile(latencies_ms, 99), 'max': max(latencies_ms)},
+        'node_status': None if last is None else {'pairs_made': int(last.pairs_made),
+                                                  'pairs_dropped': int(last.pairs_dropped),
+                                                  'frames_unmatched': int(last.frames_unmatched),
+                                                  'output_rate': float(last.output_rate)},
     }
-    lat = result["latency_ms"]
+    lat = result['latency_ms']
     print(f"{machine_line(result['machine'])}; node: {args.model_config} {args.precision}/{args.backend}, "
           f"{args.threads} torch thread(s); {result['rmw'] or 'default rmw'}, Fast DDS profile "
           f"{result['fastdds_profile'] or 'none (built-in transports)'}")
@@ -244,10 +244,10 @@ def run_once(args, size_wh) -> dict:
           f"{len(tracked)} tracked = {result['throughput_pairs_per_s']:.1f} pairs/s, dropped {result['dropped']} "
           f"({100 * result['drop_fraction']:.1f} %); latency p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f}, "
           f"p99 {lat['p99']:.1f}, max {lat['max']:.1f}")
-    if result["node_status"]:
+    if result['node_status']:
         print(f"node status: {result['node_status']}")
     return result
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

@@ -36,8 +36,8 @@ REALTIME_PAIRS_PER_S = 30.0
 
 def summary(samples: list[float]) -> dict:
     ordered = sorted(samples)
-    return {"median_s": statistics.median(ordered), "min_s": ordered[0], "max_s": ordered[-1],
-            "p10_s": ordered[len(ordered) // 10], "p90_s": ordered[(9 * len(ordered)) // 10], "n": len(ordered)}
+    return {'median_s': statistics.median(ordered), 'min_s': ordered[0], 'max_s': ordered[-1],
+            'p10_s': ordered[len(ordered) // 10], 'p90_s': ordered[(9 * len(ordered)) // 10], 'n': len(ordered)}
 
 
 def synthetic_frames(count: int, height: int, width: int, seed: int = 0):
@@ -61,9 +61,9 @@ def bench_config(name: str, frames: int, warmup: int, height: int, width: int) -
     cfg = load_config(name)
     network = load_recipe_weights(build_ckd_model(cfg, initialize=False))
     inputs = recipe_inputs(batch=1, template_size=cfg.DATA.TEMPLATE.SIZE, search_size=cfg.DATA.SEARCH.SIZE)
-    templates = [inputs["template_rgb"], inputs["template_tir"]]
-    searches = [inputs["search_rgb"], inputs["search_tir"]]
-    mask = network.template_mask(1, "cpu")
+    templates = [inputs['template_rgb'], inputs['template_tir']]
+    searches = [inputs['search_rgb'], inputs['search_tir']]
+    mask = network.template_mask(1, 'cpu')
     forward = []
     with torch.inference_mode():
         for i in range(warmup + frames):
@@ -71,7 +71,7 @@ def bench_config(name: str, frames: int, warmup: int, height: int, width: int) -
             network(templates, searches, ce_template_mask=mask)
             if i >= warmup:
                 forward.append(time.perf_counter() - start)
-    tracker = CKDTracker(network, cfg, "cpu")
+    tracker = CKDTracker(network, cfg, 'cpu')
     rgb, tir, box = synthetic_frames(warmup + frames + 1, height, width)
     tracker.initialize(rgb[0], tir[0], box)
     track = []
@@ -80,48 +80,49 @@ def bench_config(name: str, frames: int, warmup: int, height: int, width: int) -
         tracker.track(rgb[i], tir[i])
         if i > warmup:
             track.append(time.perf_counter() - start)
-    return {"config": name, "ce_mode": network.ce_mode, "forward": summary(forward), "track": summary(track)}
+    return {'config': name, 'ce_mode': network.ce_mode, 'forward': summary(forward), 'track': summary(track)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", type=cli_args.config_name, default=[CE_OFF, MCE, "ckd_tiny"])
-    parser.add_argument("--frames", type=cli_args.integer(1), default=20,
-                        help="timed frames per measurement (default 20)")
-    parser.add_argument("--warmup", type=cli_args.integer(0), default=3)
-    parser.add_argument("--threads", type=cli_args.integer(1), default=2, help="torch threads (official figures: 2)")
-    parser.add_argument("--size", type=cli_args.size(32), default="640x512",
-                        help="frame WxH for track() (default 640x512)")
-    parser.add_argument("--json", type=cli_args.output_file, help="also write the results to this JSON file")
+    parser.add_argument('--configs', nargs='+', type=cli_args.config_name, default=[CE_OFF, MCE, 'ckd_tiny'])
+    parser.add_argument('--frames', type=cli_args.integer(1), default=20,
+                        help='timed frames per measurement (default 20)')
+    parser.add_argument('--warmup', type=cli_args.integer(0), default=3)
+    parser.add_argument('--threads', type=cli_args.integer(1), default=2, help='torch threads (official figures: 2)')
+    parser.add_argument('--size', type=cli_args.size(32), default='640x512',
+                        help='frame WxH for track() (default 640x512)')
+    parser.add_argument('--json', type=cli_args.output_file, help='also write the results to this JSON file')
     args = parser.parse_args(argv)
     width, height = args.size
     torch.set_num_threads(args.threads)
     machine = machine_info()
     print(machine_line(machine))
-    print(f"batch 1, fp32, {args.warmup} warm-up + {args.frames} timed frames, track() on {width}x{height}")
+    print(f'batch 1, fp32, {args.warmup} warm-up + {args.frames} timed frames, track() on {width}x{height}')
     results = []
     for name in args.configs:
         result = bench_config(name, args.frames, args.warmup, height, width)
         results.append(result)
-        fwd, trk = result["forward"], result["track"]
+        fwd, trk = result['forward'], result['track']
         line = (f"{name} [{result['ce_mode']}]: forward {fwd['median_s'] * 1e3:.1f} ms "
                 f"(p10-p90 {fwd['p10_s'] * 1e3:.1f}-{fwd['p90_s'] * 1e3:.1f}), track {trk['median_s'] * 1e3:.1f} ms "
                 f"(p10-p90 {trk['p10_s'] * 1e3:.1f}-{trk['p90_s'] * 1e3:.1f}) = {1 / trk['median_s']:.1f} pairs/s")
         official = PUBLISHED_OFFICIAL_SPEED_S.get(name)
         if official:
-            result["ratio_forward_vs_official"] = fwd["median_s"] / official["forward_s"]
-            result["ratio_track_vs_official"] = trk["median_s"] / official["track_s"]
+            result['ratio_forward_vs_official'] = fwd['median_s'] / official['forward_s']
+            result['ratio_track_vs_official'] = trk['median_s'] / official['track_s']
             line += (f"; vs official {official['forward_s'] * 1e3:.0f} / {official['track_s'] * 1e3:.0f} ms: "
-                     f"forward x{result['ratio_forward_vs_official']:.2f}, track x{result['ratio_track_vs_official']:.2f}")
+                     f"forward x{result['ratio_forward_vs_official']:.2f}, "
+                     f"track x{result['ratio_track_vs_official']:.2f}")
         else:
-            result["realtime"] = 1 / trk["median_s"] >= REALTIME_PAIRS_PER_S
+            result['realtime'] = 1 / trk['median_s'] >= REALTIME_PAIRS_PER_S
             line += f"; real time (>= {REALTIME_PAIRS_PER_S:.0f} pairs/s): {'yes' if result['realtime'] else 'no'}"
         print(line, flush=True)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"machine": machine, "results": results}, handle, indent=1)
+        with open(args.json, 'w') as handle:
+            json.dump({'machine': machine, 'results': results}, handle, indent=1)
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     sys.exit(main())

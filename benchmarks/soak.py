@@ -267,7 +267,8 @@ class Soak:
             'duration_s': duration, 'pairs_sent': self.sent,
             'pairs_made': counts[0], 'pairs_dropped': counts[1],
             'targets_received': len(self.targets), 'lifecycle_cycles': len(active_checks),
-            'rss_mib': {'after_warmup': rss[0] if rss else None, 'end': final['rss_mib'], 'max': max(rss) if rss else None,
+            'rss_mib': {'after_warmup': rss[0] if rss else None, 'end': final['rss_mib'],
+                        'max': max(rss) if rss else None,
                         'growth_after_warmup': (rss[-1] - rss[0]) if rss else 0.0, 'slope_per_10k_pairs': slope,
                         'slope_checked': args.pairs >= SLOPE_MIN_PAIRS,
                         'after_each_cycle': cycle_rss, 'slope_per_cycle': cycle_slope},
@@ -312,7 +313,8 @@ def print_summary(result: dict) -> None:
           f"python {m.get('python')}, rmw {result['rmw'] or 'default'}")
     c = result['config']
     print(f"run: {result['pairs_sent']} pairs of {c['size'][0]}x{c['size'][1]} at {c['rate_hz']:g} Hz, model "
-          f"{Path(c['model_config']).name}, {result['lifecycle_cycles']} lifecycle cycles, {result['duration_s']:.0f} s")
+          f"{Path(c['model_config']).name}, {result['lifecycle_cycles']} lifecycle cycles, "
+          f"{result['duration_s']:.0f} s")
     print(f"node: {result['pairs_made']} pairs made, {result['pairs_dropped']} dropped (newest wins), "
           f"{result['targets_received']} targets received")
     r = result['rss_mib']

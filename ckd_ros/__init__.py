@@ -10,14 +10,14 @@ loaded on first use::
 """
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'
 
 # public name -> module that defines it (imported lazily by __getattr__)
 _LAZY_EXPORTS = {
-    "init_tracker": "ckd_ros.core.api",
+    'init_tracker': 'ckd_ros.core.api',
 }
 
-__all__ = ["__version__", *_LAZY_EXPORTS]
+__all__ = ['__version__', *_LAZY_EXPORTS]
 
 
 def __getattr__(name):

@@ -44,8 +44,8 @@ class ArraySequence:
 
     def __init__(self, name: str, rgb: np.ndarray, thermal: np.ndarray, boxes: np.ndarray):
         if len(rgb) != len(thermal) or len(rgb) != len(boxes):
-            raise ValueError(f"sequence {name!r}: {len(rgb)} RGB frames, {len(thermal)} thermal frames and "
-                             f"{len(boxes)} boxes; they must have one entry per frame")
+            raise ValueError(f'sequence {name!r}: {len(rgb)} RGB frames, {len(thermal)} thermal frames and '
+                             f'{len(boxes)} boxes; they must have one entry per frame')
         self.name = name
         self._rgb, self._thermal = rgb, thermal
         self._boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -67,7 +67,7 @@ class ArraySequence:
 def visible_frames(boxes: np.ndarray) -> np.ndarray:
     """Official visibility: GT width and height > 0 (NaN boxes are not visible)."""
     boxes = np.asarray(boxes, np.float64)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid='ignore'):
         return np.isfinite(boxes).all(axis=1) & (boxes[:, 2] > 0) & (boxes[:, 3] > 0)
 
 
@@ -87,21 +87,22 @@ class TrackingSampler:
     def __init__(self, datasets: SequenceType[SequenceType[TrainingSequence]], ratios: SequenceType[float],
                  max_gap: int = 200):
         if not datasets or len(datasets) != len(ratios):
-            raise ValueError(f"need one ratio per dataset, got {len(datasets)} datasets and {len(ratios)} ratios")
+            raise ValueError(f'need one ratio per dataset, got {len(datasets)} datasets and {len(ratios)} ratios')
         ratios = np.asarray(ratios, np.float64)
         if (ratios < 0).any() or ratios.sum() <= 0:
-            raise ValueError(f"dataset ratios must be >= 0 with a positive sum, got {ratios.tolist()}")
+            raise ValueError(f'dataset ratios must be >= 0 with a positive sum, got {ratios.tolist()}')
         if max_gap < 1:
-            raise ValueError(f"max_gap (DATA.MAX_SAMPLE_INTERVAL) must be >= 1, got {max_gap}")
+            raise ValueError(f'max_gap (DATA.MAX_SAMPLE_INTERVAL) must be >= 1, got {max_gap}')
         self.datasets = [list(d) for d in datasets]
         self.max_gap = int(max_gap)
         self._visible = [[visible_frames(s.ground_truth) for s in d] for d in self.datasets]
-        self._usable = [np.array([i for i, v in enumerate(vis) if v.sum() > self.MIN_VISIBLE and len(v) >= self.MIN_FRAMES],
+        self._usable = [np.array([i for i, v in enumerate(vis)
+                                  if v.sum() > self.MIN_VISIBLE and len(v) >= self.MIN_FRAMES],
                                  np.int64) for vis in self._visible]
         for k, (d, usable) in enumerate(zip(self.datasets, self._usable)):
             if ratios[k] > 0 and len(usable) == 0:
-                raise ValueError(f"dataset {k} ({len(d)} sequences) has no sequence with >= {self.MIN_FRAMES} frames "
-                                 f"and > {self.MIN_VISIBLE} visible frames; training cannot sample from it")
+                raise ValueError(f'dataset {k} ({len(d)} sequences) has no sequence with >= {self.MIN_FRAMES} frames '
+                                 f'and > {self.MIN_VISIBLE} visible frames; training cannot sample from it')
         self.p = ratios / ratios.sum()
 
     def sample(self, rng: np.random.Generator) -> tuple[TrainingSequence, int, int]:
@@ -168,15 +169,15 @@ def thermal_to_rgb8(image: np.ndarray) -> np.ndarray:
             return image
     elif image.ndim == 2 and image.dtype in (np.uint16, np.float32, np.float64):
         return _THERMAL_GAIN(image).image
-    raise ValueError(f"thermal frame must be H x W (uint8/uint16/float) or H x W x 3 uint8, got "
-                     f"{image.dtype} {image.shape}")
+    raise ValueError(f'thermal frame must be H x W (uint8/uint16/float) or H x W x 3 uint8, got '
+                     f'{image.dtype} {image.shape}')
 
 
 def _check_rgb(image: np.ndarray, name: str, index: int) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"sequence {name!r} frame {index}: RGB frame must be H x W x 3 uint8, got "
-                         f"{image.dtype} {image.shape}")
+        raise ValueError(f'sequence {name!r} frame {index}: RGB frame must be H x W x 3 uint8, got '
+                         f'{image.dtype} {image.shape}')
     return image
 
 
@@ -255,7 +256,7 @@ class CKDProcessing:
         gray = rng.random() < s.grayscale_probability
         flip = rng.random() < s.flip_probability
         frames = {}
-        for key, (rgb, tir, box) in (("template", template), ("search", search)):
+        for key, (rgb, tir, box) in (('template', template), ('search', search)):
             box = np.asarray(box, np.float64)
             if gray:
                 rgb = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
@@ -267,8 +268,8 @@ class CKDProcessing:
             frames[key] = (rgb, tir, box)
         out: dict[str, np.ndarray] = {}
         for key, size, factor, sj, cj in (
-                ("template", s.template_size, s.template_factor, s.template_scale_jitter, s.template_center_jitter),
-                ("search", s.search_size, s.search_factor, s.search_scale_jitter, s.search_center_jitter)):
+                ('template', s.template_size, s.template_factor, s.template_scale_jitter, s.template_center_jitter),
+                ('search', s.search_size, s.search_factor, s.search_scale_jitter, s.search_center_jitter)):
             rgb, tir, box = frames[key]
             crop_box = jitter_box(box, sj, cj, rng)  # one jittered box per frame, shared by RGB and TIR
             if not np.isfinite(crop_box).all() or np.ceil(np.sqrt(crop_box[2] * crop_box[3]) * factor) < 1:
@@ -289,11 +290,11 @@ class CKDProcessing:
                     anno = np.array([1.0 - anno[0] - anno[2], anno[1], anno[2], anno[3]])
             else:
                 imgs = [im / np.float32(255.0) for im in imgs]
-            out[f"{key}_rgb"] = (imgs[0] - self._mean) / self._std
-            out[f"{key}_tir"] = (imgs[1] - self._mean) / self._std
-            out[f"{key}_anno"] = anno.astype(np.float32)
+            out[f'{key}_rgb'] = (imgs[0] - self._mean) / self._std
+            out[f'{key}_tir'] = (imgs[1] - self._mean) / self._std
+            out[f'{key}_anno'] = anno.astype(np.float32)
         tokens = (s.search_size // s.stride) ** 2
-        out["search_token_keep"] = masked_modelling_keep(rng, tokens, s.mask_probability, s.mask_ratio)
+        out['search_token_keep'] = masked_modelling_keep(rng, tokens, s.mask_probability, s.mask_ratio)
         return out
 
 
@@ -312,7 +313,7 @@ class CKDTrainingDataset(torch.utils.data.Dataset):
 
     def __init__(self, sampler: TrackingSampler, processing: CKDProcessing, samples_per_epoch: int, seed: int = 42):
         if samples_per_epoch < 1:
-            raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+            raise ValueError(f'samples_per_epoch must be >= 1, got {samples_per_epoch}')
         self.sampler = sampler
         self.processing = processing
         self.samples_per_epoch = int(samples_per_epoch)
@@ -334,16 +335,16 @@ class CKDTrainingDataset(torch.utils.data.Dataset):
             search = (_check_rgb(seq.rgb(x), seq.name, x), thermal_to_rgb8(seq.thermal(x)), boxes[x])
             for frame, (rgb, tir, _) in ((t, template), (x, search)):
                 if rgb.shape[:2] != tir.shape[:2]:
-                    raise ValueError(f"sequence {seq.name!r} frame {frame}: RGB {rgb.shape[:2]} and thermal "
-                                     f"{tir.shape[:2]} frames differ in size; register/resize them first")
+                    raise ValueError(f'sequence {seq.name!r} frame {frame}: RGB {rgb.shape[:2]} and thermal '
+                                     f'{tir.shape[:2]} frames differ in size; register/resize them first')
             sample = self.processing(rng, template, search)
             if sample is not None:
                 return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sample.items()}
-        raise RuntimeError(f"no valid training sample after {self.MAX_ATTEMPTS} draws (sample {index}); "
-                           "check that the ground-truth boxes lie inside the frames")
+        raise RuntimeError(f'no valid training sample after {self.MAX_ATTEMPTS} draws (sample {index}); '
+                           'check that the ground-truth boxes lie inside the frames')
 
 
 def worker_count(requested: int | None) -> int:
     """DataLoader workers: the request, capped by the CPUs this process may use."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(0, min(int(requested if requested is not None else 0), cpus))

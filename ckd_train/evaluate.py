@@ -32,19 +32,19 @@ from ckd_ros.core.synthetic import SyntheticScene, rgb_failure, thermal_failure
 
 from .settings import load_train_config
 
-MODES = ("fused", "rgb_only", "thermal_only")
+MODES = ('fused', 'rgb_only', 'thermal_only')
 
 
 def run_sequence(tracker, scene, mode: str) -> np.ndarray:
     """Track one sequence from its first GT box; ``mode`` blanks a modality. Returns (N, 4) boxes."""
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
     boxes = np.zeros((len(scene), 4))
     for i in range(len(scene)):
         rgb, thermal = scene.frame(i)
-        if mode == "rgb_only":
+        if mode == 'rgb_only':
             thermal = np.zeros_like(thermal)
-        elif mode == "thermal_only":
+        elif mode == 'thermal_only':
             rgb = np.zeros_like(rgb)
         if i == 0:
             boxes[0] = tracker.initialize(rgb, thermal, scene.ground_truth[0]).box
@@ -61,17 +61,17 @@ class SyntheticEvaluation:
     seconds: float
 
     def to_dict(self) -> dict:
-        return {"metrics": self.metrics, "seeds": self.seeds, "frames": self.frames, "seconds": self.seconds}
+        return {'metrics': self.metrics, 'seeds': self.seeds, 'frames': self.frames, 'seconds': self.seconds}
 
     def table(self) -> str:
-        cols = ("SR", "PR", "NPR", "SR50_rgb_fail", "SR50_thermal_fail")
-        lines = [f"{'mode':<14}" + "".join(f"{c:>18}" for c in cols)]
+        cols = ('SR', 'PR', 'NPR', 'SR50_rgb_fail', 'SR50_thermal_fail')
+        lines = [f"{'mode':<14}" + ''.join(f'{c:>18}' for c in cols)]
         for mode, m in self.metrics.items():
-            lines.append(f"{mode:<14}" + "".join(f"{m.get(c, float('nan')):>18.3f}" for c in cols))
-        return "\n".join(lines)
+            lines.append(f'{mode:<14}' + ''.join(f"{m.get(c, float('nan')):>18.3f}" for c in cols))
+        return '\n'.join(lines)
 
 
-def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 512), device: str = "cpu",
+def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 512), device: str = 'cpu',
                        modes=MODES, threads: int | None = None, lost_threshold: float | None = None
                        ) -> SyntheticEvaluation:
     """Track every held-out sequence in every mode; ``lost_threshold`` switches on the tracker's
@@ -90,9 +90,9 @@ def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 
     metrics = {}
     for mode in modes:
         results = {s.name: run_sequence(tracker, s, mode) for s in scenes}
-        score = evaluate("generic", results, gt)
+        score = evaluate('generic', results, gt)
         m = {k: float(v) for k, v in score.metrics.items()}
-        for label, select in (("rgb_fail", rgb_failure), ("thermal_fail", thermal_failure)):
+        for label, select in (('rgb_fail', rgb_failure), ('thermal_fail', thermal_failure)):
             hits, count = 0, 0
             for s in scenes:
                 frames = select(s.flags)
@@ -101,53 +101,53 @@ def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 
                     iou = overlap(results[s.name][frames], s.ground_truth[frames])
                     hits += int((iou > 0.5).sum())
                     count += int(frames.sum())
-            m[f"SR50_{label}"] = hits / count if count else float("nan")
+            m[f'SR50_{label}'] = hits / count if count else float('nan')
         metrics[mode] = m
     return SyntheticEvaluation(metrics, [int(s) for s in seeds], sum(len(s) for s in scenes),
                                time.perf_counter() - tic)
 
 
 def _seed_range(text: str) -> list[int]:
-    lo, sep, hi = text.partition(":")
+    lo, sep, hi = text.partition(':')
     try:
         if not sep:
-            return [int(v) for v in text.split(",")]
+            return [int(v) for v in text.split(',')]
         return list(range(int(lo), int(hi)))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP or a comma list of integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f'expected START:STOP or a comma list of integers, got {text!r}') from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ckd_train.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="ckd_tiny")
-    p.add_argument("--checkpoint", help="weights (default: the config's shipped weights)")
-    p.add_argument("--seeds", type=_seed_range, default="900000:900010",
-                   help="START:STOP or a comma list (held-out seeds)")
-    p.add_argument("--length", type=int, default=300)
-    p.add_argument("--size", type=cli_args.size(16), default="640x512", help="WIDTHxHEIGHT")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=cli_args.integer(1))
-    p.add_argument("--lost-threshold", type=float, help="tracker LOST state below this peak score (default off)")
-    p.add_argument("--json", type=Path, help="write the scores here")
+    p = argparse.ArgumentParser(prog='python -m ckd_train.evaluate', description=__doc__.split('\n\n')[0])
+    p.add_argument('--config', default='ckd_tiny')
+    p.add_argument('--checkpoint', help="weights (default: the config's shipped weights)")
+    p.add_argument('--seeds', type=_seed_range, default='900000:900010',
+                   help='START:STOP or a comma list (held-out seeds)')
+    p.add_argument('--length', type=int, default=300)
+    p.add_argument('--size', type=cli_args.size(16), default='640x512', help='WIDTHxHEIGHT')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=cli_args.integer(1))
+    p.add_argument('--lost-threshold', type=float, help='tracker LOST state below this peak score (default off)')
+    p.add_argument('--json', type=Path, help='write the scores here')
     args = p.parse_args(argv)
     if args.json is not None and (args.json.is_dir() or any(d.exists() and not d.is_dir() for d in args.json.parents)):
-        p.error(f"--json {args.json} cannot be written (a folder, or under a file); name a file in a folder")
+        p.error(f'--json {args.json} cannot be written (a folder, or under a file); name a file in a folder')
     try:
         result = evaluate_synthetic(args.config, args.checkpoint, args.seeds, args.length, args.size, args.device,
                                     threads=args.threads, lost_threshold=args.lost_threshold)
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
+        print(f'evaluate: error: {exc}', file=sys.stderr)
         return 2
     print(result.table())
-    print(f"{len(result.seeds)} sequences, {result.frames} frames per mode, {result.seconds:.1f} s")
+    print(f'{len(result.seeds)} sequences, {result.frames} frames per mode, {result.seconds:.1f} s')
     if args.json:
         try:
             atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2), overwrite=True)
         except OSError as exc:
-            print(f"evaluate: error: cannot write {args.json}: {exc}", file=sys.stderr)
+            print(f'evaluate: error: cannot write {args.json}: {exc}', file=sys.stderr)
             return 2
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
     raise SystemExit(main())

@@ -36,7 +36,7 @@ from ckd_ros.core.checkpoint import (INFERENCE_PREFIXES, TRAINING_ONLY_PREFIXES,
 from .model import CKDTrainingNet
 
 
-PRETRAINED_KEYS = ("RGB_BRANCH", "TIR_BRANCH", "RGB_TEACHER", "TIR_TEACHER", "PRETRAIN_FILE")
+PRETRAINED_KEYS = ('RGB_BRANCH', 'TIR_BRANCH', 'RGB_TEACHER', 'TIR_TEACHER', 'PRETRAIN_FILE')
 
 
 def check_pretrained_files(cfg) -> None:
@@ -44,8 +44,8 @@ def check_pretrained_files(cfg) -> None:
     for key in PRETRAINED_KEYS:
         path = getattr(cfg.MODEL, key)
         if path and not Path(path).is_file():
-            raise FileNotFoundError(f"pretrained file {path} (MODEL.{key}) does not exist; download it or set "
-                                    f"the MODEL entry to \"\" to train from scratch")
+            raise FileNotFoundError(f'pretrained file {path} (MODEL.{key}) does not exist; download it or set '
+                                    f'the MODEL entry to "" to train from scratch')
 
 
 def initialise_from_config(model: CKDTrainingNet, cfg, log: Callable[[str], None] | None = None) -> list[str]:
@@ -56,47 +56,47 @@ def initialise_from_config(model: CKDTrainingNet, cfg, log: Callable[[str], None
     def note(text: str) -> None:
         actions.append(text)
         if log is not None:
-            log(f"[ckd-train] {text}")
+            log(f'[ckd-train] {text}')
 
     def read(path: str) -> Any:
         if path not in cache:
             if not Path(path).is_file():
-                raise FileNotFoundError(f"pretrained file {path} (from the configuration) does not exist; "
-                                        "download it or set the MODEL entry to \"\" to train from scratch")
+                raise FileNotFoundError(f'pretrained file {path} (from the configuration) does not exist; '
+                                        'download it or set the MODEL entry to "" to train from scratch')
             cache[path] = read_checkpoint(path)
         return cache[path]
 
     m = cfg.MODEL
-    branches = [("RGB_BRANCH", model.rgb_branch, "rgb_branch"), ("TIR_BRANCH", model.tir_branch, "tir_branch"),
-                ("RGB_TEACHER", model.teacher_rgb, "teacher_rgb"), ("TIR_TEACHER", model.teacher_tir, "teacher_tir")]
+    branches = [('RGB_BRANCH', model.rgb_branch, 'rgb_branch'), ('TIR_BRANCH', model.tir_branch, 'tir_branch'),
+                ('RGB_TEACHER', model.teacher_rgb, 'teacher_rgb'), ('TIR_TEACHER', model.teacher_tir, 'teacher_tir')]
     for key, branch, name in branches:
         path = getattr(m, key)
         if not path:
             continue
-        if name == "tir_branch" and model.shares_student and path == m.RGB_BRANCH:
+        if name == 'tir_branch' and model.shares_student and path == m.RGB_BRANCH:
             continue  # the same module, already loaded
         report = load_vit_weights(branch, read(path))
         note(f"{name} <- {path} ({report.layout}; {len(report.loaded)} tensors, resized {report.resized or 'none'})")
-    for key, head, name in (("RGB_BRANCH", model.box_head, "box_head"), ("RGB_TEACHER", model.box_head_v, "box_head_v"),
-                            ("TIR_TEACHER", model.box_head_i, "box_head_i")):
+    for key, head, name in (('RGB_BRANCH', model.box_head, 'box_head'), ('RGB_TEACHER', model.box_head_v, 'box_head_v'),
+                            ('TIR_TEACHER', model.box_head_i, 'box_head_i')):
         path = getattr(m, key)
         if not path:
             continue
         try:
             report = load_tracker_head(head, read(path))
         except CheckpointError as exc:
-            if "no box_head" in str(exc):
-                note(f"{name}: {path} has no tracker head, kept the xavier initialisation")
+            if 'no box_head' in str(exc):
+                note(f'{name}: {path} has no tracker head, kept the xavier initialisation')
                 continue
             raise
         note(f"{name} <- {path} box_head ({len(report.loaded)} tensors, input-duplicated {report.resized or 'none'})")
     if m.PRETRAIN_FILE:
         raw = read(m.PRETRAIN_FILE)
-        net = raw.get("net", raw) if isinstance(raw, dict) else raw
+        net = raw.get('net', raw) if isinstance(raw, dict) else raw
         keys = list(net) if isinstance(net, dict) else []
-        if keys and not any(k.startswith(("rgb_branch.", "module.rgb_branch.")) for k in keys):
-            note(f"PRETRAIN_FILE {m.PRETRAIN_FILE} is a single-modality tracker file (already used for the "
-                 "branches); the official strict load would fail here (defect D7), skipped")
+        if keys and not any(k.startswith(('rgb_branch.', 'module.rgb_branch.')) for k in keys):
+            note(f'PRETRAIN_FILE {m.PRETRAIN_FILE} is a single-modality tracker file (already used for the '
+                 'branches); the official strict load would fail here (defect D7), skipped')
         else:
             note(load_pretrain_file(model, net, m.PRETRAIN_FILE, teacher_sources=(m.RGB_TEACHER, m.TIR_TEACHER)))
     return actions
@@ -106,14 +106,15 @@ def _fit_problems(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any]
     """Missing, unexpected and other-shape keys of ``state`` against ``expected`` (empty: it fits)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    reshaped = [f"{k} {tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__} "
-                f"vs {tuple(v.shape)}" for k, v in expected.items()
+    reshaped = [f'{k} {tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__} '
+                f'vs {tuple(v.shape)}' for k, v in expected.items()
                 if k in state and (not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(v.shape))]
     return [f"{label} {len(items)}: {items[:4]}{' ...' if len(items) > 4 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped)) if items]
+            for label, items in (('missing', missing), ('unexpected', unexpected), ('other shape', reshaped)) if items]
 
 
-def load_pretrain_file(model: CKDTrainingNet, net: Any, source: str, teacher_sources: tuple[str, str] = ("", "")) -> str:
+def load_pretrain_file(model: CKDTrainingNet, net: Any, source: str,
+                       teacher_sources: tuple[str, str] = ('', '')) -> str:
     """Load ``MODEL.PRETRAIN_FILE``'s ``net`` into the training network; returns the line to print.
 
     * A CKD training checkpoint (students, fused head, teachers, teacher heads): strict load of everything
@@ -135,8 +136,8 @@ def load_pretrain_file(model: CKDTrainingNet, net: Any, source: str, teacher_sou
         expected = OrderedDict((k, v) for k, v in expected.items() if k.startswith(INFERENCE_PREFIXES))
     problems = _fit_problems(expected, state)
     if problems:
-        kind = ("no teacher keys, so compared with the students and fused head only" if inference_only
-                else "teacher keys, so compared with the whole training network")
+        kind = ('no teacher keys, so compared with the students and fused head only' if inference_only
+                else 'teacher keys, so compared with the whole training network')
         raise CheckpointError(f"PRETRAIN_FILE {source} does not fit the training network (it has {kind}; "
                               f"{'; '.join(problems)}): it must be a CKD checkpoint of the configuration's network "
                               "size, either a training checkpoint (students, teachers and heads) or an inference "
@@ -144,10 +145,10 @@ def load_pretrain_file(model: CKDTrainingNet, net: Any, source: str, teacher_sou
                               "writes)")
     if not inference_only:
         model.load_state_dict(state, strict=True)
-        return f"all weights <- {source} (strict)"
-    if getattr(model, "shares_student", False):
-        differ = [k for k in state if k.startswith("rgb_branch.")
-                  and not torch.equal(state[k], state["tir_branch." + k[len("rgb_branch."):]])]
+        return f'all weights <- {source} (strict)'
+    if getattr(model, 'shares_student', False):
+        differ = [k for k in state if k.startswith('rgb_branch.')
+                  and not torch.equal(state[k], state['tir_branch.' + k[len('rgb_branch.'):]])]
         if differ:
             raise CheckpointError(f"PRETRAIN_FILE {source}: the configuration shares one student for RGB and TIR, but "
                                   f"the file's rgb_branch/tir_branch weights differ ({len(differ)} keys, e.g. "
@@ -155,9 +156,9 @@ def load_pretrain_file(model: CKDTrainingNet, net: Any, source: str, teacher_sou
     model.load_state_dict(state, strict=False)  # every student / fused-head key checked above; teachers untouched
     rgb_teacher, tir_teacher = teacher_sources
     if not rgb_teacher and not tir_teacher:
-        origin = "their fresh initialisation: RGB_TEACHER and TIR_TEACHER are empty"
+        origin = 'their fresh initialisation: RGB_TEACHER and TIR_TEACHER are empty'
     else:
         origin = (f"teacher_rgb/box_head_v from {rgb_teacher or 'the fresh initialisation'}, "
                   f"teacher_tir/box_head_i from {tir_teacher or 'the fresh initialisation'}")
-    return (f"students and fused head <- {source} (inference checkpoint without teachers: rgb_branch, tir_branch, "
-            f"box_head; {len(state)} tensors); teachers and teacher heads kept ({origin})")
+    return (f'students and fused head <- {source} (inference checkpoint without teachers: rgb_branch, tir_branch, '
+            f'box_head; {len(state)} tensors); teachers and teacher heads kept ({origin})')

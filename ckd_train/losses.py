@@ -40,7 +40,7 @@ def generalized_box_iou_pairs(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tup
     """GIoU and IoU of corresponding boxes. Raises ValueError for boxes with x2 < x1 or y2 < y1
     (the official code asserts; its actor then replaces the GIoU loss by 0)."""
     if not bool((boxes1[:, 2:] >= boxes1[:, :2]).all()) or not bool((boxes2[:, 2:] >= boxes2[:, :2]).all()):
-        raise ValueError("degenerate box (x2 < x1 or y2 < y1) in GIoU")
+        raise ValueError('degenerate box (x2 < x1 or y2 < y1) in GIoU')
     iou, union = box_iou_pairs(boxes1, boxes2)
     lt = torch.min(boxes1[:, :2], boxes2[:, :2])
     rb = torch.max(boxes1[:, 2:], boxes2[:, 2:])
@@ -88,10 +88,10 @@ def generate_heatmap(boxes_xywh: torch.Tensor, search_size: int, stride: int,
     peak exactly 1, truncated at the map border (a centre outside the map still draws its tail).
     """
     if boxes_xywh.ndim != 2 or boxes_xywh.shape[1] != 4:
-        raise ValueError(f"boxes must be (B, 4) normalised x, y, w, h; got shape {tuple(boxes_xywh.shape)}")
+        raise ValueError(f'boxes must be (B, 4) normalised x, y, w, h; got shape {tuple(boxes_xywh.shape)}')
     feat = search_size // stride
     # float32 like the official tensors, so centre rounding and radius truncation match bit for bit
-    boxes = boxes_xywh.detach().to("cpu", torch.float32).numpy() * np.float32(feat)
+    boxes = boxes_xywh.detach().to('cpu', torch.float32).numpy() * np.float32(feat)
     centres = np.round(boxes[:, :2] + boxes[:, 2:] / np.float32(2)).astype(np.int64)  # half-to-even, as torch
     radii = np.maximum(gaussian_radius_bug(boxes[:, 3], boxes[:, 2], float(min_overlap)), 0).astype(np.int64)
     maps = np.zeros((len(boxes), 1, feat, feat), np.float32)
@@ -136,9 +136,9 @@ def tracking_loss(pred: dict, gt_boxes_xywh: torch.Tensor, gt_heatmap: torch.Ten
     ``pred`` carries ``pred_boxes`` (B, Q, 4) normalised (cx, cy, w, h) and ``score_map`` (B, 1, F, F);
     ``gt_boxes_xywh`` is (B, 4) normalised. GT corners are clamped to [0, 1].
     """
-    pred_boxes = pred["pred_boxes"]
+    pred_boxes = pred['pred_boxes']
     if torch.isnan(pred_boxes).any():
-        raise FloatingPointError("the network predicted NaN boxes; training diverged (lower the LR or check the data)")
+        raise FloatingPointError('the network predicted NaN boxes; training diverged (lower the LR or check the data)')
     queries = pred_boxes.shape[1]
     pred_xyxy = box_cxcywh_to_xyxy(pred_boxes).reshape(-1, 4)
     gt_xyxy = box_xywh_to_xyxy(gt_boxes_xywh)[:, None, :].repeat(1, queries, 1).reshape(-1, 4).clamp(0.0, 1.0)
@@ -149,22 +149,22 @@ def tracking_loss(pred: dict, gt_boxes_xywh: torch.Tensor, gt_heatmap: torch.Ten
         giou = pred_xyxy.new_zeros(())
         iou = pred_xyxy.new_zeros(())
     l1 = F.l1_loss(pred_xyxy, gt_xyxy)
-    focal = focal_loss(pred["score_map"], gt_heatmap)
+    focal = focal_loss(pred['score_map'], gt_heatmap)
     total = weights.giou * giou + weights.l1 * l1 + weights.focal * focal
-    return total, {"giou": giou.detach(), "l1": l1.detach(), "location": focal.detach(),
-                   "iou": iou.detach().mean()}
+    return total, {'giou': giou.detach(), 'l1': l1.detach(), 'location': focal.detach(),
+                   'iou': iou.detach().mean()}
 
 
 # ----------------------------------------------------------------------------- distillation
-def style_loss(feat_a: torch.Tensor, feat_b: torch.Tensor, mode: str = "channel") -> torch.Tensor:
+def style_loss(feat_a: torch.Tensor, feat_b: torch.Tensor, mode: str = 'channel') -> torch.Tensor:
     """First/second-order statistics alignment between two features (B, N, C).
 
     channel mode: per sample and channel, mean and unbiased std over the N tokens;
     ``mean_{b,c}((mu_a - mu_b)^2 + (sigma_a - sigma_b)^2)``. token mode: the same over channels per token.
     No detach: gradients reach both inputs.
     """
-    _check_pair(feat_a, feat_b, "style")
-    dim = 1 if mode == "channel" else 2 if mode == "token" else None
+    _check_pair(feat_a, feat_b, 'style')
+    dim = 1 if mode == 'channel' else 2 if mode == 'token' else None
     if dim is None:
         raise ValueError(f"style loss mode must be 'channel' or 'token', got {mode!r}")
     mu_a, mu_b = feat_a.mean(dim), feat_b.mean(dim)
@@ -172,7 +172,7 @@ def style_loss(feat_a: torch.Tensor, feat_b: torch.Tensor, mode: str = "channel"
     return ((mu_a - mu_b) ** 2 + (sd_a - sd_b) ** 2).mean()
 
 
-def content_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str = "channel",
+def content_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str = 'channel',
                  stop_teacher_gradient: bool = True) -> torch.Tensor:
     """MSE between instance-normalised features (B, N, C).
 
@@ -180,13 +180,13 @@ def content_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str = "chan
     variance, eps 1e-5, no affine, no running statistics. token mode: normalisation over channels per
     token. The teacher is detached when ``stop_teacher_gradient`` (official STOP_CONTENT_GRADIENT).
     """
-    _check_pair(student, teacher, "content")
+    _check_pair(student, teacher, 'content')
     if stop_teacher_gradient:
         teacher = teacher.detach()
-    if mode == "channel":
+    if mode == 'channel':
         norm_s = F.instance_norm(student.transpose(1, 2), eps=1e-5)
         norm_t = F.instance_norm(teacher.transpose(1, 2), eps=1e-5)
-    elif mode == "token":
+    elif mode == 'token':
         norm_s = F.instance_norm(student, eps=1e-5)
         norm_t = F.instance_norm(teacher, eps=1e-5)
     else:
@@ -196,8 +196,8 @@ def content_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str = "chan
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
     if a.ndim != 3 or a.shape != b.shape:
-        raise ValueError(f"{what} loss needs two (B, N, C) features of the same shape, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f'{what} loss needs two (B, N, C) features of the same shape, got '
+                         f'{tuple(a.shape)} and {tuple(b.shape)}')
 
 
 @dataclass
@@ -209,8 +209,8 @@ class CKDLossWeights:
     focal: float = 1.0
     style: float = 0.01
     content: float = 0.1
-    style_mode: str = "channel"
-    content_mode: str = "channel"
+    style_mode: str = 'channel'
+    content_mode: str = 'channel'
     stop_content_gradient: bool = True
     stop_style_gradient: bool = False
     enable_style: bool = True
@@ -237,21 +237,21 @@ def ckd_loss(out: dict, gt_boxes_xywh: torch.Tensor, search_size: int, stride: i
     """
     heatmap = generate_heatmap(gt_boxes_xywh, search_size, stride)
     tw = TrackingLossWeights(weights.giou, weights.l1, weights.focal)
-    fused, stats = tracking_loss(out["fused"], gt_boxes_xywh, heatmap, tw)
+    fused, stats = tracking_loss(out['fused'], gt_boxes_xywh, heatmap, tw)
     total = fused
-    log = {"loss_fused": fused.detach(), **stats}
-    for key in ("teacher_rgb", "teacher_tir"):
+    log = {'loss_fused': fused.detach(), **stats}
+    for key in ('teacher_rgb', 'teacher_tir'):
         if out.get(key) is not None:
             loss_t, stats_t = tracking_loss(out[key], gt_boxes_xywh, heatmap, tw)
             total = total + loss_t
-            log[f"loss_{key}"] = loss_t.detach()
-            log[f"iou_{key}"] = stats_t["iou"]
-    feats = out.get("features") or {}
+            log[f'loss_{key}'] = loss_t.detach()
+            log[f'iou_{key}'] = stats_t['iou']
+    feats = out.get('features') or {}
     if feats:
-        s_rgb, s_tir = feats["rgb_branch"], feats["tir_branch"]
-        t_rgb, t_tir = feats["teacher_rgb"], feats["teacher_tir"]
+        s_rgb, s_tir = feats['rgb_branch'], feats['tir_branch']
+        t_rgb, t_tir = feats['teacher_rgb'], feats['teacher_tir']
         if not len(s_rgb) == len(s_tir) == len(t_rgb) == len(t_tir):
-            raise ValueError("every branch must give one feature per block for the distillation losses")
+            raise ValueError('every branch must give one feature per block for the distillation losses')
         zero = fused.new_zeros(())
         style = zero
         content = zero
@@ -266,7 +266,7 @@ def ckd_loss(out: dict, gt_boxes_xywh: torch.Tensor, search_size: int, stride: i
             for s, t in zip(s_tir, t_tir):
                 content = content + content_loss(s, t, weights.content_mode, weights.stop_content_gradient)
         total = total + weights.style * style + weights.content * content
-        log["style"] = style.detach()
-        log["content"] = content.detach()
-    log["total"] = total.detach()
+        log['style'] = style.detach()
+        log['content'] = content.detach()
+    log['total'] = total.detach()
     return total, {k: float(v) for k, v in log.items()}

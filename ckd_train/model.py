@@ -24,10 +24,10 @@ from ckd_ros.core.config import CKDConfig, load_config
 from ckd_ros.core.model import CenterHead, CKDNet, VisionTransformerCE, build_branch, build_head
 from ckd_ros.core.model import run_branches, template_center_mask
 
-STUDENTS = ("rgb_branch", "tir_branch")
-TEACHERS = ("teacher_rgb", "teacher_tir")
-TEACHER_HEADS = ("box_head_v", "box_head_i")
-INFERENCE_PREFIXES = ("rgb_branch.", "tir_branch.", "box_head.")
+STUDENTS = ('rgb_branch', 'tir_branch')
+TEACHERS = ('teacher_rgb', 'teacher_tir')
+TEACHER_HEADS = ('box_head_v', 'box_head_i')
+INFERENCE_PREFIXES = ('rgb_branch.', 'tir_branch.', 'box_head.')
 
 
 class CKDTrainingNet(nn.Module):
@@ -35,8 +35,8 @@ class CKDTrainingNet(nn.Module):
 
     def __init__(self, rgb_branch: VisionTransformerCE, tir_branch: VisionTransformerCE, box_head: CenterHead,
                  teacher_rgb: VisionTransformerCE, teacher_tir: VisionTransformerCE,
-                 box_head_v: CenterHead, box_head_i: CenterHead, ce_mode: str = "mce",
-                 ce_template_range: str = "CTR_POINT"):
+                 box_head_v: CenterHead, box_head_i: CenterHead, ce_mode: str = 'mce',
+                 ce_template_range: str = 'CTR_POINT'):
         super().__init__()
         # registration order = official state-dict order
         self.rgb_branch = rgb_branch
@@ -46,7 +46,7 @@ class CKDTrainingNet(nn.Module):
         self.teacher_tir = teacher_tir
         self.box_head_v = box_head_v
         self.box_head_i = box_head_i
-        self.ce_mode = ce_mode if rgb_branch.ce_loc else "off"
+        self.ce_mode = ce_mode if rgb_branch.ce_loc else 'off'
         self.ce_template_range = ce_template_range
 
     @property
@@ -54,7 +54,7 @@ class CKDTrainingNet(nn.Module):
         return self.rgb_branch is self.tir_branch
 
     def template_mask(self, batch: int, device) -> torch.Tensor | None:
-        if self.ce_mode == "off":
+        if self.ce_mode == 'off':
             return None
         return template_center_mask(self.ce_template_range, self.rgb_branch.template_feat_size, batch, device)
 
@@ -78,11 +78,11 @@ class CKDTrainingNet(nn.Module):
         t_rgb, t_tir, s_rgb, s_tir = run.tokens
         fused = self.box_head.forward_tokens(torch.cat([s_rgb, s_tir], dim=2))
         return {
-            "fused": fused,
-            "teacher_rgb": self.box_head_v.forward_tokens(t_rgb),
-            "teacher_tir": self.box_head_i.forward_tokens(t_tir),
-            "features": dict(zip(TEACHERS + STUDENTS, run.block_features)),
-            "global_index_s": run.global_index_search,
+            'fused': fused,
+            'teacher_rgb': self.box_head_v.forward_tokens(t_rgb),
+            'teacher_tir': self.box_head_i.forward_tokens(t_tir),
+            'features': dict(zip(TEACHERS + STUDENTS, run.block_features)),
+            'global_index_s': run.global_index_search,
         }
 
     def inference_model(self) -> CKDNet:

@@ -27,20 +27,20 @@ import yaml
 
 from ckd_ros.core.config import DEFAULTS, CKDConfig, ConfigError, _merge, load_config
 
-TRAIN_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TRAIN_CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
 # official dataset name -> reader kind of ckd_ros.core.datasets.open_dataset
 DATASET_KINDS = {
-    "LasHeR_trainingSet": "lasher",
-    "LasHeR_testingSet": "lasher",
-    "RGBT234": "rgbt234",
-    "RGBT210": "rgbt210",
-    "GTOT": "gtot",
-    "VTUAV": "vtuav",
+    'LasHeR_trainingSet': 'lasher',
+    'LasHeR_testingSet': 'lasher',
+    'RGBT234': 'rgbt234',
+    'RGBT210': 'rgbt210',
+    'GTOT': 'gtot',
+    'VTUAV': 'vtuav',
 }
-SYNTHETIC_NAMES = ("SYNTHETIC", "SYNTHETIC_VAL")
+SYNTHETIC_NAMES = ('SYNTHETIC', 'SYNTHETIC_VAL')
 
-_SYNTHETIC_KEYS = {"SEEDS", "VAL_SEEDS", "LENGTH", "SIZE", "FAILURE_FRACTION", "NOISE"}
+_SYNTHETIC_KEYS = {'SEEDS', 'VAL_SEEDS', 'LENGTH', 'SIZE', 'FAILURE_FRACTION', 'NOISE'}
 
 
 @dataclass(frozen=True)
@@ -57,42 +57,42 @@ class SyntheticSettings:
         if not data:
             return cls()
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{source}: SYNTHETIC must be a mapping, got {data!r}")
+            raise ConfigError(f'{source}: SYNTHETIC must be a mapping, got {data!r}')
         unknown = sorted(set(data) - _SYNTHETIC_KEYS)
         if unknown:
-            raise ConfigError(f"{source}: unknown SYNTHETIC keys {unknown}; allowed: {sorted(_SYNTHETIC_KEYS)}")
+            raise ConfigError(f'{source}: unknown SYNTHETIC keys {unknown}; allowed: {sorted(_SYNTHETIC_KEYS)}')
         d = cls()
 
         def pair(key, default):
             value = data.get(key, default)
             if (not isinstance(value, (list, tuple)) or len(value) != 2
                     or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
-                raise ConfigError(f"{source}: SYNTHETIC.{key} must be two non-negative integers, got {value!r}")
+                raise ConfigError(f'{source}: SYNTHETIC.{key} must be two non-negative integers, got {value!r}')
             return int(value[0]), int(value[1])
 
-        seeds, val_seeds, size = pair("SEEDS", d.seeds), pair("VAL_SEEDS", d.val_seeds), pair("SIZE", d.size)
-        for key, (lo, hi) in (("SEEDS", seeds), ("VAL_SEEDS", val_seeds)):
+        seeds, val_seeds, size = pair('SEEDS', d.seeds), pair('VAL_SEEDS', d.val_seeds), pair('SIZE', d.size)
+        for key, (lo, hi) in (('SEEDS', seeds), ('VAL_SEEDS', val_seeds)):
             if hi <= lo:
-                raise ConfigError(f"{source}: SYNTHETIC.{key} is [start, stop) with stop > start, got {[lo, hi]}")
+                raise ConfigError(f'{source}: SYNTHETIC.{key} is [start, stop) with stop > start, got {[lo, hi]}')
         if max(seeds[0], val_seeds[0]) < min(seeds[1], val_seeds[1]):
-            raise ConfigError(f"{source}: SYNTHETIC.SEEDS {list(seeds)} and VAL_SEEDS {list(val_seeds)} overlap; "
-                              "validation must use sequences training never sees")
-        length = data.get("LENGTH", d.length)
+            raise ConfigError(f'{source}: SYNTHETIC.SEEDS {list(seeds)} and VAL_SEEDS {list(val_seeds)} overlap; '
+                              'validation must use sequences training never sees')
+        length = data.get('LENGTH', d.length)
         if not isinstance(length, int) or isinstance(length, bool) or length < 20:
-            raise ConfigError(f"{source}: SYNTHETIC.LENGTH must be an integer >= 20 (the sampler needs 20 frames), "
-                              f"got {length!r}")
+            raise ConfigError(f'{source}: SYNTHETIC.LENGTH must be an integer >= 20 (the sampler needs 20 frames), '
+                              f'got {length!r}')
         if min(size) < 64:
-            raise ConfigError(f"{source}: SYNTHETIC.SIZE must be [width, height] >= 64, got {list(size)}")
-        ff = data.get("FAILURE_FRACTION", d.failure_fraction)
-        noise = data.get("NOISE", d.noise)
-        for key, value in (("FAILURE_FRACTION", ff), ("NOISE", noise)):
+            raise ConfigError(f'{source}: SYNTHETIC.SIZE must be [width, height] >= 64, got {list(size)}')
+        ff = data.get('FAILURE_FRACTION', d.failure_fraction)
+        noise = data.get('NOISE', d.noise)
+        for key, value in (('FAILURE_FRACTION', ff), ('NOISE', noise)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{source}: SYNTHETIC.{key} must be a number, got {value!r}")
+                raise ConfigError(f'{source}: SYNTHETIC.{key} must be a number, got {value!r}')
         return cls(seeds, val_seeds, int(length), size, float(ff), float(noise))
 
     def to_dict(self) -> dict:
-        return {"SEEDS": list(self.seeds), "VAL_SEEDS": list(self.val_seeds), "LENGTH": self.length,
-                "SIZE": list(self.size), "FAILURE_FRACTION": self.failure_fraction, "NOISE": self.noise}
+        return {'SEEDS': list(self.seeds), 'VAL_SEEDS': list(self.val_seeds), 'LENGTH': self.length,
+                'SIZE': list(self.size), 'FAILURE_FRACTION': self.failure_fraction, 'NOISE': self.noise}
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class TrainConfig:
 
     cfg: CKDConfig
     synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
-    name: str = ""
+    name: str = ''
     source: Path | None = None
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainConfig":
@@ -109,68 +109,68 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain-dict form (checkpoint ``settings``, YAML dump)."""
-        return {"name": self.name, "source": str(self.source) if self.source else None,
-                "config": self.cfg.to_dict(), "synthetic": self.synthetic.to_dict()}
+        return {'name': self.name, 'source': str(self.source) if self.source else None,
+                'config': self.cfg.to_dict(), 'synthetic': self.synthetic.to_dict()}
 
 
 def _without_source(message: str) -> str:
     """A :func:`load_config` message without its leading ``<file>: `` (the caller names the files)."""
-    head, sep, rest = message.partition(": ")
-    return rest if sep and head.endswith((".yaml", ".yml")) else message
+    head, sep, rest = message.partition(': ')
+    return rest if sep and head.endswith(('.yaml', '.yml')) else message
 
 
 def available_train_configs() -> list[str]:
-    return sorted(p.stem for p in TRAIN_CONFIG_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in TRAIN_CONFIG_DIR.glob('*.yaml'))
 
 
 def load_train_config(name_or_path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """A training file of ``ckd_train/configs`` (by stem or path) or any model configuration."""
     text = str(name_or_path)
     path = None
-    if (TRAIN_CONFIG_DIR / f"{text}.yaml").is_file() and "/" not in text:
-        path = TRAIN_CONFIG_DIR / f"{text}.yaml"
-    elif text.endswith((".yaml", ".yml")) or "/" in text:
+    if (TRAIN_CONFIG_DIR / f'{text}.yaml').is_file() and '/' not in text:
+        path = TRAIN_CONFIG_DIR / f'{text}.yaml'
+    elif text.endswith(('.yaml', '.yml')) or '/' in text:
         path = Path(text).expanduser()
         if not path.is_file():
-            raise ConfigError(f"configuration file {path} does not exist")
+            raise ConfigError(f'configuration file {path} does not exist')
     if path is None:  # a model configuration name
         cfg = load_config(text, overrides)
         return TrainConfig(cfg, SyntheticSettings(), cfg.name, cfg.source)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f'{path} is not valid YAML: {exc}') from exc
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+        raise ConfigError(f'{path}: the top level must be a mapping')
     data = dict(data)
-    base = data.pop("BASE", None)
-    has_synthetic = "SYNTHETIC" in data
-    synthetic = SyntheticSettings.from_mapping(data.pop("SYNTHETIC", None), str(path))
+    base = data.pop('BASE', None)
+    has_synthetic = 'SYNTHETIC' in data
+    synthetic = SyntheticSettings.from_mapping(data.pop('SYNTHETIC', None), str(path))
     if base is None:
         if has_synthetic:
-            raise ConfigError(f"{path}: a file with a SYNTHETIC section needs BASE (the model configuration "
-                              "it overrides, e.g. BASE: ckd_tiny)")
+            raise ConfigError(f'{path}: a file with a SYNTHETIC section needs BASE (the model configuration '
+                              'it overrides, e.g. BASE: ckd_tiny)')
         cfg = load_config(path, overrides)
     else:
         if not isinstance(base, str):
-            raise ConfigError(f"{path}: BASE must be a configuration name or path, got {base!r}")
+            raise ConfigError(f'{path}: BASE must be a configuration name or path, got {base!r}')
         base_path = Path(base)
         if not base_path.is_absolute() and (path.parent / base).is_file():
             base = str(path.parent / base)
         # the keys and values of this file first, on their own: an unknown key here must be reported as this
         # file's, not as one of the BASE file it is merged into
         try:
-            _merge(copy.deepcopy(DEFAULTS), data, DEFAULTS, "")
+            _merge(copy.deepcopy(DEFAULTS), data, DEFAULTS, '')
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f'{path}: {exc}') from None
         try:
             cfg = load_config(base, data)
         except ConfigError as exc:
             try:
                 load_config(base)
             except ConfigError as base_exc:  # the BASE file itself is at fault; its message names it
-                raise ConfigError(f"{path}: BASE: {base_exc}") from None
-            raise ConfigError(f"{path} (over its BASE {base!r}): {_without_source(str(exc))}") from None
+                raise ConfigError(f'{path}: BASE: {base_exc}') from None
+            raise ConfigError(f'{path} (over its BASE {base!r}): {_without_source(str(exc))}') from None
         if overrides:
             cfg = cfg.with_overrides(overrides)
     return TrainConfig(cfg, synthetic, path.stem, path)

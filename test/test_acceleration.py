@@ -16,31 +16,31 @@ from ckd_ros.core.recipe_weights import recipe_inputs
 from ckd_ros.core.synthetic import SyntheticScene
 from ckd_ros.core.tracker import CKDTracker
 
-CPU = torch.device("cpu")
+CPU = torch.device('cpu')
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope='module', autouse=True)
 def _one_thread(one_torch_thread):
     """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def tiny():
-    cfg = load_config("ckd_tiny")
-    return cfg, load_network(cfg, "recipe", CPU)
+    cfg = load_config('ckd_tiny')
+    return cfg, load_network(cfg, 'recipe', CPU)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def crops(tiny):
     cfg, _ = tiny
     inputs = recipe_inputs(batch=1, template_size=cfg.DATA.TEMPLATE.SIZE, search_size=cfg.DATA.SEARCH.SIZE)
-    return [inputs["template_rgb"], inputs["template_tir"]], [inputs["search_rgb"], inputs["search_tir"]]
+    return [inputs['template_rgb'], inputs['template_tir']], [inputs['search_rgb'], inputs['search_tir']]
 
 
 def _maps(network, templates, searches):
     with torch.inference_mode():
         out = network(templates, searches, ce_template_mask=network.template_mask(1, CPU))
-    return out["score_map"], out["size_map"], out["offset_map"]
+    return out['score_map'], out['size_map'], out['offset_map']
 
 
 def test_template_tokens_give_identical_outputs(tiny, crops):
@@ -51,30 +51,30 @@ def test_template_tokens_give_identical_outputs(tiny, crops):
         from_crops = network(templates, searches, ce_template_mask=network.template_mask(1, CPU))
         from_tokens = network(tokens, searches, ce_template_mask=network.template_mask(1, CPU))
     assert tokens[0].shape == (1, network.rgb_branch.num_template_tokens, network.rgb_branch.embed_dim)
-    for key in ("score_map", "size_map", "offset_map", "backbone_feat"):
+    for key in ('score_map', 'size_map', 'offset_map', 'backbone_feat'):
         assert torch.equal(from_crops[key], from_tokens[key]), key
 
 
 def test_wrong_template_tokens_are_refused(tiny, crops):
     _, network = tiny
     _, searches = crops
-    with pytest.raises(ValueError, match="template tokens"):
+    with pytest.raises(ValueError, match='template tokens'):
         network([torch.zeros(1, 10, 128), torch.zeros(1, 10, 128)], searches)
 
 
 def test_default_runner_is_exact_fp32_eager(tiny, crops):
     cfg, network = tiny
     runner = make_runner(network, CPU, None, cfg.TEST.TEMPLATE_SIZE, cfg.TEST.SEARCH_SIZE)
-    assert type(runner) is NetworkRunner and runner.precision == "fp32"
+    assert type(runner) is NetworkRunner and runner.precision == 'fp32'
     templates, searches = crops
-    with pytest.raises(RuntimeError, match="set_templates"):
+    with pytest.raises(RuntimeError, match='set_templates'):
         runner(searches)
     runner.set_templates(templates, network.template_mask(1, CPU))
     for got, want in zip(runner(searches), _maps(network, templates, searches)):
         assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("ce_mode", ["off", "mce"])
+@pytest.mark.parametrize('ce_mode', ['off', 'mce'])
 def test_onnxruntime_matches_pytorch(tiny, crops, ce_mode):
     cfg, network = tiny
     network = copy.deepcopy(network)
@@ -103,35 +103,36 @@ def test_onnxruntime_tracker_follows_the_fp32_trajectory(tiny):
     cfg, network = tiny
     scene = SyntheticScene(3, length=13, size=(320, 256))
     eager = _track(CKDTracker(network, cfg, CPU), scene, 12)
-    ort = _track(CKDTracker(network, cfg, CPU, acceleration=Acceleration("fp32", "onnxruntime")), scene, 12)
+    ort = _track(CKDTracker(network, cfg, CPU, acceleration=Acceleration('fp32', 'onnxruntime')), scene, 12)
     assert np.abs(ort - eager).max() < 1e-2
 
 
 def test_onnx_int8_quantises_every_weight_matmul(tiny):
     cfg, network = tiny
     import onnx
-    model = onnx.load_from_string(quantize_onnx_int8(export_onnx(network, cfg.TEST.TEMPLATE_SIZE, cfg.TEST.SEARCH_SIZE)))
+    model = onnx.load_from_string(quantize_onnx_int8(export_onnx(network, cfg.TEST.TEMPLATE_SIZE,
+                                                                 cfg.TEST.SEARCH_SIZE)))
     ops = [node.op_type for node in model.graph.node]
     linears = sum(type(m) is torch.nn.Linear for m in network.modules())
     # one MatMulInteger per nn.Linear; the attention products (two activations) stay fp32 MatMuls
-    assert ops.count("MatMulInteger") == linears and "MatMul" in ops
-    assert ops.count("DynamicQuantizeLinear") == ops.count("MatMulInteger")
+    assert ops.count('MatMulInteger') == linears and 'MatMul' in ops
+    assert ops.count('DynamicQuantizeLinear') == ops.count('MatMulInteger')
 
 
 # max |map - fp32| measured on these crops (ORT 1.32, AVX2 without VNNI), score / size / offset:
 # recipe weights 7.5e-3 / 1.0e-2 / 8.1e-2 (flat maps, every token near the quantisation grid's middle),
 # shipped (trained) weights 9.3e-4 / 1.0e-3 / 4.3e-3; the bounds are ~4x that (other CPUs' int8 kernels
 # round differently) and still fail on a wrong scale or an unquantised graph (0 difference)
-ONNX_INT8_MAP_BOUNDS = {"recipe": (0.03, 0.04, 0.3), "shipped": (4e-3, 4e-3, 2e-2)}
+ONNX_INT8_MAP_BOUNDS = {'recipe': (0.03, 0.04, 0.3), 'shipped': (4e-3, 4e-3, 2e-2)}
 
 
-@pytest.mark.parametrize("weights", ["recipe", "shipped"])
+@pytest.mark.parametrize('weights', ['recipe', 'shipped'])
 def test_onnxruntime_int8_maps_stay_close(tiny, crops, weights):
     cfg, network = tiny
-    if weights == "shipped":
+    if weights == 'shipped':
         network = load_network(cfg, None, CPU)
     templates, searches = crops
-    runner = make_runner(network, CPU, Acceleration("fp32", "onnxruntime-int8"), cfg.TEST.TEMPLATE_SIZE,
+    runner = make_runner(network, CPU, Acceleration('fp32', 'onnxruntime-int8'), cfg.TEST.TEMPLATE_SIZE,
                          cfg.TEST.SEARCH_SIZE)
     assert isinstance(runner, OnnxRuntimeRunner)
     runner.set_templates(templates, network.template_mask(1, CPU))
@@ -145,7 +146,7 @@ def test_onnxruntime_int8_maps_stay_close(tiny, crops, weights):
 def test_onnxruntime_int8_tracker_runs(tiny):
     cfg, network = tiny
     scene = SyntheticScene(3, length=6, size=(320, 256))
-    boxes = _track(CKDTracker(network, cfg, CPU, acceleration=Acceleration("fp32", "onnxruntime-int8")), scene, 5)
+    boxes = _track(CKDTracker(network, cfg, CPU, acceleration=Acceleration('fp32', 'onnxruntime-int8')), scene, 5)
     assert boxes.shape == (5, 4) and np.isfinite(boxes).all()
 
 
@@ -154,22 +155,22 @@ def test_int8_quantises_every_linear_and_stays_close(tiny, crops):
     quantized = quantize_linear_int8(network)
     float_linears = [n for n, m in quantized.named_modules() if type(m) is torch.nn.Linear]
     assert float_linears == []
-    assert any(type(m) is torch.nn.Linear for m in network.modules()), "the original network must be left as it was"
+    assert any(type(m) is torch.nn.Linear for m in network.modules()), 'the original network must be left as it was'
     templates, searches = crops
     with torch.inference_mode():
         mask = network.template_mask(1, CPU)
         network_off, quantized_off = copy.deepcopy(network), copy.deepcopy(quantized)
-        network_off.ce_mode = quantized_off.ce_mode = "off"  # compare features without selection flips
-        want = network_off(templates, searches)["backbone_feat"]
-        got = quantized_off(templates, searches)["backbone_feat"]
-        assert quantized(templates, searches, ce_template_mask=mask)["score_map"].shape == (1, 1, 12, 12)
+        network_off.ce_mode = quantized_off.ce_mode = 'off'  # compare features without selection flips
+        want = network_off(templates, searches)['backbone_feat']
+        got = quantized_off(templates, searches)['backbone_feat']
+        assert quantized(templates, searches, ce_template_mask=mask)['score_map'].shape == (1, 1, 12, 12)
     relative = float((got - want).norm() / want.norm())
     assert 0 < relative < 0.05
 
 
 def test_int8_keeps_a_shared_student_shared():
-    cfg = load_config("ckd_tiny")
-    network = load_network(cfg, "recipe", CPU)
+    cfg = load_config('ckd_tiny')
+    network = load_network(cfg, 'recipe', CPU)
     network.tir_branch = network.rgb_branch
     assert quantize_linear_int8(network).shares_student
 
@@ -177,7 +178,7 @@ def test_int8_keeps_a_shared_student_shared():
 def test_bf16_autocast_is_close(tiny, crops):
     cfg, network = tiny
     templates, searches = crops
-    runner = make_runner(network, CPU, Acceleration("bf16", "eager"), cfg.TEST.TEMPLATE_SIZE, cfg.TEST.SEARCH_SIZE)
+    runner = make_runner(network, CPU, Acceleration('bf16', 'eager'), cfg.TEST.TEMPLATE_SIZE, cfg.TEST.SEARCH_SIZE)
     runner.set_templates(templates, network.template_mask(1, CPU))
     got = runner(searches)
     want = _maps(network, templates, searches)
@@ -185,41 +186,41 @@ def test_bf16_autocast_is_close(tiny, crops):
     assert 0 < float((got[1] - want[1]).abs().max()) < 0.05  # sizes, as fractions of the crop
 
 
-@pytest.mark.parametrize("precision,backend,device,message", [
-    ("fp64", "eager", "cpu", "precision must be one of"),
-    ("fp32", "tensorrt", "cpu", "backend must be one of"),
-    ("bf16", "int8", "cpu", "use precision 'fp32'"),
-    ("fp16", "onnxruntime", "cpu", "use precision 'fp32'"),
-    ("bf16", "onnxruntime-int8", "cpu", "use precision 'fp32'"),
-    ("fp16", "eager", "cpu", "needs a CUDA device"),
+@pytest.mark.parametrize('precision,backend,device,message', [
+    ('fp64', 'eager', 'cpu', 'precision must be one of'),
+    ('fp32', 'tensorrt', 'cpu', 'backend must be one of'),
+    ('bf16', 'int8', 'cpu', "use precision 'fp32'"),
+    ('fp16', 'onnxruntime', 'cpu', "use precision 'fp32'"),
+    ('bf16', 'onnxruntime-int8', 'cpu', "use precision 'fp32'"),
+    ('fp16', 'eager', 'cpu', 'needs a CUDA device'),
 ])
 def test_bad_combinations_are_refused(precision, backend, device, message):
     with pytest.raises(ValueError, match=message):
-        init_tracker("ckd_tiny", "recipe", device, precision=precision, backend=backend)
+        init_tracker('ckd_tiny', 'recipe', device, precision=precision, backend=backend)
 
 
 def test_cpu_only_backends_refuse_a_gpu():
-    with pytest.raises(ValueError, match="runs on the CPU only"):
-        Acceleration("fp32", "int8").check_device(torch.device("cuda"))
-    with pytest.raises(ValueError, match="runs on the CPU only"):
-        Acceleration("fp32", "onnxruntime-int8").check_device(torch.device("cuda"))
+    with pytest.raises(ValueError, match='runs on the CPU only'):
+        Acceleration('fp32', 'int8').check_device(torch.device('cuda'))
+    with pytest.raises(ValueError, match='runs on the CPU only'):
+        Acceleration('fp32', 'onnxruntime-int8').check_device(torch.device('cuda'))
 
 
 def test_init_tracker_passes_the_options(tiny):
-    tracker = init_tracker("ckd_tiny", "recipe", "cpu", backend="int8")
-    assert tracker.acceleration == Acceleration("fp32", "int8")
+    tracker = init_tracker('ckd_tiny', 'recipe', 'cpu', backend='int8')
+    assert tracker.acceleration == Acceleration('fp32', 'int8')
     assert not tracker.acceleration.is_exact
     scene = SyntheticScene(5, length=4, size=(320, 256))
     boxes = _track(tracker, scene, 3)
     assert boxes.shape == (3, 4) and np.isfinite(boxes).all()
-    assert init_tracker("ckd_tiny", "recipe", "cpu").acceleration.is_exact
+    assert init_tracker('ckd_tiny', 'recipe', 'cpu').acceleration.is_exact
 
 
 @pytest.mark.slow
 def test_compiled_network_matches_eager(tiny, crops):
     cfg, network = tiny
     templates, searches = crops
-    runner = make_runner(network, CPU, Acceleration("fp32", "compile"), cfg.TEST.TEMPLATE_SIZE, cfg.TEST.SEARCH_SIZE)
+    runner = make_runner(network, CPU, Acceleration('fp32', 'compile'), cfg.TEST.TEMPLATE_SIZE, cfg.TEST.SEARCH_SIZE)
     runner.set_templates(templates, network.template_mask(1, CPU))
     for got, want in zip(runner(searches), _maps(network, templates, searches)):
         assert float((got - want).abs().max()) < 1e-4

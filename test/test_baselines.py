@@ -187,7 +187,7 @@ def test_without_the_contrib_build_the_error_names_the_package_to_install(monkey
     message = str(raised.value)
     assert f'pip install opencv-contrib-python-headless=={version}' in message
     assert 'pip uninstall -y opencv-python-headless' in message and 'must not be installed together' in message
-    assert f'cv2.{name}_create' in message and "contrib modules" in message
+    assert f'cv2.{name}_create' in message and 'contrib modules' in message
     with pytest.raises(baselines.BaselineUnavailable):
         baselines.check_available(tracker)
     baselines.check_available('mil')          # in the plain build too

@@ -2,7 +2,6 @@
 scripts/env.sh, bad options are refused with the reason (exit code 2) before any work, and the options
 that looked accepted but did nothing (or hung) now work or are refused."""
 import importlib.util
-import json
 import subprocess
 import sys
 from types import SimpleNamespace

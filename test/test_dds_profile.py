@@ -38,7 +38,8 @@ def test_profile_gives_shared_memory_room_for_full_hd_images_and_keeps_udp_for_d
 
 
 def _env_sh_profile(preset=None):
-    setup = 'unset FASTDDS_DEFAULT_PROFILES_FILE; ' if preset is None else f'export FASTDDS_DEFAULT_PROFILES_FILE={preset}; '
+    setup = ('unset FASTDDS_DEFAULT_PROFILES_FILE; ' if preset is None
+             else f'export FASTDDS_DEFAULT_PROFILES_FILE={preset}; ')
     out = subprocess.run(['bash', '-c', setup + f'source {REPO_ROOT}/scripts/env.sh >/dev/null; '
                           'echo "$FASTDDS_DEFAULT_PROFILES_FILE"'],
                          env={k: v for k, v in os.environ.items() if k != 'RMW_IMPLEMENTATION'},

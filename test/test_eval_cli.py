@@ -180,7 +180,8 @@ def test_convert_then_run_over_bags_equals_dataset_run(lasher_root, tmp_path, mo
     assert "benchmark lasher: the protocol of the bags' dataset (lasher)" in capsys.readouterr().out
     assert eval_cli.main(['run', '--dataset', str(lasher_root), '--results', str(tmp_path / 'from_ds'), '--quiet']) == 0
     for name in SEQUENCES:
-        assert (tmp_path / 'from_bags' / f'{name}.txt').read_text() == (tmp_path / 'from_ds' / f'{name}.txt').read_text()
+        assert ((tmp_path / 'from_bags' / f'{name}.txt').read_text()
+                == (tmp_path / 'from_ds' / f'{name}.txt').read_text())
     from_bags, from_ds = (json.loads((tmp_path / run / 'report' / 'scores.json').read_text())
                           for run in ('from_bags', 'from_ds'))
     assert from_bags['benchmark'] == from_ds['benchmark'] == 'lasher'
@@ -317,7 +318,7 @@ def test_score_bag_finds_the_output_of_a_node_with_another_name(tmp_path, capsys
     messages on /ckd_tracker/target'. The bag's only tracker output is taken; several need a choice."""
     _output_bag(tmp_path / 'demo', targets=('/ckd_demo/ckd_tracker/target',))
     assert eval_cli.main(['score-bag', str(tmp_path / 'demo')]) == 0
-    assert 'target topic /ckd_demo/ckd_tracker/target (the bag\'s only tracker output' in capsys.readouterr().out
+    assert "target topic /ckd_demo/ckd_tracker/target (the bag's only tracker output" in capsys.readouterr().out
     assert json.loads((tmp_path / 'demo_results' / 'report' / 'scores.json').read_text())['frames_answered'] == 4
     _output_bag(tmp_path / 'two', targets=('/a/ckd_tracker/target', '/b/ckd_tracker/target'))
     assert eval_cli.main(['score-bag', str(tmp_path / 'two')]) == 2
@@ -549,7 +550,7 @@ def test_score_accepts_results_as_published_by_other_trackers(lasher_root, tmp_p
         assert eval_cli.main(score + ['--results', str(published), '--report', str(report_dir)] + extra) == 0, extra
         doc = json.loads((report_dir / 'scores.json').read_text())
         assert doc['metrics'] == expected and doc['num_sequences'] == 3
-    assert "tracker CKD_v2" in capsys.readouterr().out
+    assert 'tracker CKD_v2' in capsys.readouterr().out
     # <seq>.txt alone (no time files) too
     for name in SEQUENCES:
         (official / f'{name}_time.txt').unlink()

@@ -84,16 +84,16 @@ def test_single_channel_crop_equals_each_channel_of_the_replicated_image():
 
 def test_crop_outside_the_image_and_bad_boxes_are_errors():
     image = np.zeros((50, 50, 3), np.uint8)
-    with pytest.raises(ValueError, match="does not overlap"):
+    with pytest.raises(ValueError, match='does not overlap'):
         sample_target(image, (200, 200, 10, 10), 2.0, 32)
-    with pytest.raises(ValueError, match="does not overlap"):
+    with pytest.raises(ValueError, match='does not overlap'):
         sample_target(image, (-100, 10, 10, 10), 2.0, 32)
-    with pytest.raises(ValueError, match="positive width and height"):
+    with pytest.raises(ValueError, match='positive width and height'):
         crop_window((10, 10, 0, 5), 2.0, 50, 50)
-    with pytest.raises(ValueError, match="finite"):
-        validate_box((1, 2, float("nan"), 3))
-    with pytest.raises(ValueError, match="4 numbers"):
-        validate_box("abc")
+    with pytest.raises(ValueError, match='finite'):
+        validate_box((1, 2, float('nan'), 3))
+    with pytest.raises(ValueError, match='4 numbers'):
+        validate_box('abc')
 
 
 def test_map_box_back():

@@ -12,7 +12,7 @@ from ckd_ros.core.synthetic import SyntheticScene
 from ckd_ros.core.tracker import CKDTracker
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def head():
     torch.manual_seed(0)
     head = CenterHead(in_channels=48, channels=32, feat_size=12).eval()
@@ -25,7 +25,7 @@ def head():
     return head
 
 
-@pytest.mark.parametrize("cell", [(0, 0), (0, 11), (11, 0), (11, 11), (0, 5), (6, 11), (3, 2), (5, 6), (1, 10)])
+@pytest.mark.parametrize('cell', [(0, 0), (0, 11), (11, 0), (11, 11), (0, 5), (6, 11), (3, 2), (5, 6), (1, 10)])
 def test_size_and_offset_at_the_peak_equal_the_full_maps(head, cell):
     torch.manual_seed(1)
     features = torch.randn(2, 48, 12, 12)
@@ -46,7 +46,7 @@ def test_size_and_offset_at_the_peak_equal_the_full_maps(head, cell):
 
 
 def test_peak_weight_and_ground_truth_decoding_exclude_each_other(head):
-    with pytest.raises(ValueError, match="exclude"):
+    with pytest.raises(ValueError, match='exclude'):
         head(torch.zeros(1, 48, 12, 12), gt_score_map=torch.zeros(1, 12, 12), peak_weight=torch.ones(1, 1, 12, 12))
 
 
@@ -64,11 +64,11 @@ class FullMaps:
 
 
 def test_tracker_boxes_unchanged_by_the_peak_shortcut(one_torch_thread):
-    cfg = load_config("ckd_tiny")
+    cfg = load_config('ckd_tiny')
     torch.manual_seed(2)
     network = build_ckd_model(cfg)
     scene = SyntheticScene(5, length=12, size=(320, 256))
-    full, shortcut = CKDTracker(network, cfg, "cpu"), CKDTracker(network, cfg, "cpu")
+    full, shortcut = CKDTracker(network, cfg, 'cpu'), CKDTracker(network, cfg, 'cpu')
     full.runner = FullMaps(full.runner)
     rgb, tir = scene.frame(0)
     for tracker in (full, shortcut):

@@ -178,7 +178,7 @@ def test_registration_identity_resize_and_homography():
     thermal[1, 2] = 255
     same = ThermalRegistration('identity')(thermal, 4, 6)
     assert same is thermal
-    with pytest.raises(ImageConversionError, match="thermal image is 6x4 but the RGB image is 12x8"):
+    with pytest.raises(ImageConversionError, match='thermal image is 6x4 but the RGB image is 12x8'):
         ThermalRegistration('identity')(thermal, 8, 12)
     resized = ThermalRegistration('resize')(thermal, 8, 12)
     assert resized.shape == (8, 12, 3)

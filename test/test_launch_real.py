@@ -135,7 +135,8 @@ def test_ros2_launch_activates_the_node_and_ros2_cli_drives_it(ros2, tmp_path):
         launch.wait_active()
         fqn = '/launched/ckd_tracker'
         # given launch arguments win over the parameter file; the others keep its values
-        assert launch.cli('param', 'get', '--no-daemon', '--timeout', '10', fqn, 'checkpoint').stdout.strip().endswith('random')
+        assert launch.cli('param', 'get', '--no-daemon', '--timeout', '10',
+                          fqn, 'checkpoint').stdout.strip().endswith('random')
         assert 'fp32' in launch.cli('param', 'get', '--no-daemon', '--timeout', '10', fqn, 'precision').stdout
         # a value that would fail configure is refused when set, with the reason
         refused = launch.cli('param', 'set', '--no-daemon', '--timeout', '10', fqn, 'sync.slop', '-1.0')
@@ -143,9 +144,11 @@ def test_ros2_launch_activates_the_node_and_ros2_cli_drives_it(ros2, tmp_path):
         accepted = launch.cli('param', 'set', '--no-daemon', '--timeout', '10', fqn, 'sync.slop', '0.05')
         assert 'Set parameter successful' in accepted.stdout
         # the lifecycle through the CLI
-        assert 'Transitioning successful' in launch.cli('lifecycle', 'set', '--no-daemon', '--spin-time', '3', fqn, 'deactivate').stdout
+        assert 'Transitioning successful' in launch.cli('lifecycle', 'set', '--no-daemon', '--spin-time', '3',
+                                                        fqn, 'deactivate').stdout
         assert launch.state().startswith('inactive')
-        assert 'Transitioning successful' in launch.cli('lifecycle', 'set', '--no-daemon', '--spin-time', '3', fqn, 'activate').stdout
+        assert 'Transitioning successful' in launch.cli('lifecycle', 'set', '--no-daemon', '--spin-time', '3',
+                                                        fqn, 'activate').stdout
         assert launch.state().startswith('active')
     finally:
         launch.stop()

@@ -102,7 +102,8 @@ def test_bad_frames_and_requests_are_explained_and_the_node_keeps_running(rclpy_
         def expect_error(rgb_msg, thermal_msg, text):
             publish(rgb_msg, thermal_msg)
             client.wait_for(lambda: statuses and text in statuses[-1].last_error, 30, f'last_error with {text!r}', out)
-            client.wait_for(lambda: (lambda s: s is not None and s.level == DiagnosticStatus.ERROR and text in s.message)(
+            client.wait_for(lambda: (lambda s: s is not None and s.level == DiagnosticStatus.ERROR
+                                     and text in s.message)(
                 find_status(diagnostics, 'ckd_tracker: tracker')), 20, f'an ERROR diagnostic with {text!r}', out)
 
         stamp += 10**8

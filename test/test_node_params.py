@@ -61,7 +61,8 @@ def test_defaults_are_valid():
     ('stats_window', 10**9, "parameter 'stats_window': must be <= 1000000"),
     ('torch_threads', 64000, "parameter 'torch_threads': must be <= 256"),
     ('target.history_size', 0, "parameter 'target.history_size': must be >= 1, got 0"),
-    ('input.jump_back_threshold', 1e12, "parameter 'input.jump_back_threshold': must be <= 1000000.0, got 1000000000000.0"),
+    ('input.jump_back_threshold', 1e12, "parameter 'input.jump_back_threshold': must be <= 1000000.0, "
+                                        'got 1000000000000.0'),
     ('sync.slop', 1e10, "parameter 'sync.slop': must be <= 1000000.0"),
     ('status_period', 1e12, "parameter 'status_period': must be <= 1000000.0"),
     ('input.depth', 2**31, "parameter 'input.depth': must be <= 10000, got 2147483648"),
@@ -85,7 +86,8 @@ def test_a_parameter_update_is_refused_only_for_the_problems_it_causes():
     broken = _values(**{'sync.slop': -1.0, 'input.depth': 0, 'thermal.fixed_max': -5.0})
     assert check_parameter_update(broken, {'input.depth': 3}) is None
     assert check_parameter_update(broken, {'sync.slop': 0.02}) is None
-    assert check_parameter_update(broken, {'input.depth': 'x'}) == "parameter 'input.depth': must be an integer, got 'x'"
+    assert check_parameter_update(broken,
+                                  {'input.depth': 'x'}) == "parameter 'input.depth': must be an integer, got 'x'"
 
 
 def test_integers_are_accepted_where_numbers_are_expected():

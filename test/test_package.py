@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 
 # Import every module of ckd_ros.core with every ROS Python package made unimportable, then check that
 # no ROS module was loaded. Runs in a fresh interpreter so that nothing imported by other tests counts.
-_CORE_WITHOUT_ROS = textwrap.dedent('''
+_CORE_WITHOUT_ROS = textwrap.dedent("""
     import importlib, pkgutil, sys
     ROS_PREFIXES = ('rclpy', 'rcl_interfaces', 'rosidl', 'sensor_msgs', 'std_msgs', 'builtin_interfaces',
                     'diagnostic_msgs', 'lifecycle_msgs', 'std_srvs', 'vision_msgs', 'message_filters',
@@ -34,7 +34,7 @@ _CORE_WITHOUT_ROS = textwrap.dedent('''
     loaded = sorted(m for m in sys.modules if m.startswith(ROS_PREFIXES))
     assert not loaded, loaded
     print(len(names), 'core modules imported without ROS')
-''')
+""")
 
 
 def test_core_imports_without_ros():
@@ -69,7 +69,8 @@ def test_colcon_build_from_pip_wheels(tmp_path):
     check = subprocess.run(
         [sys.executable, '-c', 'import ckd_ros, ckd_ros.core; from ckd_ros.msg import TrackedTarget, TrackerStatus; '
          'from ckd_ros.srv import SetTarget; print(ckd_ros.__file__)'],
-        env=dict(os.environ, PYTHONPATH=str(site), LD_LIBRARY_PATH=f'{prefix / "lib"}:{os.environ.get("LD_LIBRARY_PATH", "")}',
+        env=dict(os.environ, PYTHONPATH=str(site),
+                 LD_LIBRARY_PATH=f'{prefix / "lib"}:{os.environ.get("LD_LIBRARY_PATH", "")}',
                  AMENT_PREFIX_PATH=f'{prefix}:{venv}'),
         capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert check.returncode == 0, check.stderr

@@ -89,7 +89,8 @@ def test_every_accepted_encoding_becomes_rgb8_on_the_rgb_grid(encoding, height, 
     if encoding in THERMAL_ENCODINGS:
         thermal = thermal_image_to_rgb8(array, encoding, ThermalGainControl('percentile')).image
         assert thermal.dtype == np.uint8 and thermal.shape == (height, width, 3)
-        registered = ThermalRegistration(registration, [1.5, 0, 0, 0, 1.5, 0, 0, 0, 1])(thermal, rgb_size[1], rgb_size[0])
+        registered = ThermalRegistration(registration,
+                                         [1.5, 0, 0, 0, 1.5, 0, 0, 0, 1])(thermal, rgb_size[1], rgb_size[0])
         assert registered.shape == (rgb_size[1], rgb_size[0], 3) and registered.dtype == np.uint8
 
 

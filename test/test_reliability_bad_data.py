@@ -23,7 +23,6 @@ WIDTH, HEIGHT = 64, 48
 def test_lying_odd_and_huge_frames_degenerate_boxes_and_request_storms(rclpy_context, spawn_process):
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from geometry_msgs.msg import Point32, PolygonStamped
-    from sensor_msgs.msg import Image
 
     from ckd_ros.msg import TrackedTarget, TrackerStatus
     from ckd_ros.srv import SetTarget
@@ -81,7 +80,7 @@ def test_lying_odd_and_huge_frames_degenerate_boxes_and_request_storms(rclpy_con
         polygon = PolygonStamped()
         polygon.polygon.points = [point, point]      # two equal corners: zero size
         box_pub.publish(polygon)
-        client.wait_for(lambda: any("~/init_box refused: box needs a positive width and height" in line
+        client.wait_for(lambda: any('~/init_box refused: box needs a positive width and height' in line
                                     for line in out.lines), 20, 'the zero-size init_box refusal', out)
 
         assert set_target(20, 14, 16, 14).success
@@ -144,7 +143,8 @@ def test_lying_odd_and_huge_frames_degenerate_boxes_and_request_storms(rclpy_con
         client.wait_for(lambda: statuses[-1].tracker_state == TrackedTarget.STATE_IDLE, 10, 'dropped on 1x1', out)
         tiny = set_target(0, 0, 1, 1)
         assert not tiny.success and tiny.message.startswith('cannot initialise the tracker on this frame: the crop '
-                                                            'around box (0.0, 0.0, 1.0, 1.0) does not overlap the 1x1 image')
+                                                            'around box (0.0, 0.0, 1.0, 1.0) '
+                                                            'does not overlap the 1x1 image')
         assert 'is not inside the 1x1 RGB image' in set_target(0, 0, 2, 2).message
 
         # 8K RGB (7680x4320, 100 MB a frame) with a 640x512 thermal camera: tracked; the set_target
@@ -158,7 +158,8 @@ def test_lying_odd_and_huge_frames_degenerate_boxes_and_request_storms(rclpy_con
             driver.send(image_msg(rgb_8k, 'rgb8', stamp), frames.thermal(stamp + MS, size=(640, 512)), spin_s=0.1)
             big_stamps.append(stamp)
             if k == 0:
-                client.wait_for(lambda: statuses[-1].pairs_made > 0 and diagnostic_values(diag())['history_pairs'] != '0'
+                client.wait_for(lambda: statuses[-1].pairs_made > 0
+                                and diagnostic_values(diag())['history_pairs'] != '0'
                                 and int(float(diagnostic_values(diag())['history_mib'])) >= 95, 60,
                                 'the first 8K pair', out)
                 response = set_target(3000, 2000, 120, 90)

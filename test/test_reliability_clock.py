@@ -5,7 +5,8 @@ still reported."""
 import pytest
 
 from peers.frames import MS, SECOND, Driver, FrameMaker, finite_target, stamp_ns_of
-from peers.node_harness import OutputDrain, RosTestClient, diagnostic_values, find_status, micro_model_params, node_command
+from peers.node_harness import (OutputDrain, RosTestClient, diagnostic_values, find_status, micro_model_params,
+                                node_command)
 
 pytestmark = pytest.mark.ros
 

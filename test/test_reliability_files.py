@@ -308,9 +308,11 @@ def test_an_image_with_damaged_size_fields_in_a_bag_is_a_named_read_error(tmp_pa
             writer.write_target('/ground_truth', stamp, [5.0, 5.0, 10.0, 10.0])
             writer.write('/rgb/image', bagio.IMAGE_TYPE, stamp, rgb)
             writer.write('/thermal/image', bagio.IMAGE_TYPE, stamp,
-                         bagio.image_message(writer.store, np.full((40, 50), 1000 * k, np.uint16), 'mono16', stamp, 'c'))
+                         bagio.image_message(writer.store, np.full((40, 50), 1000 * k, np.uint16),
+                                             'mono16', stamp, 'c'))
     pairs = []
-    with pytest.raises(bagio.BagReadError, match=r'lying: pair 3: the image on /rgb/image stamped 1099000000 ns cannot be '
+    with pytest.raises(bagio.BagReadError, match=r'lying: pair 3: the image on /rgb/image '
+                                                 r'stamped 1099000000 ns cannot be '
                                                  r'decoded \(data length 6000 does not match step\*height') as raised:
         for pair in bagio.read_pairs(bag):
             pairs.append(pair)
@@ -332,7 +334,8 @@ def test_dropped_images_in_a_bag_keep_the_result_rows_aligned_with_the_ground_tr
             thermal = np.full((120, 160), 2000, np.uint16)
             thermal[20 + k:40 + k, 20 + 2 * k:50 + 2 * k] = 9000
             writer.write_target('/ground_truth', stamp, [20 + 2 * k, 20 + k, 30, 20])
-            writer.write('/rgb/image', bagio.IMAGE_TYPE, stamp, bagio.image_message(writer.store, rgb, 'rgb8', stamp, 'c'))
+            writer.write('/rgb/image', bagio.IMAGE_TYPE, stamp,
+                         bagio.image_message(writer.store, rgb, 'rgb8', stamp, 'c'))
             if k not in (4, 5, 9):    # the thermal camera dropped three frames
                 writer.write('/thermal/image', bagio.IMAGE_TYPE, stamp,
                              bagio.image_message(writer.store, thermal, 'mono16', stamp, 'c'))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from peers.frames import MS, SECOND, Driver, FrameMaker, finite_target, image_msg, stamp_ns_of
-from peers.node_harness import OutputDrain, RosTestClient, diagnostic_values, find_status, micro_model_params, node_command
+from peers.node_harness import (OutputDrain, RosTestClient, diagnostic_values, find_status, micro_model_params,
+                                node_command)
 
 pytestmark = pytest.mark.ros
 
@@ -74,7 +75,8 @@ def test_stalled_frozen_repeated_and_backward_streams(rclpy_context, spawn_proce
         reported = None
         for _ in range(60):
             stream(1, thermal=False)
-            if reported is None and diag_says(f'{NAMESPACE}/thermal/image stalled: no new frame', DiagnosticStatus.WARN):
+            if reported is None and diag_says(f'{NAMESPACE}/thermal/image stalled: no new frame',
+                                              DiagnosticStatus.WARN):
                 reported = time.monotonic() - last_thermal
                 break
         assert reported is not None, out.text()[-3000:]
@@ -99,7 +101,8 @@ def test_stalled_frozen_repeated_and_backward_streams(rclpy_context, spawn_proce
         frozen_started, reported = time.monotonic(), None
         for k in range(60):
             clock['next'] += PERIOD_NS
-            driver.send(frozen_rgb, frames.thermal(clock['next'] + MS) if k % 2 == 0 else None, spin_s=PERIOD_NS / SECOND)
+            driver.send(frozen_rgb, frames.thermal(clock['next'] + MS) if k % 2 == 0 else None,
+                        spin_s=PERIOD_NS / SECOND)
             if diag_says(f'{NAMESPACE}/rgb/image stalled: no new frame', DiagnosticStatus.WARN):
                 reported = time.monotonic() - frozen_started
                 break
@@ -125,7 +128,8 @@ def test_stalled_frozen_repeated_and_backward_streams(rclpy_context, spawn_proce
             driver.send(image_msg(still, 'rgb8', clock['next']),
                         frames.thermal(clock['next'] + MS) if k % 2 == 0 else None, spin_s=PERIOD_NS / SECOND)
             frozen_pixels.append(clock['next'])
-            if diag_says(f'{NAMESPACE}/rgb/image: the last', DiagnosticStatus.WARN) and 'identical pixels' in diag().message:
+            if (diag_says(f'{NAMESPACE}/rgb/image: the last', DiagnosticStatus.WARN)
+                    and 'identical pixels' in diag().message):
                 break
         assert 'identical pixels' in diag().message, diag().message
         assert 'stalled' not in diag().message

@@ -9,7 +9,7 @@ from ckd_ros.core.synthetic import (CONDITIONS, THERMAL_RAW_OFFSET, THERMAL_RAW_
 SIZE = (192, 160)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def seq():
     return generate_sequence(5, length=80, size=SIZE, raw_thermal=True)
 
@@ -48,7 +48,7 @@ def test_lazy_frames_match_materialised(seq):
         rgb, th8 = scene.frame(i)
         assert np.array_equal(th8, seq.thermal[i])
     assert np.array_equal(scene.ground_truth, seq.boxes)
-    with pytest.raises(IndexError, match="out of range"):
+    with pytest.raises(IndexError, match='out of range'):
         scene.frame(80)
 
 
@@ -76,10 +76,10 @@ def _contrast(img: np.ndarray, box: np.ndarray) -> float:
     return abs(core.mean() - np.nanmean(ring))
 
 
-@pytest.mark.parametrize("condition,broken,intact", [
-    ("rgb_dark", "rgb", "thermal"),
-    ("thermal_crossover", "thermal", "rgb"),
-    ("thermal_low_contrast", "thermal", "rgb"),
+@pytest.mark.parametrize('condition,broken,intact', [
+    ('rgb_dark', 'rgb', 'thermal'),
+    ('thermal_crossover', 'thermal', 'rgb'),
+    ('thermal_low_contrast', 'thermal', 'rgb'),
 ])
 def test_failure_modes_hide_the_target_in_one_modality(condition, broken, intact):
     clean = SyntheticScene(11, length=120, size=(320, 256), conditions=(), n_rgb_twins=0, n_thermal_twins=0,
@@ -87,19 +87,19 @@ def test_failure_modes_hide_the_target_in_one_modality(condition, broken, intact
     faulty = SyntheticScene(11, length=120, size=(320, 256), conditions=(condition,), n_rgb_twins=0,
                             n_thermal_twins=0, n_clutter=0, failure_fraction=0.5)
     frames = np.flatnonzero(faulty.flags[condition])
-    assert len(frames) >= 10, "the segment schedule must produce the condition"
+    assert len(frames) >= 10, 'the segment schedule must produce the condition'
     assert not clean.flags[condition].any()
     for i in frames[::3]:
-        before = dict(zip(("rgb", "thermal"), clean.frame(i)))
-        after = dict(zip(("rgb", "thermal"), faulty.frame(i)))
+        before = dict(zip(('rgb', 'thermal'), clean.frame(i)))
+        after = dict(zip(('rgb', 'thermal'), faulty.frame(i)))
         box = faulty.boxes[i]
         assert _contrast(after[broken], box) < 0.25 * _contrast(before[broken], box) + 2.0
         assert _contrast(after[intact], box) > 0.7 * _contrast(before[intact], box)
 
 
 def test_glare_saturates_the_target_region():
-    scene = SyntheticScene(0, length=300, size=(320, 256), conditions=("rgb_glare",), failure_fraction=0.5)
-    frames = np.flatnonzero(scene.flags["rgb_glare"])
+    scene = SyntheticScene(0, length=300, size=(320, 256), conditions=('rgb_glare',), failure_fraction=0.5)
+    frames = np.flatnonzero(scene.flags['rgb_glare'])
     assert len(frames) > 10
     i = frames[len(frames) // 2]
     x, y, w, h = scene.boxes[i].astype(int)
@@ -115,23 +115,23 @@ def test_failures_of_the_two_modalities_never_overlap():
 
 
 def test_twin_distractors_look_like_the_target_in_one_modality_only():
-    scene = SyntheticScene(4, length=60, size=(320, 256), conditions=("rgb_distractor_near", "thermal_distractor_near"),
+    scene = SyntheticScene(4, length=60, size=(320, 256), conditions=('rgb_distractor_near', 'thermal_distractor_near'),
                            n_clutter=0, noise=0.0)
     twins = {d.kind: d for d in scene._distractors}
     target = scene._target
-    assert np.allclose(twins["rgb_twin"].sprite_rgb, target.sprite_rgb, rtol=0.1, atol=2)
-    assert twins["rgb_twin"].temperature.max() < target.temperature.min() - 0.2
-    assert abs(twins["thermal_twin"].temperature[0] - target.temperature[0]) < 0.05
-    assert np.abs(twins["thermal_twin"].sprite_rgb - target.sprite_rgb).mean() > 20
-    assert scene.flags["rgb_distractor_near"].any() and scene.flags["thermal_distractor_near"].any()
+    assert np.allclose(twins['rgb_twin'].sprite_rgb, target.sprite_rgb, rtol=0.1, atol=2)
+    assert twins['rgb_twin'].temperature.max() < target.temperature.min() - 0.2
+    assert abs(twins['thermal_twin'].temperature[0] - target.temperature[0]) < 0.05
+    assert np.abs(twins['thermal_twin'].sprite_rgb - target.sprite_rgb).mean() > 20
+    assert scene.flags['rgb_distractor_near'].any() and scene.flags['thermal_distractor_near'].any()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(seed=-1), "seed"),
-    (dict(seed=0, length=1), "length"),
-    (dict(seed=0, size=(32, 500)), "size"),
-    (dict(seed=0, conditions=("fog",)), "unknown conditions"),
-    (dict(seed=0, failure_fraction=0.95), "failure_fraction"),
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(seed=-1), 'seed'),
+    (dict(seed=0, length=1), 'length'),
+    (dict(seed=0, size=(32, 500)), 'size'),
+    (dict(seed=0, conditions=('fog',)), 'unknown conditions'),
+    (dict(seed=0, failure_fraction=0.95), 'failure_fraction'),
 ])
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -15,16 +15,16 @@ from ckd_ros.core.model import build_ckd_model, decode_center_boxes
 from ckd_ros.core.recipe_weights import load_recipe_weights
 from ckd_ros.core.tracker import LOST, TRACKING, CKDTracker, TrackerOptions
 
-TINY = "ckd_tiny"
+TINY = 'ckd_tiny'
 H, W = 240, 320
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope='module', autouse=True)
 def _one_thread(one_torch_thread):
     """Every test of this module runs with one torch thread (conftest.one_torch_thread)."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def frames():
     """A bright square moving right over a noisy background, RGB and single-channel thermal."""
     rng = np.random.default_rng(7)
@@ -39,13 +39,13 @@ def frames():
     return rgb, tir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def network():
     return load_recipe_weights(build_ckd_model(TINY, initialize=False))
 
 
 def _tracker(network, **options):
-    return CKDTracker(network, load_config(TINY), "cpu", TrackerOptions(**options))
+    return CKDTracker(network, load_config(TINY), 'cpu', TrackerOptions(**options))
 
 
 def test_track_follows_the_official_steps(network, frames):
@@ -69,8 +69,8 @@ def test_track_follows_the_official_steps(network, frames):
         x_rgb, factor = sample_target(rgb[t], state, 4.0, 192)
         x_tir, _ = sample_target(tir[t], state, 4.0, 192)
         with torch.no_grad():
-            out = network(z, [norm(x_rgb), norm(x_tir)], ce_template_mask=network.template_mask(1, "cpu"))
-        boxes = decode_center_boxes(hann2d(12) * out["score_map"], out["size_map"], out["offset_map"])
+            out = network(z, [norm(x_rgb), norm(x_tir)], ce_template_mask=network.template_mask(1, 'cpu'))
+        boxes = decode_center_boxes(hann2d(12) * out['score_map'], out['size_map'], out['offset_map'])
         pred = (boxes.view(-1, 4).mean(dim=0) * 192 / factor).tolist()
         state = clip_box(map_box_back(pred, state, 192, factor), H, W, margin=10)
         result = tracker.track(rgb[t], tir[t])
@@ -78,7 +78,7 @@ def test_track_follows_the_official_steps(network, frames):
         # the same sums in another order, ~1e-6 px apart
         assert result.box == pytest.approx(tuple(state), abs=1e-4)
         assert result.frame_index == t and result.state == TRACKING
-        assert result.score == pytest.approx(float(out["score_map"].max()))
+        assert result.score == pytest.approx(float(out['score_map'].max()))
         assert 0 < result.score < 1
         x, y, w, h = result.box
         assert 0 <= x <= W - 10 and 0 <= y <= H - 10 and w >= 10 and h >= 10 and x + w <= W + 1e-6
@@ -130,21 +130,21 @@ def test_template_update_option(network, frames):
 def test_input_errors_are_clear(network, frames):
     rgb, tir = frames
     tracker = _tracker(network)
-    with pytest.raises(RuntimeError, match="initialize"):
+    with pytest.raises(RuntimeError, match='initialize'):
         tracker.track(rgb[0], tir[0])
-    with pytest.raises(ValueError, match="HxWx3 uint8"):
+    with pytest.raises(ValueError, match='HxWx3 uint8'):
         tracker.initialize(rgb[0].astype(np.float32), tir[0], (120, 100, 30, 30))
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match='uint8'):
         tracker.initialize(rgb[0], tir[0].astype(np.uint16), (120, 100, 30, 30))
-    with pytest.raises(ValueError, match="differ in size"):
+    with pytest.raises(ValueError, match='differ in size'):
         tracker.initialize(rgb[0], tir[0][:200], (120, 100, 30, 30))
-    with pytest.raises(ValueError, match="HxW, HxWx1 or HxWx3"):
+    with pytest.raises(ValueError, match='HxW, HxWx1 or HxWx3'):
         tracker.initialize(rgb[0], np.zeros((H, W, 2), np.uint8), (120, 100, 30, 30))
-    with pytest.raises(ValueError, match="positive width"):
+    with pytest.raises(ValueError, match='positive width'):
         tracker.initialize(rgb[0], tir[0], (120, 100, -3, 30))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match='outside'):
         tracker.initialize(rgb[0], tir[0], (400, 100, 30, 30))
-    with pytest.raises(ValueError, match="lost_threshold"):
+    with pytest.raises(ValueError, match='lost_threshold'):
         TrackerOptions(lost_threshold=2.0)
 
 
@@ -152,9 +152,9 @@ def test_input_errors_are_clear(network, frames):
 
 def test_init_tracker_with_recipe_and_saved_checkpoint(tmp_path, network, frames):
     rgb, tir = frames
-    path = save_checkpoint(tmp_path / "ckd_tiny.pth.tar", network.state_dict(), epoch=1)
-    from_file = init_tracker(TINY, checkpoint=path, device="cpu")
-    from_recipe = init_tracker(TINY, checkpoint="recipe", device="cpu")
+    path = save_checkpoint(tmp_path / 'ckd_tiny.pth.tar', network.state_dict(), epoch=1)
+    from_file = init_tracker(TINY, checkpoint=path, device='cpu')
+    from_recipe = init_tracker(TINY, checkpoint='recipe', device='cpu')
     for tr in (from_file, from_recipe):
         tr.initialize(rgb[0], tir[0], (120, 100, 30, 30))
     for t in range(1, 3):
@@ -163,52 +163,52 @@ def test_init_tracker_with_recipe_and_saved_checkpoint(tmp_path, network, frames
 
 
 def test_init_tracker_without_weights(monkeypatch, tmp_path):
-    monkeypatch.setattr(api, "WEIGHTS_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="make weights"):
-        init_tracker(TINY, device="cpu")
-    with pytest.raises(ValueError, match="pass checkpoint="):
-        init_tracker("ckd_4b_dropmae_ckd_tf_cc_mask.25", device="cpu")
-    with pytest.raises(ValueError, match="unknown configuration name"):
-        init_tracker("ckd_huge", checkpoint="recipe")
+    monkeypatch.setattr(api, 'WEIGHTS_DIR', tmp_path)
+    with pytest.raises(FileNotFoundError, match='make weights'):
+        init_tracker(TINY, device='cpu')
+    with pytest.raises(ValueError, match='pass checkpoint='):
+        init_tracker('ckd_4b_dropmae_ckd_tf_cc_mask.25', device='cpu')
+    with pytest.raises(ValueError, match='unknown configuration name'):
+        init_tracker('ckd_huge', checkpoint='recipe')
 
 
 def test_options_must_be_tracker_options():
     # a dict was accepted here and failed with AttributeError on the first track()
-    with pytest.raises(TypeError, match="options must be a TrackerOptions"):
-        init_tracker(TINY, checkpoint="recipe", device="cpu", options={"lost_threshold": 0.3})
-    with pytest.raises(FileNotFoundError, match="checkpoint path is empty"):
-        init_tracker(TINY, checkpoint="", device="cpu")  # was: "checkpoint . does not exist (it is a folder)"
+    with pytest.raises(TypeError, match='options must be a TrackerOptions'):
+        init_tracker(TINY, checkpoint='recipe', device='cpu', options={'lost_threshold': 0.3})
+    with pytest.raises(FileNotFoundError, match='checkpoint path is empty'):
+        init_tracker(TINY, checkpoint='', device='cpu')  # was: "checkpoint . does not exist (it is a folder)"
 
 
 def test_a_training_file_given_as_tracker_config_points_to_its_base():
     from ckd_train.settings import TRAIN_CONFIG_DIR
-    with pytest.raises(ValueError, match="unknown key BASE.*give the tracker the model configuration"):
-        init_tracker(TRAIN_CONFIG_DIR / "ckd_tiny_smoke.yaml", checkpoint="recipe", device="cpu")
+    with pytest.raises(ValueError, match='unknown key BASE.*give the tracker the model configuration'):
+        init_tracker(TRAIN_CONFIG_DIR / 'ckd_tiny_smoke.yaml', checkpoint='recipe', device='cpu')
 
 
 def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device('cpu') == torch.device('cpu')
+    assert resolve_device('auto') == torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
-            resolve_device("cuda:0")
-    with pytest.raises(ValueError, match="device must be"):
-        resolve_device("tpu")
+        with pytest.raises(RuntimeError, match='CUDA is not available'):
+            resolve_device('cuda:0')
+    with pytest.raises(ValueError, match='device must be'):
+        resolve_device('tpu')
 
 
 def test_package_import_is_light():
     code = ("import sys, ckd_ros, ckd_ros.core; "
             "assert 'torch' not in sys.modules and 'rclpy' not in sys.modules, sorted(sys.modules); "
             "f = ckd_ros.init_tracker; assert 'torch' in sys.modules and 'rclpy' not in sys.modules; print('ok')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr
 
 
 @pytest.mark.slow
 def test_full_size_mce_tracker_runs_on_640x512():
     """ViT-B MCE tracker with recipe weights on a few 640x512 frames (about 10 s of weight generation)."""
     rng = np.random.default_rng(3)
-    tracker = init_tracker("ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead", checkpoint="recipe", device="cpu")
+    tracker = init_tracker('ckd_4b_dropmae_ckd_tf_cc_mask.25_maxce_trainhead', checkpoint='recipe', device='cpu')
     rgb = rng.integers(0, 256, (512, 640, 3), np.uint8)
     thermal = rng.integers(0, 256, (512, 640), np.uint8)
     tracker.initialize(rgb, thermal, (300, 200, 60, 40))

@@ -25,7 +25,7 @@ def _marker_sequence(n=30, h=200, w=240, seed=0, thermal_equals_rgb=True):
         rgb[i, y:y + bh, x:x + bw] = (250, 0, 0)
         boxes[i] = (x, y, bw, bh)
     thermal = rgb.copy() if thermal_equals_rgb else rgb[..., 0].copy()
-    return ArraySequence(f"marker{seed}", rgb, thermal, boxes)
+    return ArraySequence(f'marker{seed}', rgb, thermal, boxes)
 
 
 def test_box_to_crop_centres_the_unjittered_box():
@@ -36,7 +36,7 @@ def test_box_to_crop_centres_the_unjittered_box():
     assert np.allclose(anno[2:], box[2:] * (128 / 29) / 128)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize('seed', range(6))
 def test_search_box_marks_the_target_after_every_augmentation(seed):
     """Jitter, joint flip/grayscale, per-crop flip and brightness: the GT box still covers the marker,
     and RGB and TIR crops stay pixel-aligned (TIR = RGB here, so the crops must be identical)."""
@@ -48,11 +48,11 @@ def test_search_box_marks_the_target_after_every_augmentation(seed):
         s, t, x = sampler.sample(rng)
         out = proc(rng, (s.rgb(t), s.thermal(t), s.ground_truth[t]), (s.rgb(x), s.thermal(x), s.ground_truth[x]))
         assert out is not None
-        assert np.array_equal(out["search_rgb"], out["search_tir"])
-        assert np.array_equal(out["template_rgb"], out["template_tir"])
-        for key, size in (("search", 256), ("template", 128)):
-            img = _denorm(torch.from_numpy(out[f"{key}_rgb"]))
-            x0, y0, bw, bh = out[f"{key}_anno"] * size
+        assert np.array_equal(out['search_rgb'], out['search_tir'])
+        assert np.array_equal(out['template_rgb'], out['template_tir'])
+        for key, size in (('search', 256), ('template', 128)):
+            img = _denorm(torch.from_numpy(out[f'{key}_rgb']))
+            x0, y0, bw, bh = out[f'{key}_anno'] * size
             inner = img[:, int(y0 + 0.2 * bh):int(y0 + 0.8 * bh), int(x0 + 0.2 * bw):int(x0 + 0.8 * bw)]
             # red marker (brightness 0.8..1.2 of 250) inside the box, green ~ 0
             assert inner[0].mean() > 180 and inner[1].mean() < 20
@@ -64,7 +64,7 @@ def test_grayscale_is_joint_and_applies_to_both_modalities():
     rng = np.random.default_rng(1)
     out = proc(rng, (seq.rgb(0), thermal_to_rgb8(seq.thermal(0)), seq.ground_truth[0]),
                (seq.rgb(5), thermal_to_rgb8(seq.thermal(5)), seq.ground_truth[5]))
-    for key in ("template_rgb", "search_rgb", "template_tir", "search_tir"):
+    for key in ('template_rgb', 'search_rgb', 'template_tir', 'search_tir'):
         img = _denorm(torch.from_numpy(out[key]))
         assert np.allclose(img[0], img[1], atol=1e-3) and np.allclose(img[1], img[2], atol=1e-3)
 
@@ -73,8 +73,8 @@ def test_sampler_follows_the_causal_rules():
     n = 60
     boxes = np.tile([10.0, 10.0, 20.0, 20.0], (n, 1))
     boxes[::3, 2] = 0  # every third frame invisible
-    long_seq = ArraySequence("long", np.zeros((n, 64, 64, 3), np.uint8), np.zeros((n, 64, 64), np.uint8), boxes)
-    short = ArraySequence("short", np.zeros((19, 64, 64, 3), np.uint8), np.zeros((19, 64, 64), np.uint8),
+    long_seq = ArraySequence('long', np.zeros((n, 64, 64, 3), np.uint8), np.zeros((n, 64, 64), np.uint8), boxes)
+    short = ArraySequence('short', np.zeros((19, 64, 64, 3), np.uint8), np.zeros((19, 64, 64), np.uint8),
                           np.tile([10.0, 10.0, 20.0, 20.0], (19, 1)))
     sampler = TrackingSampler([[short, long_seq]], [1.0], max_gap=10)
     rng = np.random.default_rng(0)
@@ -87,9 +87,9 @@ def test_sampler_follows_the_causal_rules():
         gaps.append(x - t)
     assert max(gaps) <= 9 + 5  # window template+1 .. template+max_gap-1, grown by 5 on a failed draw
     assert min(gaps) == 1
-    with pytest.raises(ValueError, match="no sequence"):
+    with pytest.raises(ValueError, match='no sequence'):
         TrackingSampler([[short]], [1.0])
-    with pytest.raises(ValueError, match="one ratio per dataset"):
+    with pytest.raises(ValueError, match='one ratio per dataset'):
         TrackingSampler([[long_seq]], [1.0, 2.0])
 
 
@@ -122,14 +122,14 @@ def test_dataset_is_deterministic_per_sample_and_epoch():
     settings = ProcessingSettings(template_size=64, search_size=128, mask_probability=1.0, mask_ratio=0.25)
     ds = CKDTrainingDataset(TrackingSampler([scenes], [1.0]), CKDProcessing(settings), 10, seed=3)
     a, b = ds[4], ds[4]
-    assert set(a) == {"template_rgb", "template_tir", "search_rgb", "search_tir", "template_anno", "search_anno",
-                      "search_token_keep"}
-    assert a["search_rgb"].shape == (3, 128, 128) and a["template_rgb"].shape == (3, 64, 64)
-    assert a["search_token_keep"].shape == (64,) and a["search_token_keep"].dtype == torch.bool
+    assert set(a) == {'template_rgb', 'template_tir', 'search_rgb', 'search_tir', 'template_anno', 'search_anno',
+                      'search_token_keep'}
+    assert a['search_rgb'].shape == (3, 128, 128) and a['template_rgb'].shape == (3, 64, 64)
+    assert a['search_token_keep'].shape == (64,) and a['search_token_keep'].dtype == torch.bool
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(ds[5]["search_rgb"], a["search_rgb"])
+    assert not torch.equal(ds[5]['search_rgb'], a['search_rgb'])
     ds.set_epoch(1)
-    assert not torch.equal(ds[4]["search_rgb"], a["search_rgb"])
+    assert not torch.equal(ds[4]['search_rgb'], a['search_rgb'])
 
 
 def test_thermal_formats_and_mismatched_frames():
@@ -137,15 +137,15 @@ def test_thermal_formats_and_mismatched_frames():
     raw = np.arange(20, dtype=np.uint16).reshape(4, 5) * 1000
     converted = thermal_to_rgb8(raw)
     assert converted.dtype == np.uint8 and converted.max() > 200 and converted.min() < 50
-    with pytest.raises(ValueError, match="thermal frame"):
+    with pytest.raises(ValueError, match='thermal frame'):
         thermal_to_rgb8(np.zeros((4, 5, 2), np.uint8))
-    seq = ArraySequence("bad", np.zeros((30, 64, 64, 3), np.uint8), np.zeros((30, 32, 32), np.uint8),
+    seq = ArraySequence('bad', np.zeros((30, 64, 64, 3), np.uint8), np.zeros((30, 32, 32), np.uint8),
                         np.tile([10.0, 10.0, 20.0, 20.0], (30, 1)))
     ds = CKDTrainingDataset(TrackingSampler([[seq]], [1.0]), CKDProcessing(ProcessingSettings()), 4)
-    with pytest.raises(ValueError, match="differ in size"):
+    with pytest.raises(ValueError, match='differ in size'):
         ds[0]
-    with pytest.raises(ValueError, match="one entry per frame"):
-        ArraySequence("x", np.zeros((3, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match='one entry per frame'):
+        ArraySequence('x', np.zeros((3, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8), np.zeros((3, 4)))
 
 
 def test_dataset_readers_plug_in_by_official_name(tmp_path):
@@ -154,22 +154,22 @@ def test_dataset_readers_plug_in_by_official_name(tmp_path):
 
     from ckd_train.trainer import open_sequences
     from ckd_train.settings import SyntheticSettings
-    seq_dir = tmp_path / "seq_a"
-    (seq_dir / "visible").mkdir(parents=True)
-    (seq_dir / "infrared").mkdir()
+    seq_dir = tmp_path / 'seq_a'
+    (seq_dir / 'visible').mkdir(parents=True)
+    (seq_dir / 'infrared').mkdir()
     marker = _marker_sequence(n=24, h=120, w=160)
     lines = []
     for i in range(24):
-        cv2.imwrite(str(seq_dir / "visible" / f"v{i:06d}.png"), cv2.cvtColor(marker.rgb(i), cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(seq_dir / "infrared" / f"i{i:06d}.png"), marker.rgb(i)[..., 0])
-        lines.append(",".join(str(int(v)) for v in marker.ground_truth[i]))
-    (seq_dir / "init.txt").write_text("\n".join(lines) + "\n")
-    sequences = open_sequences("LasHeR_trainingSet", SyntheticSettings(), {"LasHeR_trainingSet": str(tmp_path)})
-    assert [s.name for s in sequences] == ["seq_a"] and len(sequences[0]) == 24
+        cv2.imwrite(str(seq_dir / 'visible' / f'v{i:06d}.png'), cv2.cvtColor(marker.rgb(i), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(seq_dir / 'infrared' / f'i{i:06d}.png'), marker.rgb(i)[..., 0])
+        lines.append(','.join(str(int(v)) for v in marker.ground_truth[i]))
+    (seq_dir / 'init.txt').write_text('\n'.join(lines) + '\n')
+    sequences = open_sequences('LasHeR_trainingSet', SyntheticSettings(), {'LasHeR_trainingSet': str(tmp_path)})
+    assert [s.name for s in sequences] == ['seq_a'] and len(sequences[0]) == 24
     ds = CKDTrainingDataset(TrackingSampler([sequences], [1.0]), CKDProcessing(ProcessingSettings()), 4)
     item = ds[0]
-    assert item["search_rgb"].shape == (3, 256, 256) and torch.isfinite(item["search_tir"]).all()
-    with pytest.raises(ValueError, match="--data-root RGBT234=PATH"):
-        open_sequences("RGBT234", SyntheticSettings(), {})
-    with pytest.raises(ValueError, match="unknown training dataset"):
-        open_sequences("KITTI", SyntheticSettings(), {})
+    assert item['search_rgb'].shape == (3, 256, 256) and torch.isfinite(item['search_tir']).all()
+    with pytest.raises(ValueError, match='--data-root RGBT234=PATH'):
+        open_sequences('RGBT234', SyntheticSettings(), {})
+    with pytest.raises(ValueError, match='unknown training dataset'):
+        open_sequences('KITTI', SyntheticSettings(), {})

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ckd_ros.core.checkpoint import INFERENCE_PREFIXES, TRAINING_ONLY_PREFIXES, CheckpointError, read_checkpoint
+from ckd_ros.core.checkpoint import INFERENCE_PREFIXES, TRAINING_ONLY_PREFIXES, read_checkpoint
 from ckd_train.cli import main as train_main
 from ckd_train.export import main as export_main
 from ckd_train.init import initialise_from_config
@@ -14,7 +14,7 @@ from ckd_train.settings import load_train_config
 
 torch.set_num_threads(1)
 
-SHIPPED = Path(__file__).resolve().parents[1] / "ckd_ros" / "core" / "weights" / "ckd_tiny.pth.tar"
+SHIPPED = Path(__file__).resolve().parents[1] / 'ckd_ros' / 'core' / 'weights' / 'ckd_tiny.pth.tar'
 
 # ckd_tiny_smoke.yaml style, one step of two small samples
 RUN = """BASE: ckd_tiny
@@ -29,15 +29,15 @@ TRAIN: {{BATCH_SIZE: 2, EPOCH: 1, NUM_WORKER: 0, PRINT_INTERVAL: 1,
 """
 
 
-def _config(folder: Path, name: str, pretrain: str = "", model: str = "") -> Path:
-    path = folder / f"{name}.yaml"
+def _config(folder: Path, name: str, pretrain: str = '', model: str = '') -> Path:
+    path = folder / f'{name}.yaml'
     path.write_text(RUN.format(pretrain=pretrain, model=model))
     return path
 
 
 def _train(config: Path, output: Path) -> int:
-    return train_main([str(config), "--output", str(output), "--device", "cpu", "--threads", "1", "--no-progress",
-                       "--no-val"])
+    return train_main([str(config), '--output', str(output), '--device', 'cpu', '--threads', '1', '--no-progress',
+                       '--no-val'])
 
 
 def _initialised(config: Path):
@@ -52,7 +52,7 @@ def _initialised(config: Path):
 
 def _check_students_loaded_teachers_kept(model, fresh, net):
     state = model.state_dict()
-    net = {k[len("module."):] if k.startswith("module.") else k: v for k, v in net.items()}
+    net = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in net.items()}
     inference = [k for k in state if k.startswith(INFERENCE_PREFIXES)]
     teachers = [k for k in state if k.startswith(TRAINING_ONLY_PREFIXES)]
     assert len(inference) == len(net) and teachers
@@ -62,53 +62,53 @@ def _check_students_loaded_teachers_kept(model, fresh, net):
         assert torch.equal(state[key], fresh[key]), key
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def exported(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("finetune")
-    assert _train(_config(folder, "base"), folder / "out") == 0
-    checkpoint = folder / "out" / "checkpoints" / "train" / "ckd" / "base" / "OSTrack_CKD_ep0001.pth.tar"
-    assert export_main([str(checkpoint), str(folder / "base.pth.tar")]) == 0
-    return folder, checkpoint, folder / "base.pth.tar"
+    folder = tmp_path_factory.mktemp('finetune')
+    assert _train(_config(folder, 'base'), folder / 'out') == 0
+    checkpoint = folder / 'out' / 'checkpoints' / 'train' / 'ckd' / 'base' / 'OSTrack_CKD_ep0001.pth.tar'
+    assert export_main([str(checkpoint), str(folder / 'base.pth.tar')]) == 0
+    return folder, checkpoint, folder / 'base.pth.tar'
 
 
 def test_train_export_then_finetune_from_the_export(exported, tmp_path, capsys):
     folder, _, export = exported
-    config = _config(tmp_path, "ft", str(export))
+    config = _config(tmp_path, 'ft', str(export))
     capsys.readouterr()
     # was: "PRETRAIN_FILE ... does not fit the training network (missing ['teacher_rgb.cls_token', ...])"
-    assert _train(config, tmp_path / "out") == 0
+    assert _train(config, tmp_path / 'out') == 0
     out = capsys.readouterr().out
-    assert (f"students and fused head <- {export} (inference checkpoint without teachers" in out
-            and "teachers and teacher heads kept" in out)
-    assert (tmp_path / "out" / "checkpoints" / "train" / "ckd" / "ft" / "OSTrack_CKD_ep0001.pth.tar").is_file()
+    assert (f'students and fused head <- {export} (inference checkpoint without teachers' in out
+            and 'teachers and teacher heads kept' in out)
+    assert (tmp_path / 'out' / 'checkpoints' / 'train' / 'ckd' / 'ft' / 'OSTrack_CKD_ep0001.pth.tar').is_file()
     model, fresh, lines = _initialised(config)
-    assert len(lines) == 1 and "teachers and teacher heads kept" in lines[0]
-    _check_students_loaded_teachers_kept(model, fresh, read_checkpoint(export)["net"])
+    assert len(lines) == 1 and 'teachers and teacher heads kept' in lines[0]
+    _check_students_loaded_teachers_kept(model, fresh, read_checkpoint(export)['net'])
 
 
 def test_finetune_from_a_ddp_prefixed_export(exported, tmp_path):
     _, _, export = exported
     raw = read_checkpoint(export)
-    raw["net"] = {f"module.{k}": v for k, v in raw["net"].items()}
-    prefixed = tmp_path / "prefixed.pth.tar"
+    raw['net'] = {f'module.{k}': v for k, v in raw['net'].items()}
+    prefixed = tmp_path / 'prefixed.pth.tar'
     torch.save(raw, prefixed)
-    model, fresh, _ = _initialised(_config(tmp_path, "ft", str(prefixed)))
-    _check_students_loaded_teachers_kept(model, fresh, raw["net"])
+    model, fresh, _ = _initialised(_config(tmp_path, 'ft', str(prefixed)))
+    _check_students_loaded_teachers_kept(model, fresh, raw['net'])
 
 
 def test_finetune_from_the_shipped_weights(tmp_path, capsys):
-    config = _config(tmp_path, "shipped", str(SHIPPED))
-    assert _train(config, tmp_path / "out") == 0
-    assert "teachers and teacher heads kept" in capsys.readouterr().out
+    config = _config(tmp_path, 'shipped', str(SHIPPED))
+    assert _train(config, tmp_path / 'out') == 0
+    assert 'teachers and teacher heads kept' in capsys.readouterr().out
     model, fresh, _ = _initialised(config)
-    _check_students_loaded_teachers_kept(model, fresh, read_checkpoint(SHIPPED)["net"])
+    _check_students_loaded_teachers_kept(model, fresh, read_checkpoint(SHIPPED)['net'])
 
 
 def test_full_training_checkpoint_still_loads_strictly(exported, tmp_path):
     _, checkpoint, _ = exported
-    model, _, lines = _initialised(_config(tmp_path, "full", str(checkpoint)))
-    assert lines == [f"all weights <- {checkpoint} (strict)"]
-    net = read_checkpoint(checkpoint)["net"]
+    model, _, lines = _initialised(_config(tmp_path, 'full', str(checkpoint)))
+    assert lines == [f'all weights <- {checkpoint} (strict)']
+    net = read_checkpoint(checkpoint)['net']
     for key, value in model.state_dict().items():
         assert torch.equal(value, net[key]), key
 
@@ -117,7 +117,7 @@ def _refused(config: Path, output: Path, capsys) -> str:
     capsys.readouterr()
     assert _train(config, output) == 2
     captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
+    assert 'Traceback' not in captured.err
     return captured.err
 
 
@@ -125,51 +125,51 @@ def test_other_mismatches_are_clear_errors_naming_the_keys(exported, tmp_path, c
     _, checkpoint, export = exported
     raw = read_checkpoint(export)
     # an inference file lacking student keys
-    del raw["net"]["tir_branch.norm.weight"], raw["net"]["box_head.conv1_ctr.0.weight"]
-    partial = tmp_path / "partial.pth.tar"
+    del raw['net']['tir_branch.norm.weight'], raw['net']['box_head.conv1_ctr.0.weight']
+    partial = tmp_path / 'partial.pth.tar'
     torch.save(raw, partial)
-    err = _refused(_config(tmp_path, "partial", str(partial)), tmp_path / "out", capsys)
-    assert "does not fit the training network" in err and "missing 2" in err
-    assert "tir_branch.norm.weight" in err and "box_head.conv1_ctr.0.weight" in err
+    err = _refused(_config(tmp_path, 'partial', str(partial)), tmp_path / 'out', capsys)
+    assert 'does not fit the training network' in err and 'missing 2' in err
+    assert 'tir_branch.norm.weight' in err and 'box_head.conv1_ctr.0.weight' in err
     # the shipped ckd_tiny weights into another network size
-    err = _refused(_config(tmp_path, "smaller", str(SHIPPED), ", BACKBONE: {EMBED_DIM: 64}"), tmp_path / "out", capsys)
-    assert "does not fit the training network" in err and "other shape" in err and "rgb_branch." in err
+    err = _refused(_config(tmp_path, 'smaller', str(SHIPPED), ', BACKBONE: {EMBED_DIM: 64}'), tmp_path / 'out', capsys)
+    assert 'does not fit the training network' in err and 'other shape' in err and 'rgb_branch.' in err
     # a training checkpoint with one tensor of another shape: was a torch RuntimeError traceback
     full = read_checkpoint(checkpoint)
-    full["net"]["teacher_tir.norm.weight"] = torch.zeros(3)
-    bad = tmp_path / "bad_full.pth.tar"
+    full['net']['teacher_tir.norm.weight'] = torch.zeros(3)
+    bad = tmp_path / 'bad_full.pth.tar'
     torch.save(full, bad)
-    err = _refused(_config(tmp_path, "bad_full", str(bad)), tmp_path / "out", capsys)
-    assert "does not fit the training network" in err and "teacher_tir.norm.weight (3,)" in err
+    err = _refused(_config(tmp_path, 'bad_full', str(bad)), tmp_path / 'out', capsys)
+    assert 'does not fit the training network' in err and 'teacher_tir.norm.weight (3,)' in err
     # a training checkpoint missing one teacher head: still the strict official load, no silent partial load
     full = read_checkpoint(checkpoint)
-    full["net"] = {k: v for k, v in full["net"].items() if not k.startswith("box_head_i.")}
-    bad = tmp_path / "no_head_i.pth.tar"
+    full['net'] = {k: v for k, v in full['net'].items() if not k.startswith('box_head_i.')}
+    bad = tmp_path / 'no_head_i.pth.tar'
     torch.save(full, bad)
-    err = _refused(_config(tmp_path, "no_head_i", str(bad)), tmp_path / "out", capsys)
-    assert "missing 90" in err and "box_head_i." in err
-    assert not (tmp_path / "out" / "checkpoints").exists()
+    err = _refused(_config(tmp_path, 'no_head_i', str(bad)), tmp_path / 'out', capsys)
+    assert 'missing 90' in err and 'box_head_i.' in err
+    assert not (tmp_path / 'out' / 'checkpoints').exists()
 
 
 def test_relative_paths_documented_resolution(tmp_path, monkeypatch):
     """Documented (ckd_train/README.md): a relative BASE is looked up next to the training file, a relative
     MODEL.PRETRAIN_FILE is opened from the current folder (the official ./pretrained/... convention)."""
     from ckd_train.init import check_pretrained_files
-    configs = tmp_path / "configs"
+    configs = tmp_path / 'configs'
     configs.mkdir()
-    tiny = (SHIPPED.parents[1] / "configs" / "ckd_tiny.yaml").read_text()
+    tiny = (SHIPPED.parents[1] / 'configs' / 'ckd_tiny.yaml').read_text()
     assert '  PRETRAIN_FILE: ""' in tiny
-    (configs / "base.yaml").write_text(tiny.replace('  PRETRAIN_FILE: ""', '  PRETRAIN_FILE: weights/ckd_tiny.pth.tar'))
-    (configs / "run.yaml").write_text("BASE: base.yaml\nTRAIN: {BATCH_SIZE: 1}\n")
+    (configs / 'base.yaml').write_text(tiny.replace('  PRETRAIN_FILE: ""', '  PRETRAIN_FILE: weights/ckd_tiny.pth.tar'))
+    (configs / 'run.yaml').write_text('BASE: base.yaml\nTRAIN: {BATCH_SIZE: 1}\n')
     monkeypatch.chdir(tmp_path)
-    cfg = load_train_config(configs / "run.yaml").cfg  # BASE found next to run.yaml, not in the current folder
-    assert cfg.TRAIN.BATCH_SIZE == 1 and cfg.MODEL.PRETRAIN_FILE == "weights/ckd_tiny.pth.tar"
-    (configs / "weights").mkdir()
-    (configs / "weights" / "ckd_tiny.pth.tar").write_bytes(SHIPPED.read_bytes())  # next to the YAML: not used
-    with pytest.raises(FileNotFoundError, match=r"weights/ckd_tiny.pth.tar \(MODEL.PRETRAIN_FILE\) does not exist"):
+    cfg = load_train_config(configs / 'run.yaml').cfg  # BASE found next to run.yaml, not in the current folder
+    assert cfg.TRAIN.BATCH_SIZE == 1 and cfg.MODEL.PRETRAIN_FILE == 'weights/ckd_tiny.pth.tar'
+    (configs / 'weights').mkdir()
+    (configs / 'weights' / 'ckd_tiny.pth.tar').write_bytes(SHIPPED.read_bytes())  # next to the YAML: not used
+    with pytest.raises(FileNotFoundError, match=r'weights/ckd_tiny.pth.tar \(MODEL.PRETRAIN_FILE\) does not exist'):
         check_pretrained_files(cfg)
-    (tmp_path / "weights").mkdir()
-    (tmp_path / "weights" / "ckd_tiny.pth.tar").write_bytes(SHIPPED.read_bytes())  # from the current folder
+    (tmp_path / 'weights').mkdir()
+    (tmp_path / 'weights' / 'ckd_tiny.pth.tar').write_bytes(SHIPPED.read_bytes())  # from the current folder
     check_pretrained_files(cfg)
-    assert "students and fused head <- weights/ckd_tiny.pth.tar" in initialise_from_config(build_training_model(cfg),
+    assert 'students and fused head <- weights/ckd_tiny.pth.tar' in initialise_from_config(build_training_model(cfg),
                                                                                           cfg)[0]

@@ -25,19 +25,19 @@ print(json.dumps({"imported": imported, "failed": failed,
 
 
 def test_importing_every_ckd_ros_module_leaves_ckd_train_unimported():
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, '-c', PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["leaked"] == []
-    for required in ("ckd_ros.core.api", "ckd_ros.core.tracker", "ckd_ros.core.model", "ckd_ros.core.checkpoint",
-                     "ckd_ros.core.synthetic"):
-        assert required in report["imported"], report["failed"].get(required)
+    assert report['leaked'] == []
+    for required in ('ckd_ros.core.api', 'ckd_ros.core.tracker', 'ckd_ros.core.model', 'ckd_ros.core.checkpoint',
+                     'ckd_ros.core.synthetic'):
+        assert required in report['imported'], report['failed'].get(required)
 
 
 def test_no_ckd_ros_source_mentions_ckd_train_in_an_import():
     """Static check that also covers modules the probe cannot import here (the ROS node before a build)."""
     offenders = []
-    for path in (REPO / "ckd_ros").rglob("*.py"):
+    for path in (REPO / 'ckd_ros').rglob('*.py'):
         tree = ast.parse(path.read_text(), filename=str(path))
         for node in ast.walk(tree):
             names = []
@@ -45,9 +45,9 @@ def test_no_ckd_ros_source_mentions_ckd_train_in_an_import():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
-                    "import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
+            elif isinstance(node, ast.Call) and getattr(node.func, 'attr', getattr(node.func, 'id', '')) in (
+                    'import_module', '__import__') and node.args and isinstance(node.args[0], ast.Constant):
                 names = [str(node.args[0].value)]
-            offenders += [f"{path.relative_to(REPO)}:{node.lineno} {n}" for n in names
-                          if n == "ckd_train" or n.startswith("ckd_train.")]
+            offenders += [f'{path.relative_to(REPO)}:{node.lineno} {n}' for n in names
+                          if n == 'ckd_train' or n.startswith('ckd_train.')]
     assert offenders == []

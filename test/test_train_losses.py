@@ -12,15 +12,15 @@ from ckd_train.model import build_training_model
 
 torch.set_num_threads(1)
 
-TINY = {"MODEL": {"PRETRAIN_FILE": "", "RGB_BRANCH": "", "TIR_BRANCH": "", "RGB_TEACHER": "", "TIR_TEACHER": "",
-                  "BACKBONE": {"EMBED_DIM": 32, "DEPTH": 2, "NUM_HEADS": 2}, "HEAD": {"NUM_CHANNELS": 16}},
-        "DATA": {"TEMPLATE": {"SIZE": 64}, "SEARCH": {"SIZE": 128}},
-        "TEST": {"TEMPLATE_SIZE": 64, "SEARCH_SIZE": 128}}
+TINY = {'MODEL': {'PRETRAIN_FILE': '', 'RGB_BRANCH': '', 'TIR_BRANCH': '', 'RGB_TEACHER': '', 'TIR_TEACHER': '',
+                  'BACKBONE': {'EMBED_DIM': 32, 'DEPTH': 2, 'NUM_HEADS': 2}, 'HEAD': {'NUM_CHANNELS': 16}},
+        'DATA': {'TEMPLATE': {'SIZE': 64}, 'SEARCH': {'SIZE': 128}},
+        'TEST': {'TEMPLATE_SIZE': 64, 'SEARCH_SIZE': 128}}
 
 
 def tiny_config(**train):
-    overrides = {**TINY, "TRAIN": {"DROP_PATH_RATE": 0.0, **train}}
-    return load_config("ckd_4b_dropmae_ckd_tf_cc_mask.25", overrides)
+    overrides = {**TINY, 'TRAIN': {'DROP_PATH_RATE': 0.0, **train}}
+    return load_config('ckd_4b_dropmae_ckd_tf_cc_mask.25', overrides)
 
 
 def test_gaussian_radius_bug_version():
@@ -51,7 +51,7 @@ def test_heatmap_peak_radius_and_truncation():
     # centre rounded to column 16 (outside the map): only the left tail is drawn, no positive cell
     edge = generate_heatmap(torch.tensor([[0.85, 0.25, 0.3, 0.5]]), 256, 16)[0, 0].numpy()
     assert edge.max() < 1.0 and np.count_nonzero(edge[:, 15]) > 0 and np.count_nonzero(edge[:, :14]) == 0
-    with pytest.raises(ValueError, match="B, 4"):
+    with pytest.raises(ValueError, match='B, 4'):
         generate_heatmap(torch.zeros(4), 256, 16)
 
 
@@ -72,32 +72,32 @@ def test_giou_loss_hand_computed():
     loss, iou = giou_loss(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]]))
     assert iou.item() == pytest.approx(1 / 7)
     assert loss.item() == pytest.approx(1 - (1 / 7 - (9 - 7) / 9))
-    with pytest.raises(ValueError, match="degenerate"):
+    with pytest.raises(ValueError, match='degenerate'):
         giou_loss(torch.tensor([[0.0, 0.0, -1.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]]))
 
 
 def test_tracking_loss_weights_and_clamping():
-    pred = {"pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]), "score_map": torch.full((1, 1, 16, 16), 0.01)}
+    pred = {'pred_boxes': torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]), 'score_map': torch.full((1, 1, 16, 16), 0.01)}
     gt = torch.tensor([[0.45, 0.45, 0.2, 0.2]])
     heat = generate_heatmap(gt, 256, 16)
     total, parts = tracking_loss(pred, gt, heat, TrackingLossWeights(2.0, 5.0, 1.0))
     iou = 0.15 ** 2 / (0.04 + 0.04 - 0.15 ** 2)
     giou = iou - (0.25 ** 2 - 0.0575) / 0.25 ** 2
-    assert parts["iou"].item() == pytest.approx(iou, rel=1e-5)
-    assert parts["giou"].item() == pytest.approx(1 - giou, rel=1e-5)
-    assert parts["l1"].item() == pytest.approx(0.05, rel=1e-5)
-    assert total.item() == pytest.approx(2 * (1 - giou) + 5 * 0.05 + parts["location"].item(), rel=1e-5)
+    assert parts['iou'].item() == pytest.approx(iou, rel=1e-5)
+    assert parts['giou'].item() == pytest.approx(1 - giou, rel=1e-5)
+    assert parts['l1'].item() == pytest.approx(0.05, rel=1e-5)
+    assert total.item() == pytest.approx(2 * (1 - giou) + 5 * 0.05 + parts['location'].item(), rel=1e-5)
     # GT corners outside the crop are clamped to [0, 1] before GIoU and L1
     out_gt = torch.tensor([[0.9, 0.4, 0.3, 0.2]])  # x2 = 1.2 -> 1.0
-    _, p2 = tracking_loss({"pred_boxes": torch.tensor([[[0.95, 0.5, 0.1, 0.2]]]), "score_map": pred["score_map"]},
+    _, p2 = tracking_loss({'pred_boxes': torch.tensor([[[0.95, 0.5, 0.1, 0.2]]]), 'score_map': pred['score_map']},
                           out_gt, generate_heatmap(out_gt, 256, 16), TrackingLossWeights())
-    assert p2["l1"].item() == pytest.approx(0.0, abs=1e-6) and p2["iou"].item() == pytest.approx(1.0, rel=1e-5)
+    assert p2['l1'].item() == pytest.approx(0.0, abs=1e-6) and p2['iou'].item() == pytest.approx(1.0, rel=1e-5)
     # a degenerate prediction makes the official actor drop the GIoU term (assertion caught)
-    _, p3 = tracking_loss({"pred_boxes": torch.tensor([[[0.5, 0.5, -0.1, 0.2]]]), "score_map": pred["score_map"]},
+    _, p3 = tracking_loss({'pred_boxes': torch.tensor([[[0.5, 0.5, -0.1, 0.2]]]), 'score_map': pred['score_map']},
                           gt, heat, TrackingLossWeights())
-    assert p3["giou"].item() == 0.0
-    with pytest.raises(FloatingPointError, match="NaN"):
-        tracking_loss({"pred_boxes": torch.full((1, 1, 4), float("nan")), "score_map": pred["score_map"]},
+    assert p3['giou'].item() == 0.0
+    with pytest.raises(FloatingPointError, match='NaN'):
+        tracking_loss({'pred_boxes': torch.full((1, 1, 4), float('nan')), 'score_map': pred['score_map']},
                       gt, heat, TrackingLossWeights())
 
 
@@ -108,8 +108,8 @@ def test_style_loss_hand_computed():
     # token mode: statistics over the channels of each token
     mu = torch.tensor([1.5, 3.5, 5.5])
     sd = torch.full((3,), math.sqrt(0.5))
-    assert style_loss(a, b, "token").item() == pytest.approx(float((mu ** 2 + sd ** 2).mean()))
-    with pytest.raises(ValueError, match="same shape"):
+    assert style_loss(a, b, 'token').item() == pytest.approx(float((mu ** 2 + sd ** 2).mean()))
+    with pytest.raises(ValueError, match='same shape'):
         style_loss(a, torch.zeros(1, 2, 2))
 
 
@@ -121,7 +121,7 @@ def test_content_loss_hand_computed():
     assert content_loss(student, teacher).item() == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def tiny_model_output():
     torch.manual_seed(0)
     cfg = tiny_config()
@@ -144,29 +144,29 @@ def test_content_loss_does_not_reach_the_teachers(tiny_model_output):
     cfg, model, inputs = tiny_model_output
     model.zero_grad(set_to_none=True)
     out = model(**inputs)
-    f = out["features"]
-    loss = sum(content_loss(s, t) for s, t in zip(f["rgb_branch"], f["teacher_rgb"]))
-    loss = loss + sum(content_loss(s, t) for s, t in zip(f["tir_branch"], f["teacher_tir"]))
+    f = out['features']
+    loss = sum(content_loss(s, t) for s, t in zip(f['rgb_branch'], f['teacher_rgb']))
+    loss = loss + sum(content_loss(s, t) for s, t in zip(f['tir_branch'], f['teacher_tir']))
     loss.backward()
-    assert _nonzero(_grads(model, "rgb_branch.")) and _nonzero(_grads(model, "tir_branch."))
-    assert not _nonzero(_grads(model, "teacher_rgb.")) and not _nonzero(_grads(model, "teacher_tir."))
+    assert _nonzero(_grads(model, 'rgb_branch.')) and _nonzero(_grads(model, 'tir_branch.'))
+    assert not _nonzero(_grads(model, 'teacher_rgb.')) and not _nonzero(_grads(model, 'teacher_tir.'))
     # without the stop-gradient the teachers would be pulled too
     model.zero_grad(set_to_none=True)
     out = model(**inputs)
-    f = out["features"]
-    sum(content_loss(s, t, stop_teacher_gradient=False) for s, t in zip(f["rgb_branch"], f["teacher_rgb"])).backward()
-    assert _nonzero(_grads(model, "teacher_rgb."))
+    f = out['features']
+    sum(content_loss(s, t, stop_teacher_gradient=False) for s, t in zip(f['rgb_branch'], f['teacher_rgb'])).backward()
+    assert _nonzero(_grads(model, 'teacher_rgb.'))
 
 
 def test_style_loss_reaches_both_students_only(tiny_model_output):
     cfg, model, inputs = tiny_model_output
     model.zero_grad(set_to_none=True)
     out = model(**inputs)
-    f = out["features"]
-    sum(style_loss(a, b) for a, b in zip(f["rgb_branch"], f["tir_branch"])).backward()
-    assert _nonzero(_grads(model, "rgb_branch.")) and _nonzero(_grads(model, "tir_branch."))
-    assert not _nonzero(_grads(model, "teacher_rgb.")) and not _nonzero(_grads(model, "teacher_tir."))
-    assert not _nonzero(_grads(model, "box_head"))
+    f = out['features']
+    sum(style_loss(a, b) for a, b in zip(f['rgb_branch'], f['tir_branch'])).backward()
+    assert _nonzero(_grads(model, 'rgb_branch.')) and _nonzero(_grads(model, 'tir_branch.'))
+    assert not _nonzero(_grads(model, 'teacher_rgb.')) and not _nonzero(_grads(model, 'teacher_tir.'))
+    assert not _nonzero(_grads(model, 'box_head'))
 
 
 def test_total_loss_is_the_weighted_sum(tiny_model_output):
@@ -175,38 +175,38 @@ def test_total_loss_is_the_weighted_sum(tiny_model_output):
     with torch.no_grad():
         out = model(**inputs)
     total, log = ckd_loss(out, gt, 128, 16, CKDLossWeights.from_config(cfg))
-    expected = (log["loss_fused"] + log["loss_teacher_rgb"] + log["loss_teacher_tir"]
-                + 0.01 * log["style"] + 0.1 * log["content"])
+    expected = (log['loss_fused'] + log['loss_teacher_rgb'] + log['loss_teacher_tir']
+                + 0.01 * log['style'] + 0.1 * log['content'])
     assert total.item() == pytest.approx(expected, rel=1e-6)
     # 2 blocks x 2 modalities of content, 2 blocks of style
-    f = out["features"]
-    assert len(f["rgb_branch"]) == 2
-    content = sum(content_loss(s, t).item() for m in ("rgb", "tir")
-                  for s, t in zip(f[f"{m}_branch"], f[f"teacher_{m}"]))
-    assert log["content"] == pytest.approx(content, rel=1e-6)
+    f = out['features']
+    assert len(f['rgb_branch']) == 2
+    content = sum(content_loss(s, t).item() for m in ('rgb', 'tir')
+                  for s, t in zip(f[f'{m}_branch'], f[f'teacher_{m}']))
+    assert log['content'] == pytest.approx(content, rel=1e-6)
 
 
 def test_students_share_one_mask_and_teachers_see_everything(tiny_model_output, monkeypatch):
     cfg, model, inputs = tiny_model_output
     seen = {}
-    for name in ("rgb_branch", "tir_branch", "teacher_rgb", "teacher_tir"):
+    for name in ('rgb_branch', 'tir_branch', 'teacher_rgb', 'teacher_tir'):
         branch = getattr(model, name)
         original = branch.embed
 
         def spy(z, x, keep=None, _name=name, _orig=original):
             seen[_name] = keep
             return _orig(z, x, keep)
-        monkeypatch.setattr(branch, "embed", spy)
+        monkeypatch.setattr(branch, 'embed', spy)
     keep = torch.rand(2, 64) > 0.25
     with torch.no_grad():
         model(**inputs, search_token_keep=keep)
-    assert seen["teacher_rgb"] is None and seen["teacher_tir"] is None
-    assert seen["rgb_branch"] is seen["tir_branch"]
-    assert torch.equal(seen["rgb_branch"], keep.float())
+    assert seen['teacher_rgb'] is None and seen['teacher_tir'] is None
+    assert seen['rgb_branch'] is seen['tir_branch']
+    assert torch.equal(seen['rgb_branch'], keep.float())
     # a dropped token carries only its position: the students' embedding there is pos_embed_x
     monkeypatch.undo()
     branch = model.rgb_branch
-    tokens = branch.embed(inputs["template_rgb"], inputs["search_rgb"], keep.float())
+    tokens = branch.embed(inputs['template_rgb'], inputs['search_rgb'], keep.float())
     dropped = (~keep[0]).nonzero()[0, 0]
     lz = branch.num_template_tokens
     assert torch.allclose(tokens[0, lz + dropped], branch.pos_embed_x[0, dropped])

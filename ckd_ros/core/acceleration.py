@@ -60,12 +60,12 @@ from torch import nn
 from .cpu_info import cpu_class, read_cpu_info
 from .model import CKDNet
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-BACKENDS = ("eager", "compile", "int8", "onnxruntime", "onnxruntime-int8")
+PRECISIONS = ('fp32', 'bf16', 'fp16')
+BACKENDS = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8')
 # backends that run on the CPU in their own number format (fp32 precision only)
-CPU_ONLY_BACKENDS = ("int8", "onnxruntime", "onnxruntime-int8")
+CPU_ONLY_BACKENDS = ('int8', 'onnxruntime', 'onnxruntime-int8')
 ONNX_OPSET = 17
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 Maps = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -73,29 +73,29 @@ Maps = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 @dataclass(frozen=True)
 class Acceleration:
     """Precision and backend of the network (defaults: fp32 eager = the official numbers)."""
-    precision: str = "fp32"
-    backend: str = "eager"
+    precision: str = 'fp32'
+    backend: str = 'eager'
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend in CPU_ONLY_BACKENDS and self.precision != "fp32":
+            raise ValueError(f'backend must be one of {BACKENDS}, got {self.backend!r}')
+        if self.backend in CPU_ONLY_BACKENDS and self.precision != 'fp32':
             raise ValueError(f"backend {self.backend!r} runs in its own number format: use precision 'fp32' "
                              f"with it, got {self.precision!r}")
 
     @property
     def is_exact(self) -> bool:
         """True for the configuration that reproduces the official numbers."""
-        return self.precision == "fp32" and self.backend == "eager"
+        return self.precision == 'fp32' and self.backend == 'eager'
 
     def check_device(self, device: torch.device) -> None:
         """Refuse combinations the device cannot run, with the alternative in the message."""
-        if device.type != "cuda" and self.precision == "fp16":
+        if device.type != 'cuda' and self.precision == 'fp16':
             raise ValueError("precision 'fp16' needs a CUDA device; on the CPU use 'fp32' (exact) or "
                              "backend 'int8' / 'onnxruntime' / 'onnxruntime-int8' for speed")
-        if device.type != "cpu" and self.backend in CPU_ONLY_BACKENDS:
+        if device.type != 'cpu' and self.backend in CPU_ONLY_BACKENDS:
             raise ValueError(f"backend {self.backend!r} runs on the CPU only, the tracker device is {device}; "
                              "on a GPU use backend 'eager' or 'compile' with precision 'fp16'/'bf16'")
 
@@ -103,7 +103,7 @@ class Acceleration:
 class NetworkRunner:
     """Eager PyTorch (optionally under autocast): the reference runner the others are compared with."""
 
-    def __init__(self, network: CKDNet, device: torch.device, precision: str = "fp32"):
+    def __init__(self, network: CKDNet, device: torch.device, precision: str = 'fp32'):
         self.network = network
         self.device = device
         self.precision = precision
@@ -111,7 +111,7 @@ class NetworkRunner:
         self._mask: torch.Tensor | None = None
 
     def _autocast(self):
-        if self.precision == "fp32":
+        if self.precision == 'fp32':
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST_DTYPES[self.precision])
 
@@ -137,16 +137,16 @@ class NetworkRunner:
         the arg-max of ``peak_weight * score_map`` (NaN elsewhere; the eager runner does, exactly);
         others return full maps."""
         if self._templates is None:
-            raise RuntimeError("set_templates() must be called before running the network")
+            raise RuntimeError('set_templates() must be called before running the network')
         with self._autocast():
             out = self._forward(self._templates, list(searches), peak_weight)
-        return out["score_map"].float(), out["size_map"].float(), out["offset_map"].float()
+        return out['score_map'].float(), out['size_map'].float(), out['offset_map'].float()
 
 
 class CompiledRunner(NetworkRunner):
     """``torch.compile`` of the network's forward (compiled on the first frame, fixed shapes)."""
 
-    def __init__(self, network: CKDNet, device: torch.device, precision: str = "fp32"):
+    def __init__(self, network: CKDNet, device: torch.device, precision: str = 'fp32'):
         super().__init__(network, device, precision)
         self._compiled = torch.compile(network, dynamic=False)
 
@@ -165,8 +165,8 @@ def quantize_linear_int8(network: CKDNet) -> CKDNet:
     with warnings.catch_warnings():
         # torch 2.13 flags torch.ao.quantization as deprecated (successor: torchao, not installed here);
         # the dynamic int8 Linear kernels still run and are tested (test/test_acceleration.py)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        warnings.simplefilter('ignore', DeprecationWarning)
+        warnings.filterwarnings('ignore', message='.*quantize_per_tensor.*')
         # per-output-channel weight scales: same speed, ~10-30 % smaller map errors than one scale per tensor
         qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
         return torch.ao.quantization.quantize_dynamic(copy.deepcopy(network).cpu().eval(), {nn.Linear: qconfig},
@@ -179,17 +179,17 @@ class _MapsModule(nn.Module):
     def __init__(self, network: CKDNet):
         super().__init__()
         self.network = network
-        mask = network.template_mask(1, "cpu")
+        mask = network.template_mask(1, 'cpu')
         self.has_mask = mask is not None
-        self.register_buffer("mask", mask if mask is not None else torch.zeros(0, dtype=torch.bool))
+        self.register_buffer('mask', mask if mask is not None else torch.zeros(0, dtype=torch.bool))
 
     def forward(self, z_rgb, z_tir, x_rgb, x_tir):
         out = self.network([z_rgb, z_tir], [x_rgb, x_tir], ce_template_mask=self.mask if self.has_mask else None)
-        return out["score_map"], out["size_map"], out["offset_map"]
+        return out['score_map'], out['size_map'], out['offset_map']
 
 
-ONNX_INPUTS = ("z_rgb", "z_tir", "x_rgb", "x_tir")
-ONNX_OUTPUTS = ("score_map", "size_map", "offset_map")
+ONNX_INPUTS = ('z_rgb', 'z_tir', 'x_rgb', 'x_tir')
+ONNX_OUTPUTS = ('score_map', 'size_map', 'offset_map')
 
 
 def export_onnx(network: CKDNet, template_size: int, search_size: int, path=None) -> bytes:
@@ -206,12 +206,12 @@ def export_onnx(network: CKDNet, template_size: int, search_size: int, path=None
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # the tracer warns about Python-side shape checks; shapes are fixed for this export by design
-        warnings.simplefilter("ignore")
+        warnings.simplefilter('ignore')
         torch.onnx.export(module, example, buffer, input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
                           opset_version=ONNX_OPSET, dynamo=False, do_constant_folding=True)
     data = buffer.getvalue()
     if path is not None:
-        with open(path, "wb") as handle:
+        with open(path, 'wb') as handle:
             handle.write(data)
     return data
 
@@ -237,15 +237,15 @@ def quantize_onnx_int8(model: bytes, per_channel: bool = False) -> bytes:
         # quantize_dynamic logs advice to run its pre-processing (shape inference, ORT optimisation):
         # the session optimises the quantised graph itself (fusing DynamicQuantizeMatMul) at load
         def filter(self, record):
-            return "pre-processing" not in record.getMessage()
+            return 'pre-processing' not in record.getMessage()
 
     advice = _NoPreprocessAdvice()
     logging.getLogger().addFilter(advice)
     try:
-        with tempfile.TemporaryDirectory(prefix="ckd_onnx_int8_") as folder:
-            quantized = Path(folder) / "int8.onnx"
+        with tempfile.TemporaryDirectory(prefix='ckd_onnx_int8_') as folder:
+            quantized = Path(folder) / 'int8.onnx'
             quantize_dynamic(onnx.load_from_string(model), quantized, per_channel=per_channel,
-                             weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+                             weight_type=QuantType.QInt8, op_types_to_quantize=['MatMul', 'Gemm'])
             return quantized.read_bytes()
     finally:
         logging.getLogger().removeFilter(advice)
@@ -260,8 +260,9 @@ class OnnxRuntimeRunner:
         try:
             import onnxruntime as ort
         except ImportError as error:  # pinned in requirements.txt; a system install may lack it
-            backend = "onnxruntime-int8" if int8 else "onnxruntime"
-            raise RuntimeError(f"backend {backend!r} needs the onnxruntime package (pip install onnxruntime)") from error
+            backend = 'onnxruntime-int8' if int8 else 'onnxruntime'
+            raise RuntimeError(f'backend {backend!r} needs the onnxruntime package '
+                               '(pip install onnxruntime)') from error
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
@@ -269,7 +270,7 @@ class OnnxRuntimeRunner:
         model = export_onnx(network, template_size, search_size)
         if int8:
             model = quantize_onnx_int8(model)
-        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, options, providers=['CPUExecutionProvider'])
         self._templates: list[np.ndarray] | None = None
 
     @staticmethod
@@ -283,7 +284,7 @@ class OnnxRuntimeRunner:
     def __call__(self, searches: Sequence[torch.Tensor], peak_weight: torch.Tensor | None = None) -> Maps:
         # peak_weight is not used: the exported graph computes the full maps
         if self._templates is None:
-            raise RuntimeError("set_templates() must be called before running the network")
+            raise RuntimeError('set_templates() must be called before running the network')
         feeds = dict(zip(ONNX_INPUTS, self._templates + [self._array(s) for s in searches]))
         score, size, offset = self.session.run(list(ONNX_OUTPUTS), feeds)
         return torch.from_numpy(score), torch.from_numpy(size), torch.from_numpy(offset)
@@ -294,23 +295,23 @@ def make_runner(network: CKDNet, device: torch.device, acceleration: Acceleratio
     """The runner of ``acceleration`` (None = fp32 eager) for ``network`` on ``device``."""
     acceleration = acceleration or Acceleration()
     acceleration.check_device(device)
-    if acceleration.backend == "eager":
+    if acceleration.backend == 'eager':
         return NetworkRunner(network, device, acceleration.precision)
-    if acceleration.backend == "compile":
+    if acceleration.backend == 'compile':
         return CompiledRunner(network, device, acceleration.precision)
-    if acceleration.backend == "int8":
+    if acceleration.backend == 'int8':
         return NetworkRunner(quantize_linear_int8(network), device)
-    return OnnxRuntimeRunner(network, template_size, search_size, int8=acceleration.backend == "onnxruntime-int8")
+    return OnnxRuntimeRunner(network, template_size, search_size, int8=acceleration.backend == 'onnxruntime-int8')
 
 
 # ------------------------------------------------------------------------------------------ precision 'auto'
-AUTO = "auto"
+AUTO = 'auto'
 # the accuracy budget of an automatic choice: success (SR, AUC of the success plot) lost against fp32
 # eager, in points, on the shipped ckd_tiny weights (the issue's bound: < 1 point)
 SR_BOUND_POINTS = 1.0
 # an option replaces exact fp32 eager only when it takes at most this share of fp32 eager's time
 MAX_SPEED_RATIO = 0.95
-_NO_GPU = "not measured (no GPU was available)"
+_NO_GPU = 'not measured (no GPU was available)'
 
 
 @dataclass(frozen=True)
@@ -340,23 +341,23 @@ class MeasuredOption:
 
     @property
     def option(self) -> str:
-        return f"{self.precision}/{self.backend}"
+        return f'{self.precision}/{self.backend}'
 
     def rejection(self) -> str | None:
         """Why 'auto' does not take this row (None: it may)."""
         if not self.faster:
-            return f"{self.option} x{self.speed_ratio:.2f}, not faster"
+            return f'{self.option} x{self.speed_ratio:.2f}, not faster'
         if self.sr_change is None:
-            return f"{self.option} accuracy effect not measured"
+            return f'{self.option} accuracy effect not measured'
         if not self.accuracy_within_bound:
-            return f"{self.option} {self.sr_change:+.1f} SR points, outside the {SR_BOUND_POINTS:g}-point bound"
+            return f'{self.option} {self.sr_change:+.1f} SR points, outside the {SR_BOUND_POINTS:g}-point bound'
         return None
 
 
-_TINY_12 = "ckd_tiny shipped weights, 12 demo-style sequences (3588 frames)"
-_ZEN4 = "AMD EPYC Zen 4 (avx512_bf16, avx512_vnni), 1 thread"
-_ZEN3 = "AMD EPYC Zen 3 (AVX2), 1 thread"
-_XEON_AMX = "full-size model (MCE), Xeon with AMX-BF16/AMX-INT8, 1 thread"
+_TINY_12 = 'ckd_tiny shipped weights, 12 demo-style sequences (3588 frames)'
+_ZEN4 = 'AMD EPYC Zen 4 (avx512_bf16, avx512_vnni), 1 thread'
+_ZEN3 = 'AMD EPYC Zen 3 (AVX2), 1 thread'
+_XEON_AMX = 'full-size model (MCE), Xeon with AMX-BF16/AMX-INT8, 1 thread'
 _BF16 = -6.7      # bf16 autocast, eager: 35.4 against 42.1, _TINY_12, on the Zen 4 (native bf16 products)
 _INT8 = -7.8      # torch dynamic int8 Linear: 34.4 against 42.1, _TINY_12, on the Zen 4 (-9.2 on the Zen 3)
 # fp16 autocast (the CUDA candidate), emulated on the Zen 4 CPU (fp16 inputs, fp32 accumulation, as on
@@ -364,8 +365,8 @@ _INT8 = -7.8      # torch dynamic int8 Linear: 34.4 against 42.1, _TINY_12, on t
 # each (1200 frames; bf16 -1.5 on the same frames: closed-loop tracking is chaotic, any perturbation
 # that moves an arg-max cell moves the trajectory)
 _FP16 = -2.8
-_FP16_ACCURACY = ("fp16 autocast emulated on the CPU (fp16 inputs, fp32 accumulation), ckd_tiny shipped weights, "
-                  "12 demo-style sequences x 100 frames")
+_FP16_ACCURACY = ('fp16 autocast emulated on the CPU (fp16 inputs, fp32 accumulation), ckd_tiny shipped weights, '
+                  '12 demo-style sequences x 100 frames')
 
 # What 'auto' may choose from: only rows whose accuracy effect is measured within SR_BOUND_POINTS and
 # that are faster (speed_ratio <= MAX_SPEED_RATIO); a hardware class without such a row runs the
@@ -376,34 +377,34 @@ _FP16_ACCURACY = ("fp16 autocast emulated on the CPU (fp16 inputs, fp32 accumula
 # benchmarks/bench_acceleration.py (frame-interleaved ratios to fp32 eager, same process).
 MEASURED_OPTIONS: tuple[MeasuredOption, ...] = (
     # Intel Xeon with AMX (Sapphire Rapids and later): the team's figures
-    MeasuredOption("cpu", "amx", "bf16", "compile", 0.40, _XEON_AMX, _BF16,
-                   "bf16 autocast (measured eager), " + _TINY_12),
-    MeasuredOption("cpu", "amx", "bf16", "eager", 0.45, _XEON_AMX, _BF16, "measured on the Zen 4, " + _TINY_12),
-    MeasuredOption("cpu", "amx", "fp32", "int8", 0.46, _XEON_AMX, _INT8, "measured on the Zen 4, " + _TINY_12),
+    MeasuredOption('cpu', 'amx', 'bf16', 'compile', 0.40, _XEON_AMX, _BF16,
+                   'bf16 autocast (measured eager), ' + _TINY_12),
+    MeasuredOption('cpu', 'amx', 'bf16', 'eager', 0.45, _XEON_AMX, _BF16, 'measured on the Zen 4, ' + _TINY_12),
+    MeasuredOption('cpu', 'amx', 'fp32', 'int8', 0.46, _XEON_AMX, _INT8, 'measured on the Zen 4, ' + _TINY_12),
     # AVX-512 BF16 without AMX (AMD EPYC Zen 4, family 25 model 17, 2 vCPUs, KVM; full-size model on it:
     # bf16 x0.60, int8 x0.37, recipe weights, 6 frames)
-    MeasuredOption("cpu", "avx512_bf16", "bf16", "eager", 0.94, f"{_TINY_12}, {_ZEN4}", _BF16, _TINY_12),
-    MeasuredOption("cpu", "avx512_bf16", "fp32", "int8", 0.82, f"{_TINY_12}, {_ZEN4}", _INT8, _TINY_12),
-    MeasuredOption("cpu", "avx512_bf16", "fp32", "onnxruntime", 0.69,
-                   f"ckd_tiny, 3 demo sequences x 40 frames, {_ZEN4}", 0.0,
-                   "maps within 6e-7 of fp32 eager, same boxes; 0.0 on " + _TINY_12 + " on the Zen 3"),
+    MeasuredOption('cpu', 'avx512_bf16', 'bf16', 'eager', 0.94, f'{_TINY_12}, {_ZEN4}', _BF16, _TINY_12),
+    MeasuredOption('cpu', 'avx512_bf16', 'fp32', 'int8', 0.82, f'{_TINY_12}, {_ZEN4}', _INT8, _TINY_12),
+    MeasuredOption('cpu', 'avx512_bf16', 'fp32', 'onnxruntime', 0.69,
+                   f'ckd_tiny, 3 demo sequences x 40 frames, {_ZEN4}', 0.0,
+                   'maps within 6e-7 of fp32 eager, same boxes; 0.0 on ' + _TINY_12 + ' on the Zen 3'),
     # AVX2 only (AMD Zen 2/3, older Xeons): README Performance, ckd_tiny on the demo sequences
-    MeasuredOption("cpu", "avx2", "bf16", "eager", 7.7, f"ckd_tiny, 3 demo sequences, {_ZEN3} (bf16 emulated)",
-                   _BF16, "measured on the Zen 4, " + _TINY_12),
-    MeasuredOption("cpu", "avx2", "fp32", "compile", 1.00, f"ckd_tiny, 3 demo sequences, {_ZEN3}", 0.0,
-                   "maps within 1e-6 of fp32 eager"),
-    MeasuredOption("cpu", "avx2", "fp32", "int8", 0.93, f"ckd_tiny, 3 demo sequences, {_ZEN3}", -9.2,
-                   _TINY_12 + ", on the Zen 3"),
-    MeasuredOption("cpu", "avx2", "fp32", "onnxruntime", 0.66, f"ckd_tiny, 3 demo sequences, {_ZEN3}", 0.0,
-                   "maps within 1e-6 of fp32 eager, " + _TINY_12),
-    MeasuredOption("cpu", "avx2", "fp32", "onnxruntime-int8", 0.55, f"ckd_tiny, 3 demo sequences, {_ZEN3}", -2.3,
-                   _TINY_12 + ", on the Zen 3"),
+    MeasuredOption('cpu', 'avx2', 'bf16', 'eager', 7.7, f'ckd_tiny, 3 demo sequences, {_ZEN3} (bf16 emulated)',
+                   _BF16, 'measured on the Zen 4, ' + _TINY_12),
+    MeasuredOption('cpu', 'avx2', 'fp32', 'compile', 1.00, f'ckd_tiny, 3 demo sequences, {_ZEN3}', 0.0,
+                   'maps within 1e-6 of fp32 eager'),
+    MeasuredOption('cpu', 'avx2', 'fp32', 'int8', 0.93, f'ckd_tiny, 3 demo sequences, {_ZEN3}', -9.2,
+                   _TINY_12 + ', on the Zen 3'),
+    MeasuredOption('cpu', 'avx2', 'fp32', 'onnxruntime', 0.66, f'ckd_tiny, 3 demo sequences, {_ZEN3}', 0.0,
+                   'maps within 1e-6 of fp32 eager, ' + _TINY_12),
+    MeasuredOption('cpu', 'avx2', 'fp32', 'onnxruntime-int8', 0.55, f'ckd_tiny, 3 demo sequences, {_ZEN3}', -2.3,
+                   _TINY_12 + ', on the Zen 3'),
     # CUDA: autocast on tensor cores is the standard fast path (its speed for these models is not
     # measured: no GPU was available); accuracy from the same number format computed on the CPU
-    MeasuredOption("cuda", "sm80+", "bf16", "eager", None, "bf16 tensor cores (Ampere+); " + _NO_GPU, _BF16,
-                   "bf16 autocast measured on the CPU (Zen 4, native bf16 products), " + _TINY_12),
-    MeasuredOption("cuda", "sm80+", "fp16", "eager", None, "fp16 tensor cores; " + _NO_GPU, _FP16, _FP16_ACCURACY),
-    MeasuredOption("cuda", "sm70+", "fp16", "eager", None, "fp16 tensor cores (Volta, Turing); " + _NO_GPU, _FP16,
+    MeasuredOption('cuda', 'sm80+', 'bf16', 'eager', None, 'bf16 tensor cores (Ampere+); ' + _NO_GPU, _BF16,
+                   'bf16 autocast measured on the CPU (Zen 4, native bf16 products), ' + _TINY_12),
+    MeasuredOption('cuda', 'sm80+', 'fp16', 'eager', None, 'fp16 tensor cores; ' + _NO_GPU, _FP16, _FP16_ACCURACY),
+    MeasuredOption('cuda', 'sm70+', 'fp16', 'eager', None, 'fp16 tensor cores (Volta, Turing); ' + _NO_GPU, _FP16,
                    _FP16_ACCURACY),
 )
 
@@ -412,9 +413,9 @@ def cuda_class(capability: tuple[int, int] | None) -> str:
     """``sm80+`` (Ampere and later: bf16 and fp16 tensor cores), ``sm70+`` (Volta, Turing: fp16 tensor
     cores only), ``older``; ``unknown`` without a capability."""
     if capability is None:
-        return "unknown"
+        return 'unknown'
     major = int(capability[0])
-    return "sm80+" if major >= 8 else "sm70+" if major >= 7 else "older"
+    return 'sm80+' if major >= 8 else 'sm70+' if major >= 7 else 'older'
 
 
 @dataclass(frozen=True)
@@ -423,7 +424,7 @@ class PrecisionChoice:
     precision: str
     backend: str
     reason: str
-    hardware: str = ""     # e.g. "cpu:avx512_bf16" or "cuda:sm80+"
+    hardware: str = ''     # e.g. "cpu:avx512_bf16" or "cuda:sm80+"
     automatic: bool = True
 
     @property
@@ -433,14 +434,14 @@ class PrecisionChoice:
     def log_line(self) -> str:
         """``precision auto: chose bf16/eager because ...`` (the node logs it at configure)."""
         if not self.automatic:
-            return f"precision {self.precision}, backend {self.backend} ({self.reason})"
-        return f"precision auto: chose {self.precision}/{self.backend} because {self.reason}"
+            return f'precision {self.precision}, backend {self.backend} ({self.reason})'
+        return f'precision auto: chose {self.precision}/{self.backend} because {self.reason}'
 
 
 def choose_precision(device_type: str, cpu_flags: Iterable[str] = (), cuda_capability: tuple[int, int] | None = None,
-                     precision: str | None = None, backend: str | None = "eager",
+                     precision: str | None = None, backend: str | None = 'eager',
                      table: Sequence[MeasuredOption] = MEASURED_OPTIONS, unavailable_backends: Iterable[str] = (),
-                     device_name: str = "") -> PrecisionChoice:
+                     device_name: str = '') -> PrecisionChoice:
     """Pure: the fastest option of ``table`` for this hardware whose accuracy effect is measured within
     :data:`SR_BOUND_POINTS`, else the exact path.
 
@@ -450,72 +451,72 @@ def choose_precision(device_type: str, cpu_flags: Iterable[str] = (), cuda_capab
     (None = chosen too; the default chooses the precision for the eager backend).
     ``unavailable_backends``: left out (onnxruntime not installed, no C compiler for compile).
     """
-    device_type = str(device_type).split(":")[0]
-    if device_type == "cpu":
+    device_type = str(device_type).split(':')[0]
+    if device_type == 'cpu':
         hardware = cpu_class(cpu_flags)
         what = f"CPU{' ' + device_name if device_name else ''} of class '{hardware}'"
-    elif device_type == "cuda":
+    elif device_type == 'cuda':
         hardware = cuda_class(cuda_capability)
-        capability = "unknown capability" if cuda_capability is None else \
-            f"compute capability {cuda_capability[0]}.{cuda_capability[1]}"
+        capability = 'unknown capability' if cuda_capability is None else \
+            f'compute capability {cuda_capability[0]}.{cuda_capability[1]}'
         what = f"CUDA GPU{' ' + device_name if device_name else ''} ({capability}, class '{hardware}')"
     else:
         hardware = device_type
         what = f"device type '{device_type}'"
-    fallback_precision = precision or "fp32"
-    fallback_backend = backend or "eager"
+    fallback_precision = precision or 'fp32'
+    fallback_backend = backend or 'eager'
     unavailable = set(unavailable_backends)
     rows = [row for row in table if row.device == device_type and row.hardware == hardware
             and (precision is None or row.precision == precision) and (backend is None or row.backend == backend)
             and (row.precision, row.backend) != (fallback_precision, fallback_backend)]
-    rejected = [f"{row.option} unavailable here" for row in rows if row.backend in unavailable]
+    rejected = [f'{row.option} unavailable here' for row in rows if row.backend in unavailable]
     rows = [row for row in rows if row.backend not in unavailable]
     rejected += [row.rejection() for row in rows if row.rejection()]
     eligible = [row for row in rows if row.rejection() is None]
-    tag = f"{device_type}:{hardware}"
+    tag = f'{device_type}:{hardware}'
     if eligible:
         # measured ratios first, fastest first; unmeasured (CUDA) rows in table order after them
         best = min(eligible, key=lambda row: (row.speed_ratio is None, row.speed_ratio or 0.0))
-        speed = f"x{best.speed_ratio:.2f} of fp32 eager ({best.speed})" if best.speed_ratio is not None else best.speed
-        reason = (f"{what}: fastest option documented within {SR_BOUND_POINTS:g} SR point: {speed}; "
-                  f"accuracy {best.sr_change:+.1f} SR points ({best.accuracy})")
-        others = rejected + [f"{row.option} slower" for row in eligible if row is not best]
+        speed = f'x{best.speed_ratio:.2f} of fp32 eager ({best.speed})' if best.speed_ratio is not None else best.speed
+        reason = (f'{what}: fastest option documented within {SR_BOUND_POINTS:g} SR point: {speed}; '
+                  f'accuracy {best.sr_change:+.1f} SR points ({best.accuracy})')
+        others = rejected + [f'{row.option} slower' for row in eligible if row is not best]
         if others:
-            reason += "; not chosen: " + "; ".join(others)
+            reason += '; not chosen: ' + '; '.join(others)
         return PrecisionChoice(best.precision, best.backend, reason, tag)
     if rows or rejected:
         reason = (f"{what}: no option measured faster and within {SR_BOUND_POINTS:g} SR point "
                   f"({'; '.join(rejected)}): {fallback_precision}/{fallback_backend}")
     else:
-        reason = (f"{what}: no measured option for this hardware in acceleration.MEASURED_OPTIONS: "
-                  f"{fallback_precision}/{fallback_backend}")
-    if (fallback_precision, fallback_backend) == ("fp32", "eager"):
-        reason += " (exact, the official numbers)"
+        reason = (f'{what}: no measured option for this hardware in acceleration.MEASURED_OPTIONS: '
+                  f'{fallback_precision}/{fallback_backend}')
+    if (fallback_precision, fallback_backend) == ('fp32', 'eager'):
+        reason += ' (exact, the official numbers)'
     return PrecisionChoice(fallback_precision, fallback_backend, reason, tag)
 
 
 def _compiler_available() -> bool:
     import shutil
-    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+    return any(shutil.which(name) for name in ('g++', 'c++', 'clang++'))
 
 
-def auto_precision(device: torch.device | str, precision: str = AUTO, backend: str = "eager") -> PrecisionChoice:
+def auto_precision(device: torch.device | str, precision: str = AUTO, backend: str = 'eager') -> PrecisionChoice:
     """:func:`choose_precision` for this machine: the CPU's flags (``/proc/cpuinfo``, else torch's CPU
     capability) or the GPU's compute capability.  ``precision`` / ``backend``: ``"auto"`` = chosen,
     anything else = fixed (then only the other one is chosen)."""
     device = torch.device(device)
-    flags, capability, name = (), None, ""
-    if device.type == "cpu":
+    flags, capability, name = (), None, ''
+    if device.type == 'cpu':
         info = read_cpu_info()
         flags, name = info.flags, info.model
-    elif device.type == "cuda":
+    elif device.type == 'cuda':
         capability = tuple(torch.cuda.get_device_capability(device))
         name = torch.cuda.get_device_name(device)
     unavailable = []
-    if importlib.util.find_spec("onnxruntime") is None:
-        unavailable += ["onnxruntime", "onnxruntime-int8"]
-    if device.type == "cpu" and not _compiler_available():
-        unavailable.append("compile")
+    if importlib.util.find_spec('onnxruntime') is None:
+        unavailable += ['onnxruntime', 'onnxruntime-int8']
+    if device.type == 'cpu' and not _compiler_available():
+        unavailable.append('compile')
     return choose_precision(device.type, flags, capability, precision=None if precision == AUTO else precision,
                             backend=None if backend == AUTO else backend, unavailable_backends=unavailable,
                             device_name=name)

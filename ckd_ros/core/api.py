@@ -26,12 +26,12 @@ from .model import CKDNet, build_ckd_model
 from .recipe_weights import load_recipe_weights
 from .tracker import CKDTracker, TrackerOptions
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights'
 # ``checkpoint=`` values that select the deterministic recipe weights (untrained; tests, benchmarks)
-RECIPE_CHECKPOINTS = ("recipe", "random")
+RECIPE_CHECKPOINTS = ('recipe', 'random')
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = 'auto') -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` -> torch.device.
 
     Asking for CUDA when it is not available (or for a GPU index that does not exist) raises
@@ -43,34 +43,35 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         spec = device.strip().lower()
     else:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
+    if spec == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if spec == 'cpu':
+        return torch.device('cpu')
+    if spec == 'cuda' or spec.startswith('cuda:'):
         try:
             resolved = torch.device(spec)
         except RuntimeError:
             raise ValueError(f"device {device!r} is not a valid CUDA device name (use 'cuda' or 'cuda:N')") from None
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} was requested but CUDA is not available (torch {torch.__version__}); "
+            raise RuntimeError(f"device {device!r} was requested but CUDA is not available "
+                               f"(torch {torch.__version__}); "
                                "use device='cpu' or 'auto'")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present")
+            raise RuntimeError(f'device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present')
         return resolved
     raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def _check_names(precision: str, backend: str) -> None:
     if precision != AUTO and precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} or {AUTO!r}, got {precision!r}")
+        raise ValueError(f'precision must be one of {PRECISIONS} or {AUTO!r}, got {precision!r}')
     if backend != AUTO and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} or {AUTO!r}, got {backend!r}")
+        raise ValueError(f'backend must be one of {BACKENDS} or {AUTO!r}, got {backend!r}')
     if AUTO not in (precision, backend):
         Acceleration(precision=precision, backend=backend)   # refuses e.g. bf16 with a CPU-only backend
 
 
-def select_acceleration(precision: str, backend: str, device: str | torch.device = "auto") -> PrecisionChoice:
+def select_acceleration(precision: str, backend: str, device: str | torch.device = 'auto') -> PrecisionChoice:
     """``precision`` / ``backend`` as :func:`init_tracker` and the node take them, ``"auto"`` allowed in
     either, resolved for ``device`` (a name as for :func:`resolve_device`, or a torch.device).
 
@@ -86,14 +87,14 @@ def select_acceleration(precision: str, backend: str, device: str | torch.device
     if AUTO in (precision, backend):
         choice = auto_precision(resolved, precision, backend)
     else:
-        choice = PrecisionChoice(precision, backend, "as requested", resolved.type, automatic=False)
+        choice = PrecisionChoice(precision, backend, 'as requested', resolved.type, automatic=False)
     choice.acceleration.check_device(resolved)
     return choice
 
 
 def shipped_weights_path(config_name: str) -> Path:
     """Where the shipped weights of a small config live (``ckd_ros/core/weights/<name>.pth.tar``)."""
-    return WEIGHTS_DIR / f"{config_name}.pth.tar"
+    return WEIGHTS_DIR / f'{config_name}.pth.tar'
 
 
 def load_network(cfg: CKDConfig, checkpoint: str | os.PathLike | None, device: torch.device) -> CKDNet:
@@ -117,8 +118,8 @@ def load_network(cfg: CKDConfig, checkpoint: str | os.PathLike | None, device: t
 
 
 def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.PathLike | None = None,
-                 device: str | torch.device = "auto", options: TrackerOptions | None = None,
-                 precision: str = "fp32", backend: str = "eager") -> CKDTracker:
+                 device: str | torch.device = 'auto', options: TrackerOptions | None = None,
+                 precision: str = 'fp32', backend: str = 'eager') -> CKDTracker:
     """Build a ready tracker.
 
     Args:

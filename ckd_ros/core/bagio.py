@@ -862,7 +862,8 @@ def _salvage_mcap(path: Path, wanted: set | None, store, open_error: Exception,
                 yield item
 
 
-def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None, store=None) -> Iterator[tuple[str, int, object]]:
+def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None,
+                  store=None) -> Iterator[tuple[str, int, object]]:
     """``(topic, log_time_ns, message)`` in log-time order; corrupt data raises :class:`BagReadError`.
 
     An MCAP bag that rosbags cannot open (no footer/summary: a crashed recording) is read record by
@@ -1272,7 +1273,7 @@ def format_info(info: dict) -> str:
                      f"ros_distro {info.get('ros_distro')})")
     source = BagSource.from_custom_data(info.get('custom_data') or {})
     if source.dataset:
-        lines.append(f"source:    {source.dataset} sequence {source.sequence}"
+        lines.append(f'source:    {source.dataset} sequence {source.sequence}'
                      + (f" (attributes {', '.join(source.attributes)})" if source.attributes else ''))
     lines.append(f"messages:  {info['message_count']}")
     lines.append(f"duration:  {info['duration_s']:.3f} s")

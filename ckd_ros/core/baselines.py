@@ -29,18 +29,18 @@ from typing import Sequence
 
 import numpy as np
 
-TRACKING = "TRACKING"
-LOST = "LOST"
+TRACKING = 'TRACKING'
+LOST = 'LOST'
 
-BASELINES = ("csrt", "kcf", "mil")
-INPUTS = ("rgb", "thermal", "fused")
+BASELINES = ('csrt', 'kcf', 'mil')
+INPUTS = ('rgb', 'thermal', 'fused')
 # cv2 factory names; the `*_create` functions of OpenCV 4.5.1+ and 5 (not the cv2.legacy ones)
-_OPENCV_NAMES = {"csrt": "TrackerCSRT", "kcf": "TrackerKCF", "mil": "TrackerMIL"}
-LABELS = {"csrt": "CSRT", "kcf": "KCF", "mil": "MIL"}
-INPUT_LABELS = {"rgb": "RGB", "thermal": "thermal", "fused": "fused"}
+_OPENCV_NAMES = {'csrt': 'TrackerCSRT', 'kcf': 'TrackerKCF', 'mil': 'TrackerMIL'}
+LABELS = {'csrt': 'CSRT', 'kcf': 'KCF', 'mil': 'MIL'}
+INPUT_LABELS = {'rgb': 'RGB', 'thermal': 'thermal', 'fused': 'fused'}
 # the OpenCV distribution -> its contrib build (same version, same cv2 module)
-_CONTRIB_OF = {"opencv-python-headless": "opencv-contrib-python-headless",
-               "opencv-python": "opencv-contrib-python"}
+_CONTRIB_OF = {'opencv-python-headless': 'opencv-contrib-python-headless',
+               'opencv-python': 'opencv-contrib-python'}
 
 
 class BaselineUnavailable(RuntimeError):
@@ -65,8 +65,8 @@ class BaselineResult:
 @dataclass(frozen=True)
 class BaselineOptions:
     """Which OpenCV tracker, on which image, with which CSRT ``psr_threshold`` (None: OpenCV's)."""
-    tracker: str = "csrt"
-    input: str = "fused"
+    tracker: str = 'csrt'
+    input: str = 'fused'
     psr_threshold: float | None = None
 
     def __post_init__(self):
@@ -75,24 +75,24 @@ class BaselineOptions:
         if self.input not in INPUTS:
             raise ValueError(f"baseline input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         if self.psr_threshold is not None:
-            if self.tracker != "csrt":
-                raise ValueError(f"psr_threshold is a CSRT option; {self.tracker} has none")
+            if self.tracker != 'csrt':
+                raise ValueError(f'psr_threshold is a CSRT option; {self.tracker} has none')
             value = float(self.psr_threshold)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"psr_threshold must be a finite number >= 0, got {self.psr_threshold!r}")
-            object.__setattr__(self, "psr_threshold", value)
+                raise ValueError(f'psr_threshold must be a finite number >= 0, got {self.psr_threshold!r}')
+            object.__setattr__(self, 'psr_threshold', value)
 
     @property
     def label(self) -> str:
         """e.g. ``CSRT fused (psr 0)``."""
-        text = f"{LABELS[self.tracker]} {INPUT_LABELS[self.input]}"
-        return text + (f" (psr {self.psr_threshold:g})" if self.psr_threshold is not None else "")
+        text = f'{LABELS[self.tracker]} {INPUT_LABELS[self.input]}'
+        return text + (f' (psr {self.psr_threshold:g})' if self.psr_threshold is not None else '')
 
     @property
     def settings(self) -> dict:
         """What decides the boxes, for a run manifest (with the OpenCV version)."""
-        return {"tracker": self.tracker, "tracker_input": self.input, "csrt_psr_threshold": self.psr_threshold,
-                "opencv_version": opencv_version()}
+        return {'tracker': self.tracker, 'tracker_input': self.input, 'csrt_psr_threshold': self.psr_threshold,
+                'opencv_version': opencv_version()}
 
 
 def opencv_version() -> str | None:
@@ -107,8 +107,8 @@ def _installed_opencv() -> dict[str, str]:
     """The pip distributions that provide cv2 here, name -> version."""
     from importlib import metadata
     found = {}
-    for name in ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
-                 "opencv-contrib-python"):
+    for name in ('opencv-python-headless', 'opencv-python', 'opencv-contrib-python-headless',
+                 'opencv-contrib-python'):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -120,17 +120,17 @@ def install_hint(installed: dict[str, str] | None = None) -> str:
     """The pip command that gives this environment OpenCV's contrib build, at the installed version
     (``installed``: OpenCV distribution -> version; default: what pip installed here)."""
     installed = _installed_opencv() if installed is None else installed
-    contrib = [n for n in installed if "contrib" in n]
+    contrib = [n for n in installed if 'contrib' in n]
     plains = [n for n in installed if n in _CONTRIB_OF]
     if plains and contrib:
         # both provide cv2: whichever was installed last overwrote the other's files
-        names = " ".join(plains + contrib)
+        names = ' '.join(plains + contrib)
         return (f"{' and '.join(plains + contrib)} are both installed, and both provide cv2 (the plain build's files "
                 f"won); reinstall the contrib build alone: pip uninstall -y {names} && pip install "
                 f"{contrib[0]}=={installed[contrib[0]]}")
     if contrib:      # installed, yet cv2 lacks the tracker: a damaged or shadowed install
-        return (f"{contrib[0]} {installed[contrib[0]]} is installed but the cv2 imported here lacks it; reinstall it: "
-                f"pip install --force-reinstall --no-deps {contrib[0]}=={installed[contrib[0]]}")
+        return (f'{contrib[0]} {installed[contrib[0]]} is installed but the cv2 imported here lacks it; reinstall it: '
+                f'pip install --force-reinstall --no-deps {contrib[0]}=={installed[contrib[0]]}')
     if plains:
         plain_name = plains[0]
         version = installed[plain_name]
@@ -138,7 +138,7 @@ def install_hint(installed: dict[str, str] | None = None) -> str:
                 f"(OpenCV's contrib build at the version of the installed {plain_name}; it replaces that package: "
                 "both provide cv2 and must not be installed together)")
     version = opencv_version()
-    pin = f"=={version}.*" if version else ""
+    pin = f'=={version}.*' if version else ''
     return (f"pip install opencv-contrib-python-headless{pin} (OpenCV's contrib build; it replaces "
             "opencv-python-headless: both provide cv2 and must not be installed together)")
 
@@ -154,11 +154,11 @@ def opencv_factory(tracker: str):
     except ImportError as error:
         raise BaselineUnavailable(f"OpenCV's {LABELS[tracker]} tracker needs OpenCV ({error}): "
                                   "pip install opencv-contrib-python-headless") from None
-    create = getattr(cv2, f"{name}_create", None)
+    create = getattr(cv2, f'{name}_create', None)
     if create is None:
-        create = getattr(getattr(cv2, name, None), "create", None)
+        create = getattr(getattr(cv2, name, None), 'create', None)
     if create is None:
-        where = "in OpenCV's contrib modules" if tracker != "mil" else "in OpenCV"
+        where = "in OpenCV's contrib modules" if tracker != 'mil' else 'in OpenCV'
         raise BaselineUnavailable(
             f"OpenCV's {LABELS[tracker]} tracker is {where}, and the installed OpenCV {cv2.__version__} has no "
             f"cv2.{name}_create: {install_hint()}")
@@ -172,11 +172,11 @@ def check_available(tracker: str) -> None:
 
 def _as_bgr(rgb: np.ndarray, thermal: np.ndarray, which: str) -> np.ndarray:
     """The 3-channel BGR uint8 image the OpenCV tracker sees (OpenCV's colour features expect BGR)."""
-    if which == "rgb":
+    if which == 'rgb':
         image = rgb
     else:
         thermal3 = np.broadcast_to(thermal[:, :, None], rgb.shape) if thermal.ndim == 2 else thermal
-        image = thermal3 if which == "thermal" else ((rgb.astype(np.uint16) + thermal3 + 1) >> 1).astype(np.uint8)
+        image = thermal3 if which == 'thermal' else ((rgb.astype(np.uint16) + thermal3 + 1) >> 1).astype(np.uint8)
     image = image[:, :, ::-1]      # RGB -> BGR (a no-op on grey thermal)
     return np.ascontiguousarray(image)
 
@@ -191,10 +191,10 @@ def _check_frames(rgb, thermal) -> tuple[np.ndarray, np.ndarray]:
     if thermal.ndim == 3 and thermal.shape[2] == 1:
         thermal = thermal[:, :, 0]
     if not (thermal.ndim == 2 or (thermal.ndim == 3 and thermal.shape[2] == 3)):
-        raise ValueError(f"thermal must be HxW, HxWx1 or HxWx3, got shape {thermal.shape}")
+        raise ValueError(f'thermal must be HxW, HxWx1 or HxWx3, got shape {thermal.shape}')
     if thermal.shape[:2] != rgb.shape[:2]:
-        raise ValueError(f"thermal frame {thermal.shape[1]}x{thermal.shape[0]} and RGB frame "
-                         f"{rgb.shape[1]}x{rgb.shape[0]} differ in size; register them to one geometry first")
+        raise ValueError(f'thermal frame {thermal.shape[1]}x{thermal.shape[0]} and RGB frame '
+                         f'{rgb.shape[1]}x{rgb.shape[0]} differ in size; register them to one geometry first')
     return rgb, thermal
 
 
@@ -202,12 +202,12 @@ def _init_rect(box: Sequence[float], width: int, height: int) -> tuple[int, int,
     """The integer rectangle OpenCV's ``init`` takes: ``box`` rounded and cut to the frame."""
     values = [float(v) for v in box] if len(box) == 4 else []
     if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[2] <= 0 or values[3] <= 0:
-        raise ValueError(f"initial box must be four finite numbers x, y, w, h with w, h > 0, got {tuple(box)}")
+        raise ValueError(f'initial box must be four finite numbers x, y, w, h with w, h > 0, got {tuple(box)}')
     x0, y0 = max(0, round(values[0])), max(0, round(values[1]))
     x1 = min(width, round(values[0] + values[2]))
     y1 = min(height, round(values[1] + values[3]))
     if x1 - x0 < 1 or y1 - y0 < 1:
-        raise ValueError(f"initial box {tuple(box)} lies outside the {width}x{height} frame")
+        raise ValueError(f'initial box {tuple(box)} lies outside the {width}x{height} frame')
     return int(x0), int(y0), int(x1 - x0), int(y1 - y0)
 
 
@@ -217,7 +217,7 @@ class OpenCVTracker:
 
     def __init__(self, options: BaselineOptions | None = None, **kwargs):
         if options is not None and kwargs:
-            raise TypeError("pass either options or keyword options, not both")
+            raise TypeError('pass either options or keyword options, not both')
         self.options = options if options is not None else BaselineOptions(**kwargs)
         self._create = opencv_factory(self.options.tracker)
         self._tracker = None
@@ -241,7 +241,7 @@ class OpenCVTracker:
         return self._tracker is not None
 
     def _new_tracker(self):
-        if self.options.tracker == "csrt" and self.options.psr_threshold is not None:
+        if self.options.tracker == 'csrt' and self.options.psr_threshold is not None:
             import cv2
             params = cv2.TrackerCSRT_Params()
             params.psr_threshold = self.options.psr_threshold
@@ -258,8 +258,8 @@ class OpenCVTracker:
         try:
             tracker.init(_as_bgr(rgb, thermal, self.options.input), rect)
         except cv2.error as error:
-            raise ValueError(f"OpenCV {LABELS[self.options.tracker]} could not start on the box {tuple(box)}: "
-                             f"{str(error).strip().splitlines()[-1]}") from None
+            raise ValueError(f'OpenCV {LABELS[self.options.tracker]} could not start on the box {tuple(box)}: '
+                             f'{str(error).strip().splitlines()[-1]}') from None
         self._tracker = tracker
         self._box = tuple(float(v) for v in box)
         self._frame_index = 0
@@ -269,7 +269,7 @@ class OpenCVTracker:
         """Locate the target in the next frame pair; on a reported failure the last box, ``LOST``."""
         import cv2
         if self._tracker is None:
-            raise RuntimeError("call initialize(rgb, thermal, box) before track()")
+            raise RuntimeError('call initialize(rgb, thermal, box) before track()')
         rgb, thermal = _check_frames(rgb, thermal)
         self._frame_index += 1
         error = None
@@ -277,8 +277,8 @@ class OpenCVTracker:
             found, rect = self._tracker.update(_as_bgr(rgb, thermal, self.options.input))
         except cv2.error as exc:          # e.g. a model that degenerated at the frame border
             found, rect = False, None
-            error = f"OpenCV {LABELS[self.options.tracker]} failed at frame {self._frame_index}: " \
-                    f"{str(exc).strip().splitlines()[-1]}; kept the last box"
+            error = f'OpenCV {LABELS[self.options.tracker]} failed at frame {self._frame_index}: ' \
+                    f'{str(exc).strip().splitlines()[-1]}; kept the last box'
         if found:
             values = tuple(float(v) for v in rect)
             if len(values) == 4 and all(math.isfinite(v) for v in values) and values[2] > 0 and values[3] > 0:
@@ -289,18 +289,18 @@ class OpenCVTracker:
 
 def parse_baseline(text: str) -> BaselineOptions:
     """``tracker[:input[:psr=<value>]]``, e.g. ``csrt:fused:psr=0``, ``kcf:rgb``, ``mil``."""
-    parts = [p.strip() for p in text.strip().lower().split(":")]
+    parts = [p.strip() for p in text.strip().lower().split(':')]
     if not parts or not parts[0] or len(parts) > 3:
-        raise ValueError(f"expected tracker[:input[:psr=<value>]] (e.g. csrt:fused:psr=0), got {text!r}")
-    kwargs: dict = {"tracker": parts[0]}
+        raise ValueError(f'expected tracker[:input[:psr=<value>]] (e.g. csrt:fused:psr=0), got {text!r}')
+    kwargs: dict = {'tracker': parts[0]}
     if len(parts) > 1 and parts[1]:
-        kwargs["input"] = parts[1]
+        kwargs['input'] = parts[1]
     if len(parts) > 2:
-        key, _, value = parts[2].partition("=")
-        if key != "psr" or not value:
-            raise ValueError(f"expected psr=<value> after the input in {text!r}")
+        key, _, value = parts[2].partition('=')
+        if key != 'psr' or not value:
+            raise ValueError(f'expected psr=<value> after the input in {text!r}')
         try:
-            kwargs["psr_threshold"] = float(value)
+            kwargs['psr_threshold'] = float(value)
         except ValueError:
-            raise ValueError(f"psr value in {text!r} is not a number") from None
+            raise ValueError(f'psr value in {text!r} is not a number') from None
     return BaselineOptions(**kwargs)

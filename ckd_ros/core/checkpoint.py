@@ -29,11 +29,11 @@ from torch import nn
 
 from ckd_ros.core.atomic import atomic_write
 
-INFERENCE_PREFIXES = ("rgb_branch.", "tir_branch.", "box_head.")
+INFERENCE_PREFIXES = ('rgb_branch.', 'tir_branch.', 'box_head.')
 # training-only parts of a CKD checkpoint's ``net`` that the tracker ignores
-TRAINING_ONLY_PREFIXES = ("teacher_rgb.", "teacher_tir.", "box_head_v.", "box_head_i.")
+TRAINING_ONLY_PREFIXES = ('teacher_rgb.', 'teacher_tir.', 'box_head_v.', 'box_head_i.')
 # never read at inference: taken from the file when present, zero-filled when absent
-OPTIONAL_SUFFIXES = (".cls_token", ".pos_embed", "num_batches_tracked")
+OPTIONAL_SUFFIXES = ('.cls_token', '.pos_embed', 'num_batches_tracked')
 
 
 class CheckpointError(ValueError):
@@ -50,17 +50,17 @@ class PickledTrainingObject:
         if isinstance(state, dict):
             self.__dict__.update(state)
         else:
-            self.__dict__["state"] = state
+            self.__dict__['state'] = state
 
     def __repr__(self) -> str:
-        return f"<stand-in {self.official_name}: {sorted(self.__dict__)}>"
+        return f'<stand-in {self.official_name}: {sorted(self.__dict__)}>'
 
     def to_dict(self) -> dict:
         return {k: v.to_dict() if isinstance(v, PickledTrainingObject) else v for k, v in self.__dict__.items()}
 
 
 def _stand_in(official_name: str) -> type:
-    cls = type(official_name.rsplit(".", 1)[1], (PickledTrainingObject,), {"official_name": official_name})
+    cls = type(official_name.rsplit('.', 1)[1], (PickledTrainingObject,), {'official_name': official_name})
     cls.__module__ = __name__
     return cls
 
@@ -73,7 +73,7 @@ def _stand_in(official_name: str) -> type:
 MAX_INFLATE_RATIO = 100          # declared / compressed size of the compressed records, all together
 MAX_INFLATED_BYTES = 4 << 30     # absolute cap on what the compressed records may inflate to
 _RATIO_FREE_BYTES = 1 << 20      # below this much inflated data the ratio is not applied (tiny records)
-_ZIP_MAGIC = b"PK\x03\x04"     # what torch.load looks at to read a file as a zip checkpoint
+_ZIP_MAGIC = b'PK\x03\x04'     # what torch.load looks at to read a file as a zip checkpoint
 # How many pickles of a legacy (pre-1.6, non-zip) file to scan for globals: magic number, protocol,
 # system info, the object, the storage keys; raw tensor bytes follow.
 _LEGACY_PICKLES = 5
@@ -82,26 +82,26 @@ _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 # Official pickled names -> stand-in classes (the only non-tensor classes a checkpoint may name).
 STAND_IN_CLASSES: dict[str, type] = {name: _stand_in(name) for name in (
-    "lib.train.admin.settings.Settings",
-    "lib.train.admin.stats.AverageMeter",
-    "lib.train.admin.stats.StatValue",
-    "lib.train.admin.local.EnvironmentSettings",
+    'lib.train.admin.settings.Settings',
+    'lib.train.admin.stats.AverageMeter',
+    'lib.train.admin.stats.StatValue',
+    'lib.train.admin.local.EnvironmentSettings',
 )}
-STAND_IN_CLASSES["argparse.Namespace"] = _stand_in("argparse.Namespace")  # MAE pretraining files store args
+STAND_IN_CLASSES['argparse.Namespace'] = _stand_in('argparse.Namespace')  # MAE pretraining files store args
 
 
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """``torch.load`` of ``path`` on the CPU with the restricted unpickler described above."""
     if not str(path).strip():
-        raise FileNotFoundError("checkpoint path is empty: name a checkpoint file")
+        raise FileNotFoundError('checkpoint path is empty: name a checkpoint file')
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise FileNotFoundError(f'checkpoint {path} does not exist' + (' (it is a folder)' if path.is_dir() else ''))
     _verify_zip(path)
     allowed = [(cls, name) for name, cls in STAND_IN_CLASSES.items()]
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unsafe_reason(str(exc))
         if reason is None:
@@ -111,7 +111,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
             unsafe = _unsafe_globals(path)
             if unsafe:
                 reason = f"it names {', '.join(unsafe[:5])}{' ...' if len(unsafe) > 5 else ''}"
-            elif "Unsupported operand" in str(exc) and (protocol := _pickle_protocol(path)) >= 4:
+            elif 'Unsupported operand' in str(exc) and (protocol := _pickle_protocol(path)) >= 4:
                 raise CheckpointError(
                     f"refusing to load {path}: its pickle uses protocol {protocol} opcodes that the restricted "
                     f"loader does not read ({_torch_detail(exc)}); no unsafe global was found in it: ask for a file "
@@ -138,7 +138,7 @@ def _verify_zip(path: Path) -> None:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         try:
-            with open(path, "rb") as handle:
+            with open(path, 'rb') as handle:
                 looks_zip = handle.read(4) == _ZIP_MAGIC
         except OSError:
             return   # unreadable: torch.load reports it
@@ -159,8 +159,8 @@ def _verify_zip(path: Path) -> None:
             except zipfile.BadZipFile as exc:
                 if 'CRC' not in str(exc):
                     return   # damaged structure: torch.load reports it
-                raise CheckpointError(f"{path} is corrupt: its record {info.filename} ({info.file_size} bytes) fails "
-                                      "its CRC-32 check (a damaged copy or download: copy it again)") from None
+                raise CheckpointError(f'{path} is corrupt: its record {info.filename} ({info.file_size} bytes) fails '
+                                      'its CRC-32 check (a damaged copy or download: copy it again)') from None
             except (OSError, EOFError, ValueError, NotImplementedError):
                 return
 
@@ -172,68 +172,68 @@ def _check_zip_sizes(path: Path, archive: zipfile.ZipFile) -> None:
     infos = archive.infolist()
 
     def refuse(why: str) -> CheckpointError:
-        return CheckpointError(f"refusing to load {path} ({file_size} bytes): {why}; a damaged file or a "
-                               "decompression bomb, nothing was decompressed")
+        return CheckpointError(f'refusing to load {path} ({file_size} bytes): {why}; a damaged file or a '
+                               'decompression bomb, nothing was decompressed')
 
     stored_total = compressed_total = inflated_total = 0
     for info in infos:
         if info.header_offset + info.compress_size > file_size:
-            raise refuse(f"its zip record {info.filename} claims {info.compress_size} bytes at offset "
-                         f"{info.header_offset}, past the end of the file")
+            raise refuse(f'its zip record {info.filename} claims {info.compress_size} bytes at offset '
+                         f'{info.header_offset}, past the end of the file')
         if info.compress_type == zipfile.ZIP_STORED:
             if info.file_size != info.compress_size:
-                raise refuse(f"its stored (uncompressed) zip record {info.filename} declares {info.file_size} "
-                             f"bytes but holds {info.compress_size}")
+                raise refuse(f'its stored (uncompressed) zip record {info.filename} declares {info.file_size} '
+                             f'bytes but holds {info.compress_size}')
             stored_total += info.compress_size
         else:
             compressed_total += info.compress_size
             inflated_total += info.file_size
     if stored_total + compressed_total > file_size:
-        raise refuse(f"its {len(infos)} zip records declare {stored_total + compressed_total} bytes of data, more "
-                     "than the file holds (records overlap)")
+        raise refuse(f'its {len(infos)} zip records declare {stored_total + compressed_total} bytes of data, more '
+                     'than the file holds (records overlap)')
     if inflated_total > MAX_INFLATED_BYTES:
-        raise refuse(f"its compressed zip records declare {inflated_total} bytes uncompressed, over the cap of "
-                     f"{MAX_INFLATED_BYTES} bytes")
+        raise refuse(f'its compressed zip records declare {inflated_total} bytes uncompressed, over the cap of '
+                     f'{MAX_INFLATED_BYTES} bytes')
     if inflated_total > _RATIO_FREE_BYTES and inflated_total > MAX_INFLATE_RATIO * compressed_total:
-        raise refuse(f"its compressed zip records declare {inflated_total} bytes uncompressed from "
-                     f"{compressed_total} bytes (ratio {inflated_total / max(compressed_total, 1):.0f}, "
-                     f"limit {MAX_INFLATE_RATIO}; torch itself writes uncompressed records)")
+        raise refuse(f'its compressed zip records declare {inflated_total} bytes uncompressed from '
+                     f'{compressed_total} bytes (ratio {inflated_total / max(compressed_total, 1):.0f}, '
+                     f'limit {MAX_INFLATE_RATIO}; torch itself writes uncompressed records)')
 
 
 # Lines of torch's weights-only unpickler errors that mean "this pickle wants to run/instantiate code".
-_UNSAFE_MARKERS = ("Unsupported global", "unrecognized function", "Can only", "blocked", "was not an allowed global")
+_UNSAFE_MARKERS = ('Unsupported global', 'unrecognized function', 'Can only', 'blocked', 'was not an allowed global')
 # Parts of torch.load's error text that are advice, not the problem: torch says that weights_only=False
 # "will likely succeed" (it would run the pickle's code) or how to allow-list a global.  Never repeated.
-_ADVICE_MARKERS = ("weights_only", "Weights only load failed", "Please file an issue", "Check the documentation",
-                   "add_safe_globals", "safe_globals(")
+_ADVICE_MARKERS = ('weights_only', 'Weights only load failed', 'Please file an issue', 'Check the documentation',
+                   'add_safe_globals', 'safe_globals(')
 
 
 def _unsafe_reason(message: str) -> str | None:
     for line in message.splitlines():
         if any(marker in line for marker in _UNSAFE_MARKERS):
-            return line.split(" Please use", 1)[0].strip()
+            return line.split(' Please use', 1)[0].strip()
     return None
 
 
 def _torch_detail(exc: BaseException) -> str:
     """The first line of torch.load's error that states the problem, without torch's advice."""
     for line in str(exc).splitlines():
-        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        line = line.strip().removeprefix('WeightsUnpickler error:').strip()
         if line and not any(marker in line for marker in _ADVICE_MARKERS):
             return line
-    return ""
+    return ''
 
 
 def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(f"{path} ({path.stat().st_size} bytes) is truncated or not a torch checkpoint: "
-                           f"{type(exc).__name__}: {_torch_detail(exc)}")
+    return CheckpointError(f'{path} ({path.stat().st_size} bytes) is truncated or not a torch checkpoint: '
+                           f'{type(exc).__name__}: {_torch_detail(exc)}')
 
 
 # ---- what a pickle names, without unpickling it ------------------------------------------------------
 
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
-_NO_PUSH_OPS = {"PROTO", "FRAME", "STOP", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "POP", "POP_MARK",
-                "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS", "BUILD", "MARK"}
+_STRING_OPS = {'SHORT_BINUNICODE', 'BINUNICODE', 'BINUNICODE8', 'UNICODE', 'STRING', 'BINSTRING', 'SHORT_BINSTRING'}
+_NO_PUSH_OPS = {'PROTO', 'FRAME', 'STOP', 'MEMOIZE', 'PUT', 'BINPUT', 'LONG_BINPUT', 'POP', 'POP_MARK',
+                'SETITEM', 'SETITEMS', 'APPEND', 'APPENDS', 'ADDITEMS', 'BUILD', 'MARK'}
 
 
 def _scan_globals(stream, found: list[str]) -> None:
@@ -244,21 +244,21 @@ def _scan_globals(stream, found: list[str]) -> None:
     memo: dict = {}
     for opcode, arg, _ in pickletools.genops(stream):
         name = opcode.name
-        if name in ("GLOBAL", "INST"):
-            found.append(".".join(str(arg).split(" ", 1)))
+        if name in ('GLOBAL', 'INST'):
+            found.append('.'.join(str(arg).split(' ', 1)))
             pushed.append(None)
-        elif name == "STACK_GLOBAL":
+        elif name == 'STACK_GLOBAL':
             module, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
-            found.append(f"{module}.{attr}" if isinstance(module, str) and isinstance(attr, str)
-                         else "<a global whose name is computed>")
+            found.append(f'{module}.{attr}' if isinstance(module, str) and isinstance(attr, str)
+                         else '<a global whose name is computed>')
             pushed.append(None)
         elif name in _STRING_OPS:
-            pushed.append(arg if isinstance(arg, str) else arg.decode("latin-1") if isinstance(arg, bytes) else None)
-        elif name == "MEMOIZE":
+            pushed.append(arg if isinstance(arg, str) else arg.decode('latin-1') if isinstance(arg, bytes) else None)
+        elif name == 'MEMOIZE':
             memo[len(memo)] = pushed[-1] if pushed else None
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+        elif name in ('PUT', 'BINPUT', 'LONG_BINPUT'):
             memo[arg] = pushed[-1] if pushed else None
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
+        elif name in ('GET', 'BINGET', 'LONG_BINGET'):
             pushed.append(memo.get(arg))
         elif name not in _NO_PUSH_OPS:
             pushed.append(None)
@@ -282,7 +282,7 @@ def _allowed_globals() -> set[str]:
 
 def _zip_pickle_name(archive: zipfile.ZipFile) -> str | None:
     """The record torch.load unpickles in a zip checkpoint (``<folder>/data.pkl``)."""
-    return next((n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+    return next((n for n in archive.namelist() if n == 'data.pkl' or n.endswith('/data.pkl')), None)
 
 
 def _pickled_globals(path: Path) -> list[str]:
@@ -298,7 +298,7 @@ def _pickled_globals(path: Path) -> list[str]:
                     with archive.open(name) as handle:
                         _scan_globals(handle, found)
             return found
-        with open(path, "rb") as handle:
+        with open(path, 'rb') as handle:
             _scan_globals(handle, found)
             if found:
                 return found          # a raw pickle (not torch's legacy layout) naming globals
@@ -332,7 +332,7 @@ def _pickle_protocol(path: Path) -> int:
                 with archive.open(name) as handle:
                     head = handle.read(2)
         else:
-            with open(path, "rb") as handle:
+            with open(path, 'rb') as handle:
                 head = handle.read(2)
     except Exception:
         return 0
@@ -340,20 +340,21 @@ def _pickle_protocol(path: Path) -> int:
 
 
 def _as_state_dict(obj: Any, source: str) -> Mapping[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and "net" in obj:
-        obj = obj["net"]
+    if isinstance(obj, Mapping) and 'net' in obj:
+        obj = obj['net']
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{source}: expected a checkpoint dict with 'net' or a state dict, got {type(obj).__name__}")
+        raise CheckpointError(f"{source}: expected a checkpoint dict with 'net' or a state dict, "
+                              f'got {type(obj).__name__}')
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{source}: not a state dict (non-tensor entries: {bad[:8]})")
+        raise CheckpointError(f'{source}: not a state dict (non-tensor entries: {bad[:8]})')
     return obj
 
 
 def strip_module_prefix(state: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
     """``state`` without the ``module.`` key prefix of DDP wrappers (the official trainer unwraps before
     saving, but other tools may not)."""
-    return OrderedDict((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+    return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state.items())
 
 
 def _is_optional(key: str) -> bool:
@@ -368,7 +369,7 @@ def _all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint") -> "OrderedDict[str, torch.Tensor]":
+def inference_state_dict(raw: Any, model: nn.Module, source: str = 'checkpoint') -> "OrderedDict[str, torch.Tensor]":
     """Map a checkpoint object (``{'net': ...}`` or a plain state dict) onto ``model``'s keys.
 
     Keeps ``rgb_branch.*``, ``tir_branch.*``, ``box_head.*`` (an optional ``module.`` prefix is
@@ -390,21 +391,23 @@ def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint")
         if missing:
             parts.append(f"missing {len(missing)} key(s): {missing[:12]}{' ...' if len(missing) > 12 else ''}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
+            parts.append(f'unexpected {len(unexpected)} key(s): '
+                         f"{unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
         raise CheckpointError(f"{source} does not fit this model ({'; '.join(parts)})")
     out = OrderedDict()
     problems = []
     for key, target in expected.items():
         value = kept.get(key)
         if value is None:
-            out[key] = torch.zeros_like(target, device="cpu")
+            out[key] = torch.zeros_like(target, device='cpu')
             continue
         if tuple(value.shape) != tuple(target.shape):
-            problems.append(f"{key}: shape {tuple(value.shape)} in the file, model needs {tuple(target.shape)}")
+            problems.append(f'{key}: shape {tuple(value.shape)} in the file, model needs {tuple(target.shape)}')
             continue
         if target.is_floating_point():
             if not value.is_floating_point():
-                problems.append(f"{key}: dtype {value.dtype} in the file, model needs a floating tensor ({target.dtype})")
+                problems.append(f'{key}: dtype {value.dtype} in the file, '
+                                f'model needs a floating tensor ({target.dtype})')
                 continue
             # Convert first, then check: float64 weights of 1e300 are finite in the file but inf in the
             # model's float32, and torch.isfinite is not implemented for the float8 types (and wrong for
@@ -417,20 +420,20 @@ def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint")
                                 f"{target.dtype} ({type(exc).__name__})")
                 continue
             if not _all_finite(value):
-                problems.append(f"{key}: contains NaN or infinite values"
+                problems.append(f'{key}: contains NaN or infinite values'
                                 + (f" once converted from the file's {source_dtype} to the model's {target.dtype}"
-                                   if source_dtype != target.dtype else ""))
+                                   if source_dtype != target.dtype else ''))
                 continue
         elif value.is_floating_point() or value.is_complex():
-            problems.append(f"{key}: dtype {value.dtype} in the file, model needs {target.dtype}")
+            problems.append(f'{key}: dtype {value.dtype} in the file, model needs {target.dtype}')
             continue
         out[key] = value.to(target.dtype)
     if problems:
-        raise CheckpointError(f"{source}: {len(problems)} tensor(s) unusable: " + "; ".join(problems[:8])
-                              + (" ..." if len(problems) > 8 else ""))
-    if getattr(model, "shares_student", False):
-        differ = [k for k in out if k.startswith("rgb_branch.") and not _is_optional(k)
-                  and not torch.equal(out[k], out["tir_branch." + k[len("rgb_branch."):]])]
+        raise CheckpointError(f'{source}: {len(problems)} tensor(s) unusable: ' + '; '.join(problems[:8])
+                              + (' ...' if len(problems) > 8 else ''))
+    if getattr(model, 'shares_student', False):
+        differ = [k for k in out if k.startswith('rgb_branch.') and not _is_optional(k)
+                  and not torch.equal(out[k], out['tir_branch.' + k[len('rgb_branch.'):]])]
         if differ:
             raise CheckpointError(f"{source}: the config shares one student for RGB and TIR, but the file's "
                                   f"rgb_branch/tir_branch weights differ ({len(differ)} keys, e.g. {differ[0]}); "
@@ -440,7 +443,7 @@ def inference_state_dict(raw: Any, model: nn.Module, source: str = "checkpoint")
 
 def load_model_weights(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> nn.Module:
     """Load a CKD checkpoint file (or an already loaded object) into ``model`` in place; returns it."""
-    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else 'state dict'
     raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state = inference_state_dict(raw, model, source)
     model.load_state_dict(state, strict=True)
@@ -462,8 +465,8 @@ def _plain(obj: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, net_state_dict: Mapping[str, torch.Tensor], epoch: int = 0,
                     optimizer: Mapping[str, Any] | None = None, stats: Mapping[str, Any] | None = None,
-                    settings: Mapping[str, Any] | None = None, actor_type: str = "OSTrack_CKD_Actor",
-                    net_type: str = "OSTrack_CKD") -> Path:
+                    settings: Mapping[str, Any] | None = None, actor_type: str = 'OSTrack_CKD_Actor',
+                    net_type: str = 'OSTrack_CKD') -> Path:
     """Write a checkpoint in the official layout, atomically (temporary file + rename).
 
     Top-level keys as ``BaseTrainer.save_checkpoint``: ``epoch``, ``actor_type``, ``net_type``,
@@ -474,13 +477,13 @@ def save_checkpoint(path: str | os.PathLike, net_state_dict: Mapping[str, torch.
     """
     path = Path(path)
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-    net = strip_module_prefix(_as_state_dict(net_state_dict, "net_state_dict"))
+        raise ValueError(f'epoch must be a non-negative int, got {epoch!r}')
+    net = strip_module_prefix(_as_state_dict(net_state_dict, 'net_state_dict'))
     payload = {
-        "epoch": epoch, "actor_type": actor_type, "net_type": net_type,
-        "net": OrderedDict((k, v.detach().cpu()) for k, v in net.items()),
-        "net_info": None, "constructor": None,
-        "optimizer": _plain(optimizer), "stats": _plain(stats), "settings": _plain(settings),
+        'epoch': epoch, 'actor_type': actor_type, 'net_type': net_type,
+        'net': OrderedDict((k, v.detach().cpu()) for k, v in net.items()),
+        'net_info': None, 'constructor': None,
+        'optimizer': _plain(optimizer), 'stats': _plain(stats), 'settings': _plain(settings),
     }
     return atomic_write(path, lambda handle: torch.save(payload, handle))
 
@@ -501,7 +504,7 @@ def resize_token_grid(table: torch.Tensor, grid: int, mode: str) -> torch.Tensor
     """Resize a (1, N, C) positional table of a square grid to (1, grid*grid, C) (align_corners False)."""
     side = math.isqrt(table.shape[1])
     if side * side != table.shape[1]:
-        raise CheckpointError(f"positional table with {table.shape[1]} tokens is not a square grid")
+        raise CheckpointError(f'positional table with {table.shape[1]} tokens is not a square grid')
     if side == grid:
         return table
     channels = table.shape[2]
@@ -510,20 +513,20 @@ def resize_token_grid(table: torch.Tensor, grid: int, mode: str) -> torch.Tensor
     return image.permute(0, 2, 3, 1).reshape(1, grid * grid, channels).to(table.dtype)
 
 
-def _unwrap_vit(obj: Any, source: str) -> tuple[str, "OrderedDict[str, torch.Tensor]"]:
+def _unwrap_vit(obj: Any, source: str) -> tuple[str, 'OrderedDict[str, torch.Tensor]']:
     """Detect the layout and return ViT-branch keys without prefixes."""
     if isinstance(obj, Mapping):
-        for wrapper in ("net", "model", "state_dict"):
+        for wrapper in ('net', 'model', 'state_dict'):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
                 obj = obj[wrapper]
                 break
     state = strip_module_prefix(_as_state_dict(obj, source))
-    if any(k.startswith("backbone.") for k in state):
-        layout = "dropmae_track" if any(k.startswith("backbone.temporal_pos_embed") for k in state) else "ostrack"
-        return layout, OrderedDict((k[len("backbone."):], v) for k, v in state.items() if k.startswith("backbone."))
-    if any(k.startswith(("rgb_branch.", "tir_branch.")) for k in state):
-        raise CheckpointError(f"{source} is a CKD checkpoint; load it with load_model_weights")
-    layout = "mae" if any(k.startswith(("decoder_", "mask_token")) for k in state) else "timm"
+    if any(k.startswith('backbone.') for k in state):
+        layout = 'dropmae_track' if any(k.startswith('backbone.temporal_pos_embed') for k in state) else 'ostrack'
+        return layout, OrderedDict((k[len('backbone.'):], v) for k, v in state.items() if k.startswith('backbone.'))
+    if any(k.startswith(('rgb_branch.', 'tir_branch.')) for k in state):
+        raise CheckpointError(f'{source} is a CKD checkpoint; load it with load_model_weights')
+    layout = 'mae' if any(k.startswith(('decoder_', 'mask_token')) for k in state) else 'timm'
     return layout, state
 
 
@@ -543,50 +546,51 @@ def load_vit_weights(branch: nn.Module, source: str | os.PathLike | Mapping[str,
 
     Every branch parameter except ``cls_token``/``pos_embed`` must be filled, else CheckpointError.
     """
-    src = str(source) if isinstance(source, (str, os.PathLike)) else "ViT weights"
+    src = str(source) if isinstance(source, (str, os.PathLike)) else 'ViT weights'
     raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     layout, state = _unwrap_vit(raw, src)
     report = WeightImport(layout=layout)
     target = branch.state_dict()
     new: dict[str, torch.Tensor] = {}
-    if "norm.weight" not in state and "fc_norm.weight" in state:
-        state["norm.weight"], state["norm.bias"] = state.pop("fc_norm.weight"), state.pop("fc_norm.bias")
+    if 'norm.weight' not in state and 'fc_norm.weight' in state:
+        state['norm.weight'], state['norm.bias'] = state.pop('fc_norm.weight'), state.pop('fc_norm.bias')
     z_grid, x_grid = branch.template_feat_size, branch.search_feat_size
-    if layout in ("timm", "mae"):
-        if "pos_embed" not in state:
-            raise CheckpointError(f"{src}: no pos_embed in a {layout} ViT file")
-        grid_table = state["pos_embed"][:, 1:]
-        new["pos_embed_z"] = resize_token_grid(grid_table, z_grid, "bicubic")
-        new["pos_embed_x"] = resize_token_grid(grid_table, x_grid, "bicubic")
-        report.resized += ["pos_embed_z", "pos_embed_x"]
+    if layout in ('timm', 'mae'):
+        if 'pos_embed' not in state:
+            raise CheckpointError(f'{src}: no pos_embed in a {layout} ViT file')
+        grid_table = state['pos_embed'][:, 1:]
+        new['pos_embed_z'] = resize_token_grid(grid_table, z_grid, 'bicubic')
+        new['pos_embed_x'] = resize_token_grid(grid_table, x_grid, 'bicubic')
+        report.resized += ['pos_embed_z', 'pos_embed_x']
     else:
-        for name, grid in (("pos_embed_z", z_grid), ("pos_embed_x", x_grid)):
+        for name, grid in (('pos_embed_z', z_grid), ('pos_embed_x', x_grid)):
             if name not in state:
-                raise CheckpointError(f"{src}: tracker file without backbone.{name}")
+                raise CheckpointError(f'{src}: tracker file without backbone.{name}')
             table = state[name]
             if table.shape[1] != grid * grid:
-                table = resize_token_grid(table, grid, "bilinear")
+                table = resize_token_grid(table, grid, 'bilinear')
                 report.resized.append(name)
-            temporal = state.get("temporal_" + name)
+            temporal = state.get('temporal_' + name)
             if temporal is not None:
-                table = table + (resize_token_grid(temporal, grid, "bilinear") if temporal.shape[1] != grid * grid
+                table = table + (resize_token_grid(temporal, grid, 'bilinear') if temporal.shape[1] != grid * grid
                                  else temporal)
             new[name] = table
     for key, value in state.items():
-        if key in ("pos_embed_z", "pos_embed_x") or key.startswith("temporal_pos_embed"):
+        if key in ('pos_embed_z', 'pos_embed_x') or key.startswith('temporal_pos_embed'):
             continue
         if key in target:
             new[key] = value
         else:
             report.ignored.append(key)
-    problems = [f"{k}: {tuple(v.shape)} vs model {tuple(target[k].shape)}" for k, v in new.items()
+    problems = [f'{k}: {tuple(v.shape)} vs model {tuple(target[k].shape)}' for k, v in new.items()
                 if tuple(v.shape) != tuple(target[k].shape)]
     if problems:
-        raise CheckpointError(f"{src}: shapes do not fit this branch (different ViT size?): {problems[:6]}")
+        raise CheckpointError(f'{src}: shapes do not fit this branch (different ViT size?): {problems[:6]}')
     report.missing = [k for k in target if k not in new]
-    required_missing = [k for k in report.missing if k not in ("cls_token", "pos_embed")]
+    required_missing = [k for k in report.missing if k not in ('cls_token', 'pos_embed')]
     if required_missing:
-        raise CheckpointError(f"{src} ({layout} layout) lacks {len(required_missing)} branch key(s): {required_missing[:10]}")
+        raise CheckpointError(f'{src} ({layout} layout) lacks {len(required_missing)} branch key(s): '
+                              f'{required_missing[:10]}')
     with torch.no_grad():
         for key, value in new.items():
             target[key].copy_(value.to(target[key].dtype))
@@ -603,19 +607,19 @@ def load_tracker_head(head: nn.Module, source: str | os.PathLike | Mapping[str, 
     (not halved, as the official code); teacher heads take the file unchanged.  ``duplicate_inputs``
     defaults to "when the channel counts say so".
     """
-    src = str(source) if isinstance(source, (str, os.PathLike)) else "tracker weights"
+    src = str(source) if isinstance(source, (str, os.PathLike)) else 'tracker weights'
     raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
-    if isinstance(raw, Mapping) and "net" in raw:
-        raw = raw["net"]
+    if isinstance(raw, Mapping) and 'net' in raw:
+        raw = raw['net']
     state = strip_module_prefix(_as_state_dict(raw, src))
-    head_state = OrderedDict((k[len("box_head."):], v) for k, v in state.items() if k.startswith("box_head."))
+    head_state = OrderedDict((k[len('box_head.'):], v) for k, v in state.items() if k.startswith('box_head.'))
     if not head_state:
-        raise CheckpointError(f"{src}: no box_head.* keys")
+        raise CheckpointError(f'{src}: no box_head.* keys')
     target = head.state_dict()
     missing = [k for k in target if k not in head_state]
     if missing:
-        raise CheckpointError(f"{src}: box_head lacks {missing[:10]}")
-    report = WeightImport(layout="ostrack_head", ignored=[k for k in head_state if k not in target])
+        raise CheckpointError(f'{src}: box_head lacks {missing[:10]}')
+    report = WeightImport(layout='ostrack_head', ignored=[k for k in head_state if k not in target])
     new = {}
     for key, want in target.items():
         value = head_state[key]
@@ -623,7 +627,7 @@ def load_tracker_head(head: nn.Module, source: str | os.PathLike | Mapping[str, 
             doubled = (value.ndim == 4 and want.ndim == 4 and want.shape[1] == 2 * value.shape[1]
                        and want.shape[0] == value.shape[0] and duplicate_inputs is not False)
             if not doubled:
-                raise CheckpointError(f"{src}: box_head.{key} {tuple(value.shape)} does not fit {tuple(want.shape)}")
+                raise CheckpointError(f'{src}: box_head.{key} {tuple(value.shape)} does not fit {tuple(want.shape)}')
             value = torch.cat([value, value], dim=1)
             report.resized.append(key)
         new[key] = value

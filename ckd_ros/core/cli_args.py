@@ -43,7 +43,7 @@ def number(minimum: float = 0.0, inclusive: bool = False):
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+            bound = f'>= {minimum:g}' if inclusive else f'> {minimum:g}'
             raise argparse.ArgumentTypeError(f'must be a finite number {bound}, got {text!r}')
         return value
     return parse

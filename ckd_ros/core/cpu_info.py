@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-CPUINFO = Path("/proc/cpuinfo")
-SYSFS_CPU = Path("/sys/devices/system/cpu")
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CPUINFO = Path('/proc/cpuinfo')
+SYSFS_CPU = Path('/sys/devices/system/cpu')
+CGROUP_CPU_MAX = Path('/sys/fs/cgroup/cpu.max')
 
 # the flags of each torch.backends.cpu.get_cpu_capability() level (all it tells where /proc/cpuinfo is missing)
 _CAPABILITY_FLAGS = {
-    "AVX512": ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
-    "AVX2": ("avx", "avx2", "fma"),
+    'AVX512': ('avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'),
+    'AVX2': ('avx', 'avx2', 'fma'),
 }
 
 
@@ -43,12 +43,12 @@ class CpuInfo:
     model: str
     flags: frozenset
     source: str          # "/proc/cpuinfo" or "torch.backends.cpu.get_cpu_capability() = AVX2" ...
-    machine: str = ""    # platform.machine(): x86_64, aarch64, arm64 ...
+    machine: str = ''    # platform.machine(): x86_64, aarch64, arm64 ...
 
     def describe(self) -> str:
         """One line for logs and benchmark output: model, class, the flags that matter, source."""
-        relevant = sorted(f for f in self.flags if f.startswith(("avx512_bf16", "avx512_vnni", "amx", "avx2",
-                                                                  "avx512f", "bf16", "i8mm", "asimd")))
+        relevant = sorted(f for f in self.flags if f.startswith(('avx512_bf16', 'avx512_vnni', 'amx', 'avx2',
+                                                                  'avx512f', 'bf16', 'i8mm', 'asimd')))
         return (f"CPU {self.model or '?'} ({self.machine or '?'}), class {cpu_class(self.flags)}; flags "
                 f"{' '.join(relevant) or '(none of interest)'} [from {self.source}]")
 
@@ -56,13 +56,13 @@ class CpuInfo:
 def parse_cpuinfo(text: str) -> tuple[str, frozenset]:
     """``/proc/cpuinfo`` text -> (model name, flags of the first processor).  x86 lists ``flags``,
     ARM ``Features`` (and ``CPU implementer`` instead of a model name)."""
-    model, flags = "", None
+    model, flags = '', None
     for line in text.splitlines():
-        key, _, value = line.partition(":")
+        key, _, value = line.partition(':')
         key = key.strip().lower()
-        if not model and key in ("model name", "cpu model", "hardware"):
+        if not model and key in ('model name', 'cpu model', 'hardware'):
             model = value.strip()
-        elif flags is None and key in ("flags", "features"):
+        elif flags is None and key in ('flags', 'features'):
             flags = frozenset(value.split())
         if model and flags is not None:
             break
@@ -79,18 +79,18 @@ def read_cpu_info(cpuinfo: str | os.PathLike = CPUINFO) -> CpuInfo:
     flag line) from ``torch.backends.cpu.get_cpu_capability()``."""
     machine = platform.machine()
     try:
-        model, flags = parse_cpuinfo(Path(cpuinfo).read_text(errors="replace"))
+        model, flags = parse_cpuinfo(Path(cpuinfo).read_text(errors='replace'))
     except OSError:
-        model, flags = "", frozenset()
+        model, flags = '', frozenset()
     if flags:
         return CpuInfo(model or platform.processor(), flags, str(cpuinfo), machine)
     try:
         import torch
         capability = torch.backends.cpu.get_cpu_capability()
     except Exception:   # noqa: BLE001 - an old torch or a stripped build: no flags at all
-        capability = "unknown"
+        capability = 'unknown'
     return CpuInfo(model or platform.processor(), flags_from_capability(capability),
-                   f"torch.backends.cpu.get_cpu_capability() = {capability}", machine)
+                   f'torch.backends.cpu.get_cpu_capability() = {capability}', machine)
 
 
 def cpu_class(flags: Iterable[str]) -> str:
@@ -101,21 +101,21 @@ def cpu_class(flags: Iterable[str]) -> str:
     Cascade/Ice Lake, AVX-VNNI Alder Lake), ``avx512``, ``avx2`` (AMD Zen 2/3, Haswell..Skylake
     client), ``arm_bf16`` (ARMv8.6 BF16: Graviton 3, Neoverse V1/V2), ``arm`` (NEON), ``generic``."""
     flags = {f.lower() for f in flags}
-    if {"amx_bf16", "amx_tile"} <= flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    if flags & {"avx512_vnni", "avx_vnni"}:
-        return "vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    if "avx2" in flags:
-        return "avx2"
-    if "bf16" in flags:
-        return "arm_bf16"
-    if flags & {"asimd", "neon"}:
-        return "arm"
-    return "generic"
+    if {'amx_bf16', 'amx_tile'} <= flags:
+        return 'amx'
+    if 'avx512_bf16' in flags:
+        return 'avx512_bf16'
+    if flags & {'avx512_vnni', 'avx_vnni'}:
+        return 'vnni'
+    if 'avx512f' in flags:
+        return 'avx512'
+    if 'avx2' in flags:
+        return 'avx2'
+    if 'bf16' in flags:
+        return 'arm_bf16'
+    if flags & {'asimd', 'neon'}:
+        return 'arm'
+    return 'generic'
 
 
 # ---------------------------------------------------------------------------------------------- cores
@@ -134,9 +134,9 @@ def read_topology(cpus: Iterable[int], sysfs: str | os.PathLike = SYSFS_CPU) -> 
     """``{cpu: (physical_package_id, core_id)}`` from sysfs for the CPUs it describes."""
     topology = {}
     for cpu in cpus:
-        folder = Path(sysfs) / f"cpu{cpu}" / "topology"
+        folder = Path(sysfs) / f'cpu{cpu}' / 'topology'
         try:
-            topology[cpu] = (int((folder / "physical_package_id").read_text()), int((folder / "core_id").read_text()))
+            topology[cpu] = (int((folder / 'physical_package_id').read_text()), int((folder / 'core_id').read_text()))
         except (OSError, ValueError):
             continue
     return topology
@@ -145,7 +145,7 @@ def read_topology(cpus: Iterable[int], sysfs: str | os.PathLike = SYSFS_CPU) -> 
 def parse_cgroup_cpu_max(text: str) -> float | None:
     """cgroup v2 ``cpu.max`` (``"max 100000"`` or ``"150000 100000"``) -> CPUs' worth of time, None = no limit."""
     parts = text.split()
-    if len(parts) != 2 or parts[0] == "max":
+    if len(parts) != 2 or parts[0] == 'max':
         return None
     try:
         quota, period = int(parts[0]), int(parts[1])
@@ -171,15 +171,15 @@ class Cores:
     def describe(self) -> str:
         text = f"{self.logical} CPU(s) in this process's affinity"
         if self.physical and self.physical != self.logical:
-            text += f" on {self.physical} physical core(s)"
+            text += f' on {self.physical} physical core(s)'
         if self.quota:
-            text += f", cgroup quota {self.quota:g} CPU(s)"
+            text += f', cgroup quota {self.quota:g} CPU(s)'
         return text
 
 
 def read_cores(cgroup_cpu_max: str | os.PathLike = CGROUP_CPU_MAX, sysfs: str | os.PathLike = SYSFS_CPU) -> Cores:
     """The CPUs available to this process (affinity, physical cores, cgroup quota)."""
-    if hasattr(os, "sched_getaffinity"):
+    if hasattr(os, 'sched_getaffinity'):
         cpus = sorted(os.sched_getaffinity(0))
     else:   # macOS, Windows: no affinity call
         cpus = list(range(os.cpu_count() or 1))
@@ -198,7 +198,7 @@ SMALL_MACHINE_CORES = 2
 # cap of the automatic choice: batch-1 inference parallelises over one image pair; not measured
 # beyond 2 cores here, the cap keeps a many-core server from being taken over by one tracker
 MAX_AUTO_THREADS = 8
-PASSIVE = "PASSIVE"
+PASSIVE = 'PASSIVE'
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ class ThreadChoice:
         return iter((self.threads, self.reason))
 
     def log_line(self) -> str:
-        return f"torch_threads: {self.threads} ({self.reason})"
+        return f'torch_threads: {self.threads} ({self.reason})'
 
 
 def decide_threads(requested: int, cores: Cores) -> ThreadChoice:
@@ -229,21 +229,21 @@ def decide_threads(requested: int, cores: Cores) -> ThreadChoice:
       parallel regions: a little wake-up latency, no stolen cycles; not measured beyond 2 cores).
     """
     if requested < 0:
-        raise ValueError(f"torch_threads must be >= 0 (0 = choose), got {requested}")
+        raise ValueError(f'torch_threads must be >= 0 (0 = choose), got {requested}')
     usable = cores.usable
     if requested > 0:
-        reason = f"requested; {cores.describe()}"
+        reason = f'requested; {cores.describe()}'
         if requested > usable:
-            reason += f": {requested} threads on {usable} usable core(s) oversubscribe them (slower under load)"
+            reason += f': {requested} threads on {usable} usable core(s) oversubscribe them (slower under load)'
         return ThreadChoice(requested, None, reason)
     if usable <= SMALL_MACHINE_CORES:
-        return ThreadChoice(1, PASSIVE, f"auto: {cores.describe()}, {usable} usable: other processes share so few "
-                                        "cores, and a second OpenMP thread collapses when they are busy; "
-                                        "1 thread was fastest in every node run on 2 cores")
+        return ThreadChoice(1, PASSIVE, f'auto: {cores.describe()}, {usable} usable: other processes share so few '
+                                        'cores, and a second OpenMP thread collapses when they are busy; '
+                                        '1 thread was fastest in every node run on 2 cores')
     threads = min(usable - 1, MAX_AUTO_THREADS)
-    capped = " (capped)" if threads < usable - 1 else ""
-    return ThreadChoice(threads, PASSIVE, f"auto: {cores.describe()}, {usable} usable: {threads}{capped}, "
-                                          "one core left for the executor, image conversion and DDS")
+    capped = ' (capped)' if threads < usable - 1 else ''
+    return ThreadChoice(threads, PASSIVE, f'auto: {cores.describe()}, {usable} usable: {threads}{capped}, '
+                                          'one core left for the executor, image conversion and DDS')
 
 
 def choose_threads(requested: int) -> ThreadChoice:
@@ -263,7 +263,7 @@ def wait_policy_note(choice: ThreadChoice, environ: Mapping[str, str] | None = N
     environ = os.environ if environ is None else environ
     if choice.wait_policy is None or choice.threads <= 1:
         return None
-    current = environ.get("OMP_WAIT_POLICY", "")
+    current = environ.get('OMP_WAIT_POLICY', '')
     if current.strip().upper() == choice.wait_policy:
         return None
     return (f"OMP_WAIT_POLICY is {current or 'unset'}: idle OpenMP threads of the {choice.threads} spin before "

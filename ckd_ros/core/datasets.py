@@ -710,7 +710,7 @@ def _visible_infrared_kind(root: Path, names: list[str], benchmark: str | None) 
     if markers:
         strong.append((f'LasHeR\'s {", ".join(markers)} at the root', {'lasher'}))
     if (root / 'attr_txt').is_dir():
-        strong.append(('RGBT210/234\'s attr_txt/ at the root', {'rgbt210', 'rgbt234'}))
+        strong.append(("RGBT210/234's attr_txt/ at the root", {'rgbt210', 'rgbt234'}))
     candidates = set(VISIBLE_INFRARED_KINDS)
     for _, kinds in strong:
         candidates &= kinds

@@ -74,7 +74,8 @@ def tracker_thermal(thermal: np.ndarray, encoding: str | None, gain) -> np.ndarr
     return thermal_image_to_rgb8(thermal, encoding, gain).image
 
 
-def dataset_sources(dataset: datasets.Dataset, names: Iterable[str] | None, gain, max_frames: int | None) -> Iterator[FrameSource]:
+def dataset_sources(dataset: datasets.Dataset, names: Iterable[str] | None, gain,
+                    max_frames: int | None) -> Iterator[FrameSource]:
     for name in (list(names) if names is not None else dataset.names):
         try:
             seq = dataset[name]
@@ -107,7 +108,8 @@ def _unopened_frames(error: Exception) -> Callable[[], Iterator[tuple[np.ndarray
 
 
 def _truncate_gt(gt: datasets.GroundTruth, count: int) -> datasets.GroundTruth:
-    cut = lambda a: None if a is None else a[:count]
+    def cut(a):
+        return None if a is None else a[:count]
     return datasets.GroundTruth(gt.boxes[:count], cut(gt.rgb), cut(gt.thermal), gt.attributes)
 
 
@@ -145,7 +147,8 @@ def bag_ground_truth(records: bagio.GroundTruthRecords, max_frames: int | None =
     bags carry (``<gt topic>/rgb``, ``/thermal``; the rgbt234 and gtot protocols need them)."""
     if not len(records.boxes):
         return None
-    cut = lambda a: None if a is None else a[:max_frames]
+    def cut(a):
+        return None if a is None else a[:max_frames]
     return datasets.GroundTruth(cut(records.boxes), cut(records.rgb), cut(records.thermal))
 
 
@@ -311,7 +314,7 @@ def bags_protocol(bags: dict[str, Path], benchmark: str | None) -> tuple[str, di
         kind = kinds.pop() if len(kinds) == 1 else ''
         benchmark = DEFAULT_BENCHMARK.get(kind, 'generic')
         if kind in DEFAULT_BENCHMARK:
-            print(f'benchmark {benchmark}: the protocol of the bags\' dataset ({kind}); --benchmark chooses another')
+            print(f"benchmark {benchmark}: the protocol of the bags' dataset ({kind}); --benchmark chooses another")
         elif len(kinds) > 1:
             print(f'benchmark generic: the bags come from several datasets ({", ".join(sorted(kinds - {""}))}); '
                   '--benchmark chooses one')
@@ -381,7 +384,8 @@ def resolve_tracker(args) -> baselines.BaselineOptions | None:
     """Check the tracker options of ``run`` and fill in the CKD defaults; the OpenCV baseline's options
     (None for CKD). Refuses (CliError) options of the other kind of tracker, and a baseline that the
     installed OpenCV lacks (naming the package to install), before anything is read or written."""
-    flag = lambda name: '--' + name.replace('_', '-')
+    def flag(name):
+        return '--' + name.replace('_', '-')
     if args.tracker == 'ckd':
         given = [flag(n) for n in BASELINE_ONLY_OPTIONS if getattr(args, n) is not None]
         if given:
@@ -447,7 +451,8 @@ def manifest_differences(old: dict, new: dict) -> list[str]:
     if a.get('checkpoint_sha256') and a.get('checkpoint_sha256') == b.get('checkpoint_sha256'):
         a.pop('checkpoint', None)   # the same weights, moved or copied elsewhere
         b.pop('checkpoint', None)
-    short = lambda v: f'{v[:12]}...' if isinstance(v, str) and len(v) == 64 else repr(v)
+    def short(v):
+        return f'{v[:12]}...' if isinstance(v, str) and len(v) == 64 else repr(v)
     return [f'{k}: {short(a.get(k))} -> {short(b.get(k))}' for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
@@ -483,11 +488,11 @@ def check_run_manifest(result_dir: Path, manifest: dict, this_run: list[str],
     if not finished:
         return True, []                  # nothing of the old settings to mix with
     if not overwrite:
-        raise CliError(f'{problem}; resuming would report them as this run\'s. Pass the same options to resume, '
+        raise CliError(f"{problem}; resuming would report them as this run's. Pass the same options to resume, "
                        '--overwrite to track every sequence again with these, or another --results folder')
     others = [n for n in finished if n not in this_run]
     if others:
-        raise CliError(f'{problem}; --overwrite would track only this run\'s sequences again and leave '
+        raise CliError(f"{problem}; --overwrite would track only this run's sequences again and leave "
                        f'{", ".join(others[:10])}{" ..." if len(others) > 10 else ""} from the old settings. '
                        'Run every sequence (without --sequences), or use another --results folder')
     return True, finished
@@ -677,7 +682,7 @@ def output_target_topic(bag: Path, gt_topic: str) -> str:
         return DEFAULT_TARGET_TOPIC      # none: read_targets names the missing topic
     if len(candidates) > 1:
         raise CliError(f'{bag} has several tracker outputs ({", ".join(candidates)}); choose one with --target-topic')
-    print(f'target topic {candidates[0]} (the bag\'s only tracker output; --target-topic chooses another)')
+    print(f"target topic {candidates[0]} (the bag's only tracker output; --target-topic chooses another)")
     return candidates[0]
 
 
@@ -690,7 +695,7 @@ def check_target_topic(bag: Path, topic: str) -> None:
     listing = ', '.join(f'{name} ({kind})' for name, kind in sorted(topics.items())) or 'none'
     what = f'its {topic} is a {topics[topic]} topic' if topic in topics else f'it has no topic {topic}'
     raise CliError(f'{bag}: no tracker output to score: {what}. Its topics: {listing}. --target-topic names the '
-                   f'node\'s {bagio.TARGET_TYPE} output')
+                   f"node's {bagio.TARGET_TYPE} output")
 
 
 def cmd_score_bag(args) -> int:
@@ -846,7 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--name', help='run name in tables and plots')
     s.add_argument('--no-attributes', dest='attributes', action='store_false', help='skip the per-attribute tables')
     s.add_argument('--tracker-prefix', metavar='NAME',
-                   help='results as trackers publish them: NAME_<seq>.txt (the toolkit\'s prefix=; default: found '
+                   help="results as trackers publish them: NAME_<seq>.txt (the toolkit's prefix=; default: found "
                         'from the file names when there are no <seq>_time.txt files)')
     s.set_defaults(func=cmd_score)
 
@@ -865,8 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser('score-bag', help='score an output bag recorded by ckd-bag play')
     b.add_argument('bag')
-    b.add_argument('--target-topic', help=f'the node\'s TrackedTarget output (default: {DEFAULT_TARGET_TOPIC}, or '
-                                          'the bag\'s only TrackedTarget topic besides the ground truth)')
+    b.add_argument('--target-topic', help=f"the node's TrackedTarget output (default: {DEFAULT_TARGET_TOPIC}, or "
+                                          "the bag's only TrackedTarget topic besides the ground truth)")
     b.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
     b.add_argument('--benchmark', choices=metrics.BENCHMARKS,
                    help='protocol (default: that of the dataset the played bag was converted from, else generic)')

@@ -36,16 +36,16 @@ class CropWindow:
         return self.y1 + self.size
 
 
-def validate_box(box: Sequence[float], name: str = "box") -> tuple[float, float, float, float]:
+def validate_box(box: Sequence[float], name: str = 'box') -> tuple[float, float, float, float]:
     """``box`` as 4 finite floats with positive width and height, else ValueError."""
     try:
         values = tuple(float(v) for v in box)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be 4 numbers (x, y, w, h), got {box!r}") from None
+        raise ValueError(f'{name} must be 4 numbers (x, y, w, h), got {box!r}') from None
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name} must be 4 finite numbers (x, y, w, h), got {box!r}")
+        raise ValueError(f'{name} must be 4 finite numbers (x, y, w, h), got {box!r}')
     if values[2] <= 0 or values[3] <= 0:
-        raise ValueError(f"{name} must have positive width and height, got {box!r}")
+        raise ValueError(f'{name} must have positive width and height, got {box!r}')
     return values
 
 
@@ -60,7 +60,7 @@ def crop_window(box: Sequence[float], factor: float, image_height: int, image_wi
     x, y, w, h = validate_box(box)
     size = math.ceil(math.sqrt(w * h) * factor)
     if size < 1:
-        raise ValueError(f"box {tuple(box)} is too small for a crop (factor {factor})")
+        raise ValueError(f'box {tuple(box)} is too small for a crop (factor {factor})')
     x1 = round(x + 0.5 * w - size * 0.5)
     y1 = round(y + 0.5 * h - size * 0.5)
     return CropWindow(x1=x1, y1=y1, size=size,
@@ -81,7 +81,7 @@ def sample_target(image: np.ndarray, box: Sequence[float], factor: float, output
     top, bottom = win.y1 + win.pad_top, win.y2 - win.pad_bottom
     left, right = win.x1 + win.pad_left, win.x2 - win.pad_right
     if bottom <= top or right <= left or bottom <= 0 or right <= 0:
-        raise ValueError(f"the crop around box {tuple(box)} does not overlap the {width}x{height} image")
+        raise ValueError(f'the crop around box {tuple(box)} does not overlap the {width}x{height} image')
     crop = image[top:bottom, left:right]
     if win.pad_top or win.pad_bottom or win.pad_left or win.pad_right:
         crop = cv2.copyMakeBorder(crop, win.pad_top, win.pad_bottom, win.pad_left, win.pad_right,
@@ -122,7 +122,7 @@ def clip_box(box: Sequence[float], height: int, width: int, margin: float = 0) -
     """
     x1, y1, w, h = box
     if not all(math.isfinite(v) for v in (x1, y1, w, h)):
-        raise ValueError(f"cannot clip a non-finite box {tuple(box)} (the network output was NaN or infinite)")
+        raise ValueError(f'cannot clip a non-finite box {tuple(box)} (the network output was NaN or infinite)')
     x2, y2 = x1 + w, y1 + h
     x1 = min(max(0, x1), width - margin)
     x2 = min(max(margin, x2), width)

@@ -318,7 +318,8 @@ def evaluate(benchmark: str, results: Mapping[str, np.ndarray], ground_truth: Ma
     return _aggregate(key, per_seq)
 
 
-def attribute_breakdown(score: BenchmarkScore, attributes: Mapping[str, SequenceType[str]]) -> dict[str, BenchmarkScore]:
+def attribute_breakdown(score: BenchmarkScore,
+                        attributes: Mapping[str, SequenceType[str]]) -> dict[str, BenchmarkScore]:
     """Attribute -> score over the scored sequences having it (attributes with none are left out)."""
     out = {}
     for attr, names in attributes.items():

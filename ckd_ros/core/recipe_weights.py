@@ -21,37 +21,37 @@ RECIPE_SEED = 20240503
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The reference run's input order (names and crop sizes of the official 128/256 model).
-INPUT_ORDER = ("template_rgb", "template_tir", "search_rgb", "search_tir")
-_TABLES = ("pos_embed", "pos_embed_z", "pos_embed_x", "cls_token")
+INPUT_ORDER = ('template_rgb', 'template_tir', 'search_rgb', 'search_tir')
+_TABLES = ('pos_embed', 'pos_embed_z', 'pos_embed_x', 'cls_token')
 
 
 def key_seed(key: str, seed: int = RECIPE_SEED) -> int:
     """The per-key generator seed: first 8 bytes (little endian) of sha256("<seed>/<key>")."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "little")
+    return int.from_bytes(hashlib.sha256(f'{seed}/{key}'.encode()).digest()[:8], 'little')
 
 
 def recipe_array(key: str, shape: Iterable[int], seed: int = RECIPE_SEED) -> np.ndarray:
     """The recipe value of one state-dict entry (float32, or int64 zeros for ``num_batches_tracked``)."""
     shape = tuple(int(s) for s in shape)
-    if key.endswith("num_batches_tracked"):
+    if key.endswith('num_batches_tracked'):
         return np.zeros(shape, dtype=np.int64)
     z = np.random.default_rng(key_seed(key, seed)).standard_normal(math.prod(shape)).reshape(shape)
-    last = key.rsplit(".", 1)[-1]
-    if key.endswith("running_var"):
+    last = key.rsplit('.', 1)[-1]
+    if key.endswith('running_var'):
         value = 1 + 0.2 * np.abs(z)
-    elif key.endswith("running_mean"):
+    elif key.endswith('running_mean'):
         value = 0.1 * z
-    elif key.endswith("box_head.conv5_size.bias"):
+    elif key.endswith('box_head.conv5_size.bias'):
         # size sigmoid ~0.25 keeps the tracked box scale stable under random weights
         value = math.log(0.25 / 0.75) + 0.02 * z
-    elif last in _TABLES or last == "bias":
+    elif last in _TABLES or last == 'bias':
         value = 0.02 * z
-    elif last == "weight" and len(shape) == 1:
+    elif last == 'weight' and len(shape) == 1:
         value = 1 + 0.1 * z
-    elif last == "weight":
+    elif last == 'weight':
         value = z / math.sqrt(math.prod(shape[1:]))
     else:
-        raise ValueError(f"the weight recipe has no rule for key {key!r}")
+        raise ValueError(f'the weight recipe has no rule for key {key!r}')
     return value.astype(np.float32)
 
 
@@ -85,9 +85,9 @@ def recipe_images(batch: int = 2, seed: int = RECIPE_SEED, template_size: int = 
     rng = np.random.default_rng(seed)
     images = OrderedDict()
     for name in INPUT_ORDER:
-        size = template_size if name.startswith("template") else search_size
+        size = template_size if name.startswith('template') else search_size
         img = rng.integers(0, 256, (batch, 3, size, size), np.uint8)
-        if name.endswith("tir"):
+        if name.endswith('tir'):
             img[:, 1] = img[:, 0]
             img[:, 2] = img[:, 0]
         images[name] = img

@@ -64,7 +64,8 @@ def score_table(score: BenchmarkScore, times: Mapping[str, np.ndarray] | None = 
         header.append('fps')
     if latency_ms is not None:
         header.append('latency ms')
-    rates_of = lambda value: f'{value:.1f}' if value is not None and np.isfinite(value) else '-'
+    def rates_of(value):
+        return f'{value:.1f}' if value is not None and np.isfinite(value) else '-'
     rows = []
     for name in score.sequences:
         row = [name, str(score.per_sequence[name]['frames'])] + [_pct(score.per_sequence[name][m]) for m in metrics]
@@ -98,7 +99,8 @@ def _render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
         lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
         return '\n'.join(lines) + '\n'
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = lambda r: '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    def fmt(r):
+        return '  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return '\n'.join([fmt(header), fmt(['-' * w for w in widths])] + [fmt(r) for r in rows]) + '\n'
 
 
@@ -315,7 +317,8 @@ def performance_metrics(latencies_s: SequenceType[float], output_times_ns: Seque
     return m
 
 
-def performance_report(metrics: dict, cpu: dict | None = None, config: dict | None = None, name: str = 'ckd_ros') -> dict:
+def performance_report(metrics: dict, cpu: dict | None = None, config: dict | None = None,
+                       name: str = 'ckd_ros') -> dict:
     """The JSON document: metrics, CPU use, and metadata (machine, configuration, time)."""
     doc = dict(metrics)
     if cpu:
@@ -375,7 +378,8 @@ def write_report(out_dir: str | os.PathLike, score: BenchmarkScore, run_name: st
     scope = f'partial: {len(score.sequences)} of {total} sequences' if partial else f'{len(score.sequences)} sequences'
     title = f'{run_name} on {score.benchmark} ({scope}, {score.num_frames} frames)'
     overall = ', '.join(f'{m} {100 * v:.1f}' for m, v in score.metrics.items())
-    table = lambda markdown: score_table(score, times, markdown, total, rates, latency_ms)
+    def table(markdown):
+        return score_table(score, times, markdown, total, rates, latency_ms)
     md = [f'# {title}', '', f'Overall: {overall}', '', table(True)]
     txt = [title, f'Overall: {overall}', '', table(False)]
     if breakdown:

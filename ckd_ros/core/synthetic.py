@@ -37,16 +37,16 @@ import cv2
 import numpy as np
 
 CONDITIONS = (
-    "rgb_dark",
-    "rgb_glare",
-    "thermal_crossover",
-    "thermal_low_contrast",
-    "occlusion",
-    "rgb_distractor_near",
-    "thermal_distractor_near",
+    'rgb_dark',
+    'rgb_glare',
+    'thermal_crossover',
+    'thermal_low_contrast',
+    'occlusion',
+    'rgb_distractor_near',
+    'thermal_distractor_near',
 )
-RGB_FAILURES = ("rgb_dark", "rgb_glare")
-THERMAL_FAILURES = ("thermal_crossover", "thermal_low_contrast")
+RGB_FAILURES = ('rgb_dark', 'rgb_glare')
+THERMAL_FAILURES = ('thermal_crossover', 'thermal_low_contrast')
 FAILURE_CONDITIONS = RGB_FAILURES + THERMAL_FAILURES
 
 THERMAL_RAW_OFFSET = 4000
@@ -98,7 +98,7 @@ class _Object:
     heat_profile: np.ndarray  # (S, S) float32, multiplies the temperature (hot core)
     temperature: np.ndarray  # (N,) float32 scene temperature 0..1
     active: np.ndarray  # (N,) bool: drawn in this frame
-    kind: str = "clutter"
+    kind: str = 'clutter'
 
 
 @dataclass
@@ -210,26 +210,26 @@ class SyntheticScene:
                  n_rgb_twins: int = 1, n_thermal_twins: int = 1, n_clutter: int = 3,
                  noise: float = 3.0, raw_thermal: bool = False) -> None:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+            raise ValueError(f'seed must be a non-negative int, got {seed!r}')
         if length < 2:
-            raise ValueError(f"length must be >= 2 frames, got {length}")
+            raise ValueError(f'length must be >= 2 frames, got {length}')
         width, height = (int(v) for v in size)
         if width < 64 or height < 64:
-            raise ValueError(f"size must be (width, height) with both >= 64, got {size!r}")
+            raise ValueError(f'size must be (width, height) with both >= 64, got {size!r}')
         conditions = CONDITIONS if conditions is None else tuple(conditions)
         unknown = sorted(set(conditions) - set(CONDITIONS))
         if unknown:
-            raise ValueError(f"unknown conditions {unknown}; known: {list(CONDITIONS)}")
+            raise ValueError(f'unknown conditions {unknown}; known: {list(CONDITIONS)}')
         if not 0.0 <= failure_fraction <= 0.8:
-            raise ValueError(f"failure_fraction must be in [0, 0.8], got {failure_fraction}")
+            raise ValueError(f'failure_fraction must be in [0, 0.8], got {failure_fraction}')
         if min(n_rgb_twins, n_thermal_twins, n_clutter) < 0 or noise < 0:
-            raise ValueError("object counts and noise must be non-negative")
+            raise ValueError('object counts and noise must be non-negative')
         self.seed = int(seed)
         self.length = int(length)
         self.width, self.height = width, height
         self.conditions = conditions
         self.raw_thermal = raw_thermal
-        self.name = f"synthetic_{self.seed:06d}"
+        self.name = f'synthetic_{self.seed:06d}'
         self._noise_sigma = float(noise)
         rng = np.random.default_rng([0x5C4D, self.seed])
         self._build_background(rng)
@@ -302,7 +302,7 @@ class SyntheticScene:
         sprite, alpha, heat = _make_sprite(rng, aspect)
         self._target_hot = float(rng.uniform(0.72, 0.9))
         self._target = _Object(cx, cy, w, h, sprite, alpha, heat,
-                               np.full(n, self._target_hot, np.float32), np.ones(n, bool), "target")
+                               np.full(n, self._target_hot, np.float32), np.ones(n, bool), 'target')
         self._target_aspect, self._target_base = aspect, base
 
     def _build_segments(self, rng: np.random.Generator, failure_fraction: float) -> None:
@@ -348,22 +348,22 @@ class SyntheticScene:
     def _build_distractors(self, rng: np.random.Generator, n_rgb: int, n_th: int, n_clutter: int) -> None:
         n = self.length
         self._distractors: list[_Object] = []
-        for _ in range(n_rgb if "rgb_distractor_near" in self.conditions else 0):
+        for _ in range(n_rgb if 'rgb_distractor_near' in self.conditions else 0):
             cx, cy, w, h = self._twin_path(rng, hover=True)
             # same look as the target, ambient temperature: only thermal tells them apart
             sprite = self._target.sprite_rgb * rng.uniform(0.92, 1.08)
             temp = np.full(n, rng.uniform(0.3, 0.42), np.float32)
             self._distractors.append(_Object(cx, cy, w, h, np.clip(sprite, 0, 255), self._target.alpha.copy(),
                                              np.ones_like(self._target.heat_profile), temp, np.ones(n, bool),
-                                             "rgb_twin"))
-        for _ in range(n_th if "thermal_distractor_near" in self.conditions else 0):
+                                             'rgb_twin'))
+        for _ in range(n_th if 'thermal_distractor_near' in self.conditions else 0):
             cx, cy, w, h = self._twin_path(rng, hover=True)
             sprite, alpha, _ = _make_sprite(rng, self._target_aspect, saturated=False)
             # same heat as the target, a muted look: only RGB tells them apart
             temp = np.full(n, self._target_hot * rng.uniform(0.97, 1.03), np.float32)
             self._distractors.append(_Object(cx, cy, w, h, sprite, self._target.alpha.copy(),
                                              self._target.heat_profile.copy(), temp, np.ones(n, bool),
-                                             "thermal_twin"))
+                                             'thermal_twin'))
         for _ in range(n_clutter):
             base = self._target_base * rng.uniform(0.6, 1.6)
             aspect = float(np.exp(rng.uniform(-0.8, 0.8)))
@@ -377,7 +377,7 @@ class SyntheticScene:
         """Occluders sweep across the target in front of it during short windows."""
         n, tg = self.length, self._target
         self._occluders: list[_Object] = []
-        if "occlusion" not in self.conditions or n < 20:
+        if 'occlusion' not in self.conditions or n < 20:
             return
         for _ in range(int(rng.integers(1, 3))):
             dur = int(rng.integers(max(6, n // 25), max(7, n // 10)))
@@ -395,19 +395,20 @@ class SyntheticScene:
             sprite, alpha, heat = _make_sprite(rng, 1.0)
             alpha = np.ones_like(alpha)  # solid (a pole / vehicle)
             temp = np.full(n, rng.uniform(0.3, 0.5), np.float32)
-            self._occluders.append(_Object(cx, cy, ow, oh, sprite, alpha, heat, temp, active, "occluder"))
+            self._occluders.append(_Object(cx, cy, ow, oh, sprite, alpha, heat, temp, active, 'occluder'))
 
     def _build_condition_envelopes(self, rng: np.random.Generator) -> None:
         n = self.length
         self._env = {c: np.zeros(n, np.float32) for c in FAILURE_CONDITIONS}
         for seg in self._segments:
             self._env[seg.condition] = np.maximum(self._env[seg.condition],
-                                                  _ramp(n, seg.start, seg.stop, edge=max(2, (seg.stop - seg.start) // 4)))
+                                                  _ramp(n, seg.start, seg.stop,
+                                                        edge=max(2, (seg.stop - seg.start) // 4)))
         # flags switch on at envelope 0.5 (see _compute_flags); the effect is already at full strength there
         self._strength = {c: np.clip(2.0 * e, 0.0, 1.0) for c, e in self._env.items()}
         # target temperature during crossover: towards the local background temperature
         tg = self._target
-        env = self._strength["thermal_crossover"]
+        env = self._strength['thermal_crossover']
         if env.any():
             local = np.array([self._local_bg_temperature(i) for i in range(n)], np.float32)
             tg.temperature = (1 - env) * self._target_hot + env * local
@@ -440,12 +441,12 @@ class SyntheticScene:
         for occ in self._occluders:
             ix = np.clip(np.minimum(tx1, occ.cx + occ.w / 2) - np.maximum(tx0, occ.cx - occ.w / 2), 0, None)
             iy = np.clip(np.minimum(ty1, occ.cy + occ.h / 2) - np.maximum(ty0, occ.cy - occ.h / 2), 0, None)
-            flags["occlusion"] |= occ.active & (ix * iy >= 0.3 * tg.w * tg.h)
+            flags['occlusion'] |= occ.active & (ix * iy >= 0.3 * tg.w * tg.h)
         diag = np.sqrt(tg.w ** 2 + tg.h ** 2)
         for d in self._distractors:
-            if d.kind in ("rgb_twin", "thermal_twin"):
+            if d.kind in ('rgb_twin', 'thermal_twin'):
                 near = np.hypot(d.cx - tg.cx, d.cy - tg.cy) < 1.5 * diag
-                flags[d.kind.replace("twin", "distractor_near")] |= near
+                flags[d.kind.replace('twin', 'distractor_near')] |= near
         return flags
 
     # ------------------------------------------------------------------ rendering
@@ -492,7 +493,7 @@ class SyntheticScene:
 
     def _render_float(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self.length:
-            raise IndexError(f"frame index {index} out of range for a sequence of {self.length} frames")
+            raise IndexError(f'frame index {index} out of range for a sequence of {self.length} frames')
         i = index
         h, w = self.height, self.width
         ox, oy = self._cam_x[i], self._cam_y[i]
@@ -505,18 +506,18 @@ class SyntheticScene:
             if obj.active[i]:
                 self._paste(rgb, th, obj, i)
         # RGB failure modes
-        glare = self._strength["rgb_glare"][i]
+        glare = self._strength['rgb_glare'][i]
         if glare > 0:
             gx, gy = self._glare_center[i]
             bloom = max(w, h)
             bx, by = int(round(bloom - gx)), int(round(bloom - gy))
             rgb *= 1.0 + 0.8 * glare
             rgb += (450.0 * glare) * self._bloom[by:by + h, bx:bx + w, None]
-        dark = self._strength["rgb_dark"][i]
+        dark = self._strength['rgb_dark'][i]
         if dark > 0:
             rgb *= 1.0 - 0.96 * dark
         # thermal failure mode (crossover is already in the target temperature)
-        low = self._strength["thermal_low_contrast"][i]
+        low = self._strength['thermal_low_contrast'][i]
         if low > 0:
             mean = float(th.mean())
             th = mean + (1.0 - 0.93 * low) * (th - mean)

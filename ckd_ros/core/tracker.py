@@ -37,8 +37,8 @@ from .config import CKDConfig
 from .geometry import clip_box, hann2d, map_box_back, sample_target, validate_box
 from .model import CKDNet, decode_center_boxes
 
-TRACKING = "TRACKING"
-LOST = "LOST"
+TRACKING = 'TRACKING'
+LOST = 'LOST'
 CLIP_MARGIN = 10  # official clip_box margin in pixels
 
 
@@ -76,11 +76,11 @@ class TrackerOptions:
 
     def __post_init__(self):
         if self.lost_threshold is not None and not 0 <= self.lost_threshold <= 1:
-            raise ValueError(f"lost_threshold must be None or in [0, 1], got {self.lost_threshold}")
+            raise ValueError(f'lost_threshold must be None or in [0, 1], got {self.lost_threshold}')
         if self.template_update_interval < 0:
-            raise ValueError(f"template_update_interval must be >= 0 (0 = off), got {self.template_update_interval}")
+            raise ValueError(f'template_update_interval must be >= 0 (0 = off), got {self.template_update_interval}')
         if not 0 <= self.template_update_threshold <= 1:
-            raise ValueError(f"template_update_threshold must be in [0, 1], got {self.template_update_threshold}")
+            raise ValueError(f'template_update_threshold must be in [0, 1], got {self.template_update_threshold}')
 
     @classmethod
     def from_config(cls, cfg: CKDConfig) -> "TrackerOptions":
@@ -107,10 +107,10 @@ def _check_thermal(thermal: np.ndarray, height: int, width: int) -> np.ndarray:
     if thermal.ndim == 3 and thermal.shape[2] == 1:
         thermal = thermal[:, :, 0]
     if not (thermal.ndim == 2 or (thermal.ndim == 3 and thermal.shape[2] == 3)):
-        raise ValueError(f"thermal must be HxW, HxWx1 or HxWx3, got shape {thermal.shape}")
+        raise ValueError(f'thermal must be HxW, HxWx1 or HxWx3, got shape {thermal.shape}')
     if thermal.shape[:2] != (height, width):
-        raise ValueError(f"thermal frame {thermal.shape[1]}x{thermal.shape[0]} and RGB frame {width}x{height} differ "
-                         "in size; register them to one geometry first (both are cropped with the same box)")
+        raise ValueError(f'thermal frame {thermal.shape[1]}x{thermal.shape[0]} and RGB frame {width}x{height} differ '
+                         'in size; register them to one geometry first (both are cropped with the same box)')
     return thermal
 
 
@@ -120,14 +120,14 @@ class CKDTracker:
     ``network`` must already hold its weights and live on ``device``; it is put in ``eval()`` mode.
     """
 
-    def __init__(self, network: CKDNet, cfg: CKDConfig, device: torch.device | str = "cpu",
+    def __init__(self, network: CKDNet, cfg: CKDConfig, device: torch.device | str = 'cpu',
                  options: TrackerOptions | None = None, acceleration: Acceleration | None = None):
         self.network = network.eval()
         self.cfg = cfg
         self.device = torch.device(device)
         if options is not None and not isinstance(options, TrackerOptions):
-            raise TypeError(f"options must be a TrackerOptions (e.g. TrackerOptions(lost_threshold=0.3)) or None, "
-                            f"got {type(options).__name__}")
+            raise TypeError(f'options must be a TrackerOptions (e.g. TrackerOptions(lost_threshold=0.3)) or None, '
+                            f'got {type(options).__name__}')
         self.options = options if options is not None else TrackerOptions.from_config(cfg)
         test = cfg.TEST
         self.template_factor, self.template_size = float(test.TEMPLATE_FACTOR), int(test.TEMPLATE_SIZE)
@@ -176,11 +176,11 @@ class CKDTracker:
         """Start tracking the target at ``box`` = (x, y, w, h) in the first frame pair."""
         rgb = _check_rgb(rgb)
         thermal = _check_thermal(thermal, *rgb.shape[:2])
-        init_box = list(validate_box(box, "initial box"))
+        init_box = list(validate_box(box, 'initial box'))
         height, width = rgb.shape[:2]
         x, y, w, h = init_box
         if x + w <= 0 or y + h <= 0 or x >= width or y >= height:
-            raise ValueError(f"initial box {tuple(box)} lies outside the {width}x{height} frame")
+            raise ValueError(f'initial box {tuple(box)} lies outside the {width}x{height} frame')
         self._set_templates(rgb, thermal, init_box)
         self._box = init_box
         self._frame_index = 0
@@ -190,7 +190,7 @@ class CKDTracker:
     def track(self, rgb: np.ndarray, thermal: np.ndarray) -> TrackResult:
         """Locate the target in the next frame pair."""
         if self._templates is None:
-            raise RuntimeError("call initialize(rgb, thermal, box) before track()")
+            raise RuntimeError('call initialize(rgb, thermal, box) before track()')
         rgb = _check_rgb(rgb)
         thermal = _check_thermal(thermal, *rgb.shape[:2])
         height, width = rgb.shape[:2]
@@ -211,11 +211,11 @@ class CKDTracker:
         if not (score_map_finite and math.isfinite(score) and all(math.isfinite(v) for v in mapped)):
             # Garbage in the network output: clip_box would turn NaN into a confident-looking box, and a
             # NaN score slips through "score < lost_threshold".  Keep the last good box as the state.
-            what = ("score map" if not (score_map_finite and math.isfinite(score))
-                    else "decoded box (size/offset maps)")
+            what = ('score map' if not (score_map_finite and math.isfinite(score))
+                    else 'decoded box (size/offset maps)')
             return TrackResult(box=tuple(self._box), score=math.nan, state=LOST, frame_index=self._frame_index,
-                               error=f"non-finite network output (NaN/inf in the {what}) at frame "
-                                     f"{self._frame_index}; kept the last good box")
+                               error=f'non-finite network output (NaN/inf in the {what}) at frame '
+                                     f'{self._frame_index}; kept the last good box')
         new_box = clip_box(mapped, height, width, margin=CLIP_MARGIN)
         opts = self.options
         if opts.lost_threshold is not None and score < opts.lost_threshold:
@@ -242,7 +242,7 @@ class CKDTracker:
             self._templates, self._template_mask, self._box, self._frame_index = None, None, None, 0
         if not result.valid:
             accel = self.acceleration
-            raise NonFiniteOutputError(f"the network output on a blank {width}x{height} frame pair is not finite "
-                                       f"({result.error}): the weights, or precision {accel.precision!r} with "
-                                       f"backend {accel.backend!r}, produce NaN/inf")
+            raise NonFiniteOutputError(f'the network output on a blank {width}x{height} frame pair is not finite '
+                                       f'({result.error}): the weights, or precision {accel.precision!r} with '
+                                       f'backend {accel.backend!r}, produce NaN/inf')
         return result

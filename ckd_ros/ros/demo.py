@@ -112,7 +112,8 @@ class DemoSequence:
         for condition in RGB_FAILURES + THERMAL_FAILURES + ('occlusion',):
             flags = self.scene.flags[condition]
             edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
-            out += [{'condition': condition, 'first': int(a), 'last': int(b) - 1} for a, b in zip(edges[::2], edges[1::2])]
+            out += [{'condition': condition, 'first': int(a), 'last': int(b) - 1}
+                    for a, b in zip(edges[::2], edges[1::2])]
         return sorted(out, key=lambda s: s['first'])
 
 
@@ -509,7 +510,8 @@ def replay_through_node(session: RosSession, sequences: list[DemoSequence], bags
                                       log=lambda text: say(f'  {text}'))
             except bag_play.PlaybackError as exc:
                 node.check_alive()
-                raise DemoError(f'replaying {seq.name}: {exc}; node output ({node.log_path}):\n{node.log_tail()}') from None
+                raise DemoError(f'replaying {seq.name}: {exc}; node output ({node.log_path}):\n'
+                                f'{node.log_tail()}') from None
             node.check_alive()
             replay = node_track_from_bag(out_bag, f'{node.fqn}/target', gt[seq.name], stats)
             replays[seq.name] = replay
@@ -756,7 +758,8 @@ def metrics_table(scores: dict[str, metrics.BenchmarkScore], conditions: dict[st
     labels = RUN_LABELS if labels is None else labels
     header = ['run', 'frames', 'PR', 'NPR', 'SR', 'PR rgb-fail', 'SR50 rgb-fail', 'PR th-fail', 'SR50 th-fail',
               'fps']
-    pct = lambda v: f'{100 * v:.1f}' if np.isfinite(v) else '-'
+    def pct(v):
+        return f'{100 * v:.1f}' if np.isfinite(v) else '-'
     rows = []
     for run, score in scores.items():
         c = conditions[run]
@@ -881,7 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'lockstep' (every pair waits for the node's answer) or a real-time factor (1.0 = the bag's "
                         'speed; the node drops pairs it cannot keep up with)')
     p.add_argument('--output-dir', type=Path, default=Path('demo_output'),
-                   help='runs go to <output-dir>/<YYYYmmdd-HHMMSS>/ (a new folder each time), <output-dir>/latest links '
+                   help='runs go to <output-dir>/<YYYYmmdd-HHMMSS>/ (a new folder each time), '
+                        '<output-dir>/latest links '
                         'the newest finished run')
     p.add_argument('--config', default='ckd_tiny', help='model configuration (name or YAML path)')
     p.add_argument('--checkpoint', default='',
@@ -946,7 +950,8 @@ def write_bags(args, run_dir: Path, excluded: list[tuple[int, int]], say) -> tup
 def run(args) -> int:
     started = time.monotonic()
     timings: dict[str, float] = {}
-    say = lambda text: print(text, flush=True)
+    def say(text):
+        return print(text, flush=True)
 
     def stage(name: str, since: float) -> float:
         timings[name] = time.monotonic() - since
@@ -1078,15 +1083,16 @@ def run(args) -> int:
               'size': list(args.size), 'bag_fps': args.fps, 'node_bring_up_s': node_info.get('bring_up_s'),
               'baselines': {baseline_run_name(o): {**o.settings, 'label': labels[baseline_run_name(o)]}
                             for o in args.baselines},
-              'latency_note': 'BasicPerformanceMetrics latencies: publication stamp to receipt of the node\'s '
+              'latency_note': "BasicPerformanceMetrics latencies: publication stamp to receipt of the node's "
                               'TrackedTarget in the player (DDS both ways + conversion + tracking); NodeLatency: the '
-                              'node\'s own stamp-to-publish latency field'}
+                              "node's own stamp-to-publish latency field"}
     perf = report.performance_report(perf_metrics, config=config, name='ckd_ros demo: tracker node over DDS')
     perf['sequences'] = {n: report.performance_metrics(r.end_to_end_s, r.output_log_ns, r.stamps_ns,
                                                        frames_sent=r.stats['sent'] - 1,
                                                        frames_dropped=int((~r.track.answered[1:]).sum()))
                          for n, r in replays.items()}
-    perf['offline_ablations'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]} for run_name in ('rgb_only', 'thermal_only')}
+    perf['offline_ablations'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]}
+                                 for run_name in ('rgb_only', 'thermal_only')}
     perf['offline_baselines'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]} for run_name in baseline_tracks}
     (run_dir / 'performance.json').write_text(report.to_json(perf))
     stage('performance_s', t)

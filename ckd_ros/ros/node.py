@@ -266,7 +266,8 @@ class CkdTrackerNode(LifecycleNode):
         self._watch_timer = self.create_timer(min(0.25, max(0.02, params.input_timeout / 4.0)), self._watch_inputs,
                                               clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._clock_jump_handle = self.get_clock().create_jump_callback(
-            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(params.input_jump_back_threshold * 1e9)),
+            JumpThreshold(min_forward=None,
+                          min_backward=Duration(nanoseconds=-int(params.input_jump_back_threshold * 1e9)),
                           on_clock_change=True),
             post_callback=self._on_clock_jump)
         with self._tracker_lock:
@@ -512,10 +513,12 @@ class CkdTrackerNode(LifecycleNode):
                 if frozen:
                     self._issues.set_condition(
                         f'{name} frozen', WARN,
-                        f'{topic}: the last {watch.identical_run + 1} frames have identical pixels ({identical:.1f} s): '
+                        f'{topic}: the last {watch.identical_run + 1} '
+                        f'frames have identical pixels ({identical:.1f} s): '
                         'a frozen camera re-stamping its last image, or a perfectly uniform scene')
                     if not self._frozen[index]:
-                        self.get_logger().warning(f'{topic}: frames keep repeating the same pixels for {identical:.1f} s')
+                        self.get_logger().warning(f'{topic}: frames keep repeating the same pixels for '
+                                                  f'{identical:.1f} s')
                 elif self._frozen[index]:
                     self._issues.clear_condition(f'{name} frozen')
                 changed |= frozen != self._frozen[index]
@@ -595,7 +598,8 @@ class CkdTrackerNode(LifecycleNode):
             return
         ahead_ns = self._stamp_ahead_ns(stamp_ns)
         if ahead_ns is not None:
-            self._reject('rgb stamp', f'{self._input_topic(RGB)}: pair stamped {ahead_ns / 1e9:.3f} s ahead of the node '
+            self._reject('rgb stamp', f'{self._input_topic(RGB)}: pair stamped {ahead_ns / 1e9:.3f} '
+                         's ahead of the node '
                          'clock (input.max_stamp_ahead): pair not tracked')
             return
         with self._tracker_lock:
@@ -614,7 +618,8 @@ class CkdTrackerNode(LifecycleNode):
             if tracker is None:
                 return
             size = pair.rgb.shape[:2]
-            if self._frame_size is not None and size != self._frame_size and self._target_state != TrackedTarget.STATE_IDLE:
+            if (self._frame_size is not None and size != self._frame_size
+                    and self._target_state != TrackedTarget.STATE_IDLE):
                 message = (f'RGB image size changed from {self._frame_size[1]}x{self._frame_size[0]} to '
                            f'{size[1]}x{size[0]}: target {self._target_id} dropped (its box belongs to the old '
                            'image); set a new target')

@@ -60,10 +60,17 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
                   "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'; CUDA that is not present falls back "
                   'to CPU with a warning'),
     ParameterSpec('precision', 'fp32',
-                  "'fp32' (official numbers), 'bf16' (autocast), 'fp16' (CUDA only) or 'auto': the fastest precision measured within 1 SR point on this CPU class / GPU, else fp32 (the choice and its reason are logged at configure)"),
+                  "'fp32' (official numbers), 'bf16' (autocast), 'fp16' (CUDA only) or 'auto': the fastest precision "
+                  'measured within 1 SR point on this CPU class / GPU, else fp32 (the choice and its reason are logged '
+                  'at configure)'),
     ParameterSpec('backend', 'eager',
-                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU), 'onnxruntime' (ONNX Runtime, CPU; same boxes as eager), 'onnxruntime-int8' (ONNX Runtime with int8 weight MatMuls, CPU) or 'auto' (chosen with precision: e.g. 'onnxruntime' where it was measured exact and faster); see the README's Performance section"),
-    ParameterSpec('torch_threads', 0, 'CPU threads for torch (at most 256); 0 = choose: 1 on <= 2 usable cores (affinity, physical cores, cgroup quota), else usable - 1 (at most 8); logged at configure'),
+                  "'eager', 'compile' (torch.compile; first frame compiles), 'int8' (dynamic int8 Linear layers, CPU), "
+                  "'onnxruntime' (ONNX Runtime, CPU; same boxes as eager), 'onnxruntime-int8' (ONNX Runtime with int8 "
+                  "weight MatMuls, CPU) or 'auto' (chosen with precision: e.g. 'onnxruntime' where it was measured "
+                  "exact and faster); see the README's Performance section"),
+    ParameterSpec('torch_threads', 0,
+                  'CPU threads for torch (at most 256); 0 = choose: 1 on <= 2 usable cores (affinity, physical cores, '
+                  'cgroup quota), else usable - 1 (at most 8); logged at configure'),
     ParameterSpec('warmup', True, 'run one initialize + track on a blank frame at configure (first-frame latency)'),
     ParameterSpec('unload_on_deactivate', False,
                   'load the model at activate and free it at deactivate (frees GPU memory while inactive; '
@@ -255,7 +262,8 @@ def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
     if box == NO_INITIAL_BOX:
         initial_box = None
     elif box[2] <= 0 or box[3] <= 0 or box[0] < 0 or box[1] < 0:
-        raise ParameterError('initial_box', f'needs x, y >= 0 and width, height > 0 (or all zero for none), got {list(box)}')
+        raise ParameterError('initial_box', 'needs x, y >= 0 and width, height > 0 (or all zero for none), '
+                             f'got {list(box)}')
     else:
         initial_box = box
     return TrackerNodeParameters(

@@ -59,7 +59,8 @@ class Driver:
         self.thermal_pub = client.node.create_publisher(Image, f'{namespace}/thermal/image', qos)
 
     def wait_subscribed(self, output=None, timeout: float = 90.0):
-        self.client.wait_for(lambda: self.rgb_pub.get_subscription_count() and self.thermal_pub.get_subscription_count(),
+        self.client.wait_for(lambda: self.rgb_pub.get_subscription_count()
+                             and self.thermal_pub.get_subscription_count(),
                              timeout, 'the node to subscribe to the images', output)
 
     def send(self, rgb=None, thermal=None, spin_s: float = 0.0):

@@ -42,7 +42,8 @@ def main():
     with open(args[0]) as handle:
         spec = json.load(handle)
     synthetic = {k: tuple(v) if isinstance(v, list) else v for k, v in spec['synthetic'].items()}
-    config = TrainConfig(load_config(spec['base'], spec['overrides']), SyntheticSettings(**synthetic), name=spec['name'])
+    config = TrainConfig(load_config(spec['base'], spec['overrides']), SyntheticSettings(**synthetic),
+                         name=spec['name'])
     train(TrainOptions(config=config, output_dir=args[1], device='cpu', progress=False, epochs=int(args[2]),
                        resume=args[3] if len(args) > 3 else None))
     print(json.dumps({'event': 'done'}), flush=True)

@@ -3,7 +3,8 @@
 RGB frames at ``--rate`` Hz and a thermal frame with every ``--thermal-every``-th RGB frame (a slower
 thermal camera), both rendered by ``ckd_ros.core.synthetic`` and stamped like a driver does, with the
 time of publication, plus a random jitter of up to ``--jitter-ms`` per stream.  ``--cycle N`` renders
-only the first N frames and repeats them (for long, fast runs: rendering large frames is slow).  Encodings cycle through ``--rgb-encodings`` and
+only the first N frames and repeats them (for long, fast runs: rendering large frames is slow).
+Encodings cycle through ``--rgb-encodings`` and
 ``--thermal-encodings`` frame by frame; ``--row-padding`` adds bytes to every row and ``--big-endian``
 writes 16-bit/float data big-endian, as some drivers do.
 

@@ -20,7 +20,8 @@ from .head import CenterHead, decode_center_boxes
 from .vit import Block, StackedBranchWeights, VisionTransformerCE, drop_path
 
 __all__ = [
-    "Block", "BranchRunResult", "CKDNet", "CenterHead", "StackedBranchWeights", "VisionTransformerCE", "build_branch", "build_ckd_model",
-    "build_head", "decode_center_boxes", "drop_path", "rank_search_tokens", "run_branches", "search_token_scores",
-    "template_center_mask", "template_rows",
+    'Block', 'BranchRunResult', 'CKDNet', 'CenterHead', 'StackedBranchWeights', 'VisionTransformerCE', 'build_branch',
+    'build_ckd_model',
+    'build_head', 'decode_center_boxes', 'drop_path', 'rank_search_tokens', 'run_branches', 'search_token_scores',
+    'template_center_mask', 'template_rows',
 ]

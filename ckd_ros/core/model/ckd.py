@@ -32,16 +32,16 @@ class CKDNet(nn.Module):
     """
 
     def __init__(self, rgb_branch: VisionTransformerCE, tir_branch: VisionTransformerCE,
-                 box_head: CenterHead, ce_mode: str = "mce", ce_template_range: str = "CTR_POINT"):
+                 box_head: CenterHead, ce_mode: str = 'mce', ce_template_range: str = 'CTR_POINT'):
         super().__init__()
         if box_head.in_channels != rgb_branch.embed_dim + tir_branch.embed_dim:
-            raise ValueError(f"head input {box_head.in_channels} != {rgb_branch.embed_dim} + {tir_branch.embed_dim}")
+            raise ValueError(f'head input {box_head.in_channels} != {rgb_branch.embed_dim} + {tir_branch.embed_dim}')
         if box_head.feat_sz != rgb_branch.search_feat_size:
-            raise ValueError(f"head feature size {box_head.feat_sz} != search grid {rgb_branch.search_feat_size}")
+            raise ValueError(f'head feature size {box_head.feat_sz} != search grid {rgb_branch.search_feat_size}')
         self.rgb_branch = rgb_branch
         self.tir_branch = tir_branch
         self.box_head = box_head
-        self.ce_mode = ce_mode if rgb_branch.ce_loc else "off"
+        self.ce_mode = ce_mode if rgb_branch.ce_loc else 'off'
         self.ce_template_range = ce_template_range
         self.batch_branches = True
         self._stacked_weights = StackedBranchWeights()
@@ -57,7 +57,7 @@ class CKDNet(nn.Module):
 
     @property
     def uses_elimination(self) -> bool:
-        return self.ce_mode != "off"
+        return self.ce_mode != 'off'
 
     def template_mask(self, batch: int, device: torch.device | str) -> torch.Tensor | None:
         """The CE template mask the official tracker builds (None when CE is off)."""
@@ -69,7 +69,7 @@ class CKDNet(nn.Module):
         """``[z_rgb, z_tir]`` crops -> their template tokens (``z + pos_z`` per branch), which
         :meth:`forward` accepts in place of the crops (computed once per target by the tracker)."""
         if len(template) != 2:
-            raise ValueError("CKDNet needs template=[rgb, tir]")
+            raise ValueError('CKDNet needs template=[rgb, tir]')
         return [self.rgb_branch.embed_template(template[0]), self.tir_branch.embed_template(template[1])]
 
     def forward(self, template: Sequence[torch.Tensor], search: Sequence[torch.Tensor],
@@ -93,7 +93,7 @@ class CKDNet(nn.Module):
         (:meth:`CenterHead.maps_at_peak`).
         """
         if len(template) != 2 or len(search) != 2:
-            raise ValueError("CKDNet needs template=[rgb, tir] and search=[rgb, tir]")
+            raise ValueError('CKDNet needs template=[rgb, tir] and search=[rgb, tir]')
         if batch_branches is None:
             batch_branches = self.batch_branches
         batch_branches = batch_branches and not torch.is_grad_enabled() and not torch.jit.is_tracing()
@@ -105,11 +105,11 @@ class CKDNet(nn.Module):
                            batch_branches=batch_branches, search_only=search_only)
         feat = torch.cat(run.tokens, dim=2)
         out = self.box_head.forward_tokens(feat, peak_weight=peak_weight)
-        out["backbone_feat"] = feat
-        for i, name in enumerate(("aux_dict_rgb", "aux_dict_tir")):
-            out[name] = {"removed_indexes_s": run.removed_index_search[i],
-                         "global_index_s": run.global_index_search[i],
-                         "x_list": run.block_features[i] if return_block_features else []}
+        out['backbone_feat'] = feat
+        for i, name in enumerate(('aux_dict_rgb', 'aux_dict_tir')):
+            out[name] = {'removed_indexes_s': run.removed_index_search[i],
+                         'global_index_s': run.global_index_search[i],
+                         'x_list': run.block_features[i] if return_block_features else []}
         return out
 
 
@@ -130,7 +130,7 @@ def build_head(cfg: CKDConfig, in_channels: int) -> CenterHead:
 
 
 def build_ckd_model(config: CKDConfig | str, initialize: bool = True,
-                    device: torch.device | str = "cpu") -> CKDNet:
+                    device: torch.device | str = 'cpu') -> CKDNet:
     """The inference network of a config, in ``eval()`` mode, on ``device``.
 
     ``initialize=True`` gives the training initialisation (timm ViT / xavier head); with ``False`` the
@@ -140,7 +140,7 @@ def build_ckd_model(config: CKDConfig | str, initialize: bool = True,
     cfg = load_config(config)
     if initialize:
         return _assemble(cfg).to(device).eval()
-    with torch.device("meta"):
+    with torch.device('meta'):
         model = _assemble(cfg)
     return model.to_empty(device=device).eval()
 

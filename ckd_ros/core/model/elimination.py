@@ -12,7 +12,8 @@ numbers are those of running each branch alone, plus the shared token selection:
 
 Scoring (OSTrack ``candidate_elimination``): the probabilities of the template query rows over the
 search keys, restricted to the rows of ``template_mask`` (CTR_POINT: only template token 27), are
-averaged over those rows, then over heads (only those rows are computed); search tokens are sorted descending (``torch.sort``) and
+averaged over those rows, then over heads (only those rows are computed); search tokens are sorted
+descending (``torch.sort``) and
 the first ``ceil(keep_ratio * L_s)`` are kept, in that order.  The selection happens after the
 block's attention residual and before its MLP.  After the final LayerNorm the kept tokens go back to
 their original positions and removed positions become exact zeros.
@@ -34,25 +35,25 @@ import torch
 
 from .vit import StackedLayer, VisionTransformerCE
 
-CE_MODES = ("off", "ce", "mce")
+CE_MODES = ('off', 'ce', 'mce')
 
 
 def template_center_mask(mode: str, template_feat_size: int, batch: int,
-                         device: torch.device | str = "cpu") -> torch.Tensor | None:
+                         device: torch.device | str = 'cpu') -> torch.Tensor | None:
     """Template-row mask for CE scoring (official ``generate_mask_cond``), bool (B, F*F) or None.
 
     ``CTR_POINT``: one token at row = col = (F-1)//2 (index 27 on the 8x8 grid, not the geometric
     centre); ``CTR_REC``: the central 2x2 (even F) or 1x1 (odd F) block; ``ALL``: None (all rows).
     """
     f = template_feat_size
-    if mode == "ALL":
+    if mode == 'ALL':
         return None
-    if mode == "CTR_POINT":
+    if mode == 'CTR_POINT':
         rows = slice((f - 1) // 2, (f - 1) // 2 + 1)
-    elif mode == "CTR_REC":
+    elif mode == 'CTR_REC':
         rows = slice(f // 2 - 1, f // 2 + 1) if f % 2 == 0 else slice(f // 2, f // 2 + 1)
     else:
-        raise ValueError(f"unsupported CE template range {mode!r}; use ALL, CTR_POINT or CTR_REC")
+        raise ValueError(f'unsupported CE template range {mode!r}; use ALL, CTR_POINT or CTR_REC')
     mask = torch.zeros(batch, f, f, dtype=torch.bool, device=device)
     mask[:, rows, rows] = True
     return mask.flatten(1)
@@ -65,11 +66,11 @@ def template_rows(template_mask: torch.Tensor | None, batch: int, lens_t: int) -
     if template_mask is None:
         return None
     if template_mask.shape != (batch, lens_t) or template_mask.dtype != torch.bool:
-        raise ValueError(f"template_mask must be bool ({batch}, {lens_t}), got {template_mask.dtype} "
-                         f"{tuple(template_mask.shape)}")
+        raise ValueError(f'template_mask must be bool ({batch}, {lens_t}), got {template_mask.dtype} '
+                         f'{tuple(template_mask.shape)}')
     rows_per_sample = template_mask.sum(dim=1)
     if bool((rows_per_sample != rows_per_sample[0]).any()) or int(rows_per_sample[0]) == 0:
-        raise ValueError("template_mask must select the same, non-zero number of template tokens in every sample")
+        raise ValueError('template_mask must select the same, non-zero number of template tokens in every sample')
     return template_mask.nonzero()[:, 1].view(batch, -1)
 
 
@@ -109,7 +110,7 @@ def _check_branches(branches: Sequence[VisionTransformerCE]) -> None:
     for b in branches[1:]:
         if (b.depth, b.ce_loc, b.num_template_tokens, b.num_search_tokens) != (
                 first.depth, first.ce_loc, first.num_template_tokens, first.num_search_tokens):
-            raise ValueError("branches run in lock-step must have the same depth, CE blocks and token counts")
+            raise ValueError('branches run in lock-step must have the same depth, CE blocks and token counts')
 
 
 @dataclass
@@ -141,7 +142,7 @@ def _groups(branches: Sequence[VisionTransformerCE], stacked_weights, batch_bran
     n = len(branches)
     if stacked_weights is not None:
         if len({id(b) for b in branches}) != n:
-            raise ValueError("stacked_weights need distinct branches")
+            raise ValueError('stacked_weights need distinct branches')
         return [_Group(list(range(n)), stacked=True)]
     if not batch_branches:
         return [_Group([i], stacked=False) for i in range(n)]
@@ -152,7 +153,7 @@ def _groups(branches: Sequence[VisionTransformerCE], stacked_weights, batch_bran
 
 
 def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[torch.Tensor],
-                 searches: Sequence[torch.Tensor], ce_mode: str = "off",
+                 searches: Sequence[torch.Tensor], ce_mode: str = 'off',
                  template_mask: torch.Tensor | None = None, keep_ratio: float | None = None,
                  search_token_keep: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
                  selection_from: Sequence[int] | None = None,
@@ -189,25 +190,25 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
             box head reads, with less work.  Not with ``return_block_features`` or a CE last block.
     """
     if ce_mode not in CE_MODES:
-        raise ValueError(f"ce_mode must be one of {CE_MODES}, got {ce_mode!r}")
+        raise ValueError(f'ce_mode must be one of {CE_MODES}, got {ce_mode!r}')
     n = len(branches)
     if n == 0 or len(templates) != n or len(searches) != n:
-        raise ValueError(f"need one template and one search per branch, got {n} branches, "
-                         f"{len(templates)} templates, {len(searches)} searches")
+        raise ValueError(f'need one template and one search per branch, got {n} branches, '
+                         f'{len(templates)} templates, {len(searches)} searches')
     _check_branches(branches)
     if search_token_keep is None or isinstance(search_token_keep, torch.Tensor):
         keeps = [search_token_keep] * n
     else:
         keeps = list(search_token_keep)
         if len(keeps) != n:
-            raise ValueError(f"search_token_keep needs one entry per branch ({n}), got {len(keeps)}")
+            raise ValueError(f'search_token_keep needs one entry per branch ({n}), got {len(keeps)}')
     chooser = tuple(range(n)) if selection_from is None else tuple(selection_from)
-    if ce_mode == "mce" and (not chooser or any(not 0 <= i < n for i in chooser)):
-        raise ValueError(f"selection_from must name branches 0..{n - 1}, got {selection_from}")
+    if ce_mode == 'mce' and (not chooser or any(not 0 <= i < n for i in chooser)):
+        raise ValueError(f'selection_from must name branches 0..{n - 1}, got {selection_from}')
     if keep_ratio is not None and not 0 < keep_ratio <= 1:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        raise ValueError(f'keep_ratio must be in (0, 1], got {keep_ratio}')
     if stacked_weights is not None and len(stacked_weights) != branches[0].depth:
-        raise ValueError(f"stacked_weights need one entry per block ({branches[0].depth}), got {len(stacked_weights)}")
+        raise ValueError(f'stacked_weights need one entry per block ({branches[0].depth}), got {len(stacked_weights)}')
 
     first = branches[0]
     lens_t = first.num_template_tokens
@@ -224,7 +225,7 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
     global_index = [base_index] * n
     removed: list[list[torch.Tensor]] = [[] for _ in range(n)]
     features: list[list[torch.Tensor]] = [[] for _ in range(n)]
-    ratios = [first.keep_ratio_at(i) if ce_mode != "off" else None for i in range(first.depth)]
+    ratios = [first.keep_ratio_at(i) if ce_mode != 'off' else None for i in range(first.depth)]
     trim_last = search_only and not return_block_features and ratios[-1] is None
 
     for block_index in range(first.depth):
@@ -245,7 +246,7 @@ def run_branches(branches: Sequence[VisionTransformerCE], templates: Sequence[to
                 for j, i in enumerate(group.members):
                     probs[i] = group.member(p, j, batch)
         if eliminate:
-            if ce_mode == "mce":
+            if ce_mode == 'mce':
                 joint = probs[chooser[0]]
                 for i in chooser[1:]:
                     joint = torch.maximum(joint, probs[i])

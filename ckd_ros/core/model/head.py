@@ -27,13 +27,13 @@ def decode_center_boxes(score_map: torch.Tensor, size_map: torch.Tensor, offset_
         (B, 1) maximum of ``score_map``.  The first maximum wins on ties.
     """
     if score_map.ndim != 4 or score_map.shape[1] != 1 or score_map.shape[2] != score_map.shape[3]:
-        raise ValueError(f"score_map must be (B, 1, F, F), got {tuple(score_map.shape)}")
+        raise ValueError(f'score_map must be (B, 1, F, F), got {tuple(score_map.shape)}')
     batch, feat_size = score_map.shape[0], score_map.shape[-1]
-    for name, tensor in (("size_map", size_map), ("offset_map", offset_map)):
+    for name, tensor in (('size_map', size_map), ('offset_map', offset_map)):
         if tuple(tensor.shape) != (batch, 2, feat_size, feat_size):
-            raise ValueError(f"{name} must be {(batch, 2, feat_size, feat_size)}, got {tuple(tensor.shape)}")
+            raise ValueError(f'{name} must be {(batch, 2, feat_size, feat_size)}, got {tuple(tensor.shape)}')
     max_score, idx = torch.max(score_map.flatten(1), dim=1, keepdim=True)
-    idx_y = torch.div(idx, feat_size, rounding_mode="floor")
+    idx_y = torch.div(idx, feat_size, rounding_mode='floor')
     idx_x = idx % feat_size
     gather_idx = idx.unsqueeze(1).expand(batch, 2, 1)
     size = size_map.flatten(2).gather(dim=2, index=gather_idx).squeeze(-1)
@@ -54,12 +54,12 @@ class CenterHead(nn.Module):
     ``conv5_{ctr,offset,size}.*``; official CKD: in_channels 1536, channels 256, feat_size 16, stride 16.
     """
 
-    TOWERS = ("ctr", "offset", "size")
+    TOWERS = ('ctr', 'offset', 'size')
 
     def __init__(self, in_channels: int, channels: int = 256, feat_size: int = 16, stride: int = 16):
         super().__init__()
         if channels % 8:
-            raise ValueError(f"channels must be a multiple of 8, got {channels}")
+            raise ValueError(f'channels must be a multiple of 8, got {channels}')
         self.in_channels = in_channels
         self.channels = channels
         self.feat_sz = feat_size
@@ -67,8 +67,8 @@ class CenterHead(nn.Module):
         widths = [in_channels, channels, channels // 2, channels // 4, channels // 8]
         for tower, out in zip(self.TOWERS, (1, 2, 2)):
             for level in range(4):
-                setattr(self, f"conv{level + 1}_{tower}", _conv_bn_relu(widths[level], widths[level + 1]))
-            setattr(self, f"conv5_{tower}", nn.Conv2d(widths[4], out, kernel_size=1))
+                setattr(self, f'conv{level + 1}_{tower}', _conv_bn_relu(widths[level], widths[level + 1]))
+            setattr(self, f'conv5_{tower}', nn.Conv2d(widths[4], out, kernel_size=1))
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -79,17 +79,18 @@ class CenterHead(nn.Module):
 
     def _tower(self, tower: str, x: torch.Tensor) -> torch.Tensor:
         for level in range(1, 6):
-            x = getattr(self, f"conv{level}_{tower}")(x)
+            x = getattr(self, f'conv{level}_{tower}')(x)
         return x
 
     def score_maps(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(score_map, size_map, offset_map)``: sigmoid-clamped (B,1,F,F), sigmoid-clamped (B,2,F,F), raw (B,2,F,F)."""
+        """``(score_map, size_map, offset_map)``: sigmoid-clamped (B,1,F,F), sigmoid-clamped (B,2,F,F),
+        raw (B,2,F,F)."""
         if feature_map.ndim != 4 or feature_map.shape[1:] != (self.in_channels, self.feat_sz, self.feat_sz):
-            raise ValueError(f"expected a feature map (B, {self.in_channels}, {self.feat_sz}, {self.feat_sz}), "
-                             f"got {tuple(feature_map.shape)}")
-        score = torch.clamp(self._tower("ctr", feature_map).sigmoid(), SCORE_CLAMP, 1 - SCORE_CLAMP)
-        size = torch.clamp(self._tower("size", feature_map).sigmoid(), SCORE_CLAMP, 1 - SCORE_CLAMP)
-        offset = self._tower("offset", feature_map)
+            raise ValueError(f'expected a feature map (B, {self.in_channels}, {self.feat_sz}, {self.feat_sz}), '
+                             f'got {tuple(feature_map.shape)}')
+        score = torch.clamp(self._tower('ctr', feature_map).sigmoid(), SCORE_CLAMP, 1 - SCORE_CLAMP)
+        size = torch.clamp(self._tower('size', feature_map).sigmoid(), SCORE_CLAMP, 1 - SCORE_CLAMP)
+        offset = self._tower('offset', feature_map)
         return score, size, offset
 
     def _tower_at(self, tower: str, feature_map: torch.Tensor, row: int, col: int) -> torch.Tensor:
@@ -102,7 +103,7 @@ class CenterHead(nn.Module):
         levels = 4
         window = F.pad(feature_map, (levels,) * 4)[:, :, row:row + 2 * levels + 1, col:col + 2 * levels + 1]
         for level in range(1, levels + 1):
-            conv, norm, relu = getattr(self, f"conv{level}_{tower}")
+            conv, norm, relu = getattr(self, f'conv{level}_{tower}')
             window = relu(norm(F.conv2d(window, conv.weight, conv.bias)))
             halo = levels - level
             if halo:
@@ -110,7 +111,7 @@ class CenterHead(nn.Module):
                 cols = torch.arange(col - halo, col + halo + 1, device=window.device)
                 inside = ((rows >= 0) & (rows < self.feat_sz))[:, None] & ((cols >= 0) & (cols < self.feat_sz))[None, :]
                 window = window * inside.to(window.dtype)
-        return getattr(self, f"conv5_{tower}")(window).flatten()
+        return getattr(self, f'conv5_{tower}')(window).flatten()
 
     def maps_at_peak(self, feature_map: torch.Tensor, peak_weight: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -121,17 +122,17 @@ class CenterHead(nn.Module):
         An exact shortcut for trackers: the size and offset towers cost two thirds of the head and
         the box needs one cell of each.  ``peak_weight`` broadcasts to (B, 1, F, F).
         """
-        score = torch.clamp(self._tower("ctr", feature_map).sigmoid(), SCORE_CLAMP, 1 - SCORE_CLAMP)
+        score = torch.clamp(self._tower('ctr', feature_map).sigmoid(), SCORE_CLAMP, 1 - SCORE_CLAMP)
         batch = feature_map.shape[0]
-        size = score.new_full((batch, 2, self.feat_sz, self.feat_sz), float("nan"))
-        offset = score.new_full((batch, 2, self.feat_sz, self.feat_sz), float("nan"))
+        size = score.new_full((batch, 2, self.feat_sz, self.feat_sz), float('nan'))
+        offset = score.new_full((batch, 2, self.feat_sz, self.feat_sz), float('nan'))
         peaks = torch.max((peak_weight * score).flatten(1), dim=1)[1].tolist()
         for b, peak in enumerate(peaks):
             row, col = divmod(int(peak), self.feat_sz)
             sample = feature_map[b:b + 1]
-            size[b, :, row, col] = torch.clamp(self._tower_at("size", sample, row, col).sigmoid(),
+            size[b, :, row, col] = torch.clamp(self._tower_at('size', sample, row, col).sigmoid(),
                                                SCORE_CLAMP, 1 - SCORE_CLAMP)
-            offset[b, :, row, col] = self._tower_at("offset", sample, row, col)
+            offset[b, :, row, col] = self._tower_at('offset', sample, row, col)
         return score, size, offset
 
     def forward(self, feature_map: torch.Tensor, gt_score_map: torch.Tensor | None = None,
@@ -143,7 +144,7 @@ class CenterHead(nn.Module):
         score_map`` (:meth:`maps_at_peak`), and the boxes are decoded from that product."""
         if peak_weight is not None:
             if gt_score_map is not None:
-                raise ValueError("peak_weight and gt_score_map exclude each other")
+                raise ValueError('peak_weight and gt_score_map exclude each other')
             score, size, offset = self.maps_at_peak(feature_map, peak_weight)
             return score, decode_center_boxes(peak_weight * score, size, offset), size, offset
         score, size, offset = self.score_maps(feature_map)
@@ -159,7 +160,7 @@ class CenterHead(nn.Module):
         """(B, L, C) backbone tokens -> (B, C, F, F) map of the last F*F (search) tokens, row-major."""
         n = self.feat_sz * self.feat_sz
         if tokens.ndim != 3 or tokens.shape[1] < n:
-            raise ValueError(f"expected tokens (B, >= {n}, C), got {tuple(tokens.shape)}")
+            raise ValueError(f'expected tokens (B, >= {n}, C), got {tuple(tokens.shape)}')
         search = tokens[:, -n:]
         return search.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], self.feat_sz, self.feat_sz)
 
@@ -168,5 +169,5 @@ class CenterHead(nn.Module):
         """Official ``forward_head`` for the CENTER head: dict with ``pred_boxes`` (B, 1, 4),
         ``score_map``, ``size_map``, ``offset_map`` (``peak_weight``: see :meth:`forward`)."""
         score, boxes, size, offset = self(self.tokens_to_map(tokens), gt_score_map, peak_weight)
-        return {"pred_boxes": boxes.view(tokens.shape[0], 1, 4), "score_map": score,
-                "size_map": size, "offset_map": offset}
+        return {'pred_boxes': boxes.view(tokens.shape[0], 1, 4), 'score_map': score,
+                'size_map': size, 'offset_map': offset}

@@ -51,13 +51,13 @@ class DropPath(nn.Module):
         return drop_path(x, self.drop_prob, self.training)
 
     def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
+        return f'drop_prob={self.drop_prob}'
 
 
 # (weight, bias) of one layer stacked over g weight sets: Linear (g, out, in) / (g, out), LayerNorm (g, C) / (g, C)
 StackedLayer = tuple[torch.Tensor, torch.Tensor]
 # the layers of a Block whose weights :class:`StackedBranchWeights` stacks (names relative to the block)
-STACKED_LAYERS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+STACKED_LAYERS = ('norm1', 'attn.qkv', 'attn.proj', 'norm2', 'mlp.fc1', 'mlp.fc2')
 
 
 def grouped_linear(layer: nn.Module, x: torch.Tensor, stacked: StackedLayer | None) -> torch.Tensor:
@@ -88,7 +88,8 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features)
 
-    def forward(self, x: torch.Tensor, fc1: StackedLayer | None = None, fc2: StackedLayer | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fc1: StackedLayer | None = None,
+                fc2: StackedLayer | None = None) -> torch.Tensor:
         """``x`` (..., C), or (g, M, C) with stacked ``fc1``/``fc2`` weights (:func:`grouped_linear`)."""
         return grouped_linear(self.fc2, self.act(grouped_linear(self.fc1, x, fc1)), fc2)
 
@@ -103,9 +104,10 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != self.proj.in_channels:
-            raise ValueError(f"expected images (B, {self.proj.in_channels}, H, W), got {tuple(images.shape)}")
+            raise ValueError(f'expected images (B, {self.proj.in_channels}, H, W), got {tuple(images.shape)}')
         if images.shape[2] % self.patch_size or images.shape[3] % self.patch_size:
-            raise ValueError(f"image size {tuple(images.shape[2:])} is not a multiple of the patch size {self.patch_size}")
+            raise ValueError(f'image size {tuple(images.shape[2:])} is not a multiple of the patch size '
+                             f'{self.patch_size}')
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
@@ -138,12 +140,12 @@ class Attention(nn.Module):
         """
         weights = weights or {}
         g, S, N, C = x.shape
-        qkv = grouped_linear(self.qkv, x.reshape(g, S * N, C), weights.get("attn.qkv"))
+        qkv = grouped_linear(self.qkv, x.reshape(g, S * N, C), weights.get('attn.qkv'))
         q, k, v = qkv.reshape(g * S, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         queries = q[:, :, query_start:] if query_start else q
         out = F.scaled_dot_product_attention(queries, k, v)
         rows_out = N - query_start
-        out = grouped_linear(self.proj, out.transpose(1, 2).reshape(g, S * rows_out, C), weights.get("attn.proj"))
+        out = grouped_linear(self.proj, out.transpose(1, 2).reshape(g, S * rows_out, C), weights.get('attn.proj'))
         out = out.view(g, S, rows_out, C)
         if template_len is None:
             return out, None
@@ -188,7 +190,7 @@ class Block(nn.Module):
             out, probs = self.attention_residual(x.unsqueeze(0), template_len, template_rows, weights, query_start)
             return out.squeeze(0), None if probs is None else probs.squeeze(0)
         weights = weights or {}
-        out, probs = self.attn(grouped_layer_norm(self.norm1, x, weights.get("norm1")), template_len, template_rows,
+        out, probs = self.attn(grouped_layer_norm(self.norm1, x, weights.get('norm1')), template_len, template_rows,
                                weights, query_start)
         return self._residual(x[:, :, query_start:] if query_start else x, out), probs
 
@@ -198,15 +200,15 @@ class Block(nn.Module):
             return self.mlp_residual(x.unsqueeze(0), weights).squeeze(0)
         weights = weights or {}
         g, S, N, C = x.shape
-        h = grouped_layer_norm(self.norm2, x, weights.get("norm2")).reshape(g, S * N, C)
-        return self._residual(x, self.mlp(h, weights.get("mlp.fc1"), weights.get("mlp.fc2")).view(g, S, N, C))
+        h = grouped_layer_norm(self.norm2, x, weights.get('norm2')).reshape(g, S * N, C)
+        return self._residual(x, self.mlp(h, weights.get('mlp.fc1'), weights.get('mlp.fc2')).view(g, S, N, C))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp_residual(self.attention_residual(x)[0])
 
 
 def _layer(block: Block, name: str) -> nn.Module:
-    owner, _, attr = name.rpartition(".")
+    owner, _, attr = name.rpartition('.')
     return getattr(getattr(block, owner) if owner else block, attr)
 
 
@@ -242,7 +244,7 @@ class StackedBranchWeights:
         self.__init__()
 
     @staticmethod
-    def _layers(branches: Sequence["VisionTransformerCE"]) -> list[dict[str, list[nn.Module]]] | None:
+    def _layers(branches: Sequence['VisionTransformerCE']) -> list[dict[str, list[nn.Module]]] | None:
         """Per block: layer name -> that layer of every branch, or None when the branches cannot share a stack."""
         first = branches[0]
         if len(branches) < 2 or len({id(b) for b in branches}) != len(branches):
@@ -269,13 +271,13 @@ class StackedBranchWeights:
     def _current(self, blocks: list[dict[str, list[nn.Module]]]) -> bool:
         if self._blocks is None:
             return False
-        params = [getattr(m, attr) for layers in blocks for modules in layers.values() for attr in ("weight", "bias")
+        params = [getattr(m, attr) for layers in blocks for modules in layers.values() for attr in ('weight', 'bias')
                   for m in modules]  # the build order
         return len(params) == len(self._params) and all(
             p is q and p.data_ptr() == ptr for p, q, ptr in zip(params, self._params, self._pointers))
 
     @torch.compiler.disable  # pointer checks and parameter re-pointing stay outside compiled graphs
-    def get(self, branches: Sequence["VisionTransformerCE"]) -> list[dict[str, StackedLayer]] | None:
+    def get(self, branches: Sequence['VisionTransformerCE']) -> list[dict[str, StackedLayer]] | None:
         """Per block: layer name -> stacked (weight, bias) of ``branches`` (in that order), building
         the stack when needed; None when the branches cannot be stacked (fewer than two distinct
         branches, or a layer that is not a plain ``nn.Linear``/``nn.LayerNorm``)."""
@@ -300,7 +302,7 @@ class StackedBranchWeights:
                 stacked_layer = {}
                 for name, modules in layers.items():
                     pair = []
-                    for attr in ("weight", "bias"):
+                    for attr in ('weight', 'bias'):
                         params = [getattr(m, attr) for m in modules]
                         stack = torch.empty((len(params),) + tuple(params[0].shape), dtype=params[0].dtype,
                                             device=params[0].device)
@@ -333,13 +335,13 @@ class VisionTransformerCE(nn.Module):
                  drop_path_rate: float = 0.0):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+            raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
         for size in (template_size, search_size):
             if size % patch_size:
-                raise ValueError(f"crop size {size} is not a multiple of the patch size {patch_size}")
+                raise ValueError(f'crop size {size} is not a multiple of the patch size {patch_size}')
         if any(not 0 <= i < depth for i in ce_loc) or len(ce_keep_ratio) < len(ce_loc):
-            raise ValueError(f"ce_loc {list(ce_loc)} must index blocks 0..{depth - 1} and have a keep ratio each "
-                             f"(got {list(ce_keep_ratio)})")
+            raise ValueError(f'ce_loc {list(ce_loc)} must index blocks 0..{depth - 1} and have a keep ratio each '
+                             f'(got {list(ce_keep_ratio)})')
         self.embed_dim = embed_dim
         self.depth = depth
         self.num_heads = num_heads
@@ -356,7 +358,7 @@ class VisionTransformerCE(nn.Module):
         self.pos_embed_z = nn.Parameter(torch.zeros(1, self.template_feat_size ** 2, embed_dim))
         self.pos_embed_x = nn.Parameter(torch.zeros(1, self.search_feat_size ** 2, embed_dim))
         self.patch_embed = PatchEmbed(patch_size, embed_dim)
-        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: also under a meta-device build
+        rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()  # cpu: also under a meta-device build
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, rates[i]) for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.init_weights()
@@ -399,12 +401,12 @@ class VisionTransformerCE(nn.Module):
         z = self.embed_template(template) if template.ndim == 4 else template
         x = self.patch_embed(search)
         if z.shape[1:] != (self.num_template_tokens, self.embed_dim) or x.shape[1] != self.num_search_tokens:
-            raise ValueError(f"expected template {self.template_size}px and search {self.search_size}px crops, "
-                             f"(or template tokens (B, {self.num_template_tokens}, {self.embed_dim})), "
-                             f"got {tuple(template.shape[1:])} and {tuple(search.shape[2:])}")
+            raise ValueError(f'expected template {self.template_size}px and search {self.search_size}px crops, '
+                             f'(or template tokens (B, {self.num_template_tokens}, {self.embed_dim})), '
+                             f'got {tuple(template.shape[1:])} and {tuple(search.shape[2:])}')
         if search_token_keep is not None:
             if search_token_keep.shape != x.shape[:2]:
-                raise ValueError(f"search_token_keep must be (B, {x.shape[1]}), got {tuple(search_token_keep.shape)}")
+                raise ValueError(f'search_token_keep must be (B, {x.shape[1]}), got {tuple(search_token_keep.shape)}')
             x = x * search_token_keep.unsqueeze(-1).to(x.dtype)
         return torch.cat([z, x + self.pos_embed_x], dim=1)
 
