@@ -111,6 +111,24 @@ def test_lost_state_keeps_the_last_trusted_box(network, frames):
         assert tracking.track(rgb[t], tir[t]) == reference.track(rgb[t], tir[t])
 
 
+def test_scale_change_option_holds_the_box_size_within_the_ratio(network, frames):
+    rgb, tir = frames
+    reference = _tracker(network)
+    limited = _tracker(network, max_scale_change=1.01)
+    for tracker in (reference, limited):
+        tracker.initialize(rgb[0], tir[0], (120, 100, 30, 30))
+    previous = (120.0, 100.0, 30.0, 30.0)
+    for t in range(1, 5):
+        free, held = reference.track(rgb[t], tir[t]).box, limited.track(rgb[t], tir[t]).box
+        for k in (2, 3):
+            assert previous[k] / 1.01 - 1e-6 <= held[k] <= previous[k] * 1.01 + 1e-6
+        previous = held
+    assert free != held   # the random-weight network's sizes do change more than 1 % a frame
+    with pytest.raises(ValueError, match='max_scale_change'):
+        TrackerOptions(max_scale_change=1.0)
+    assert not TrackerOptions(max_scale_change=1.1).is_official
+
+
 def test_template_update_option(network, frames):
     rgb, tir = frames
     fixed = _tracker(network)

@@ -9,7 +9,8 @@ A configuration is the official nested structure (``DATA`` / ``MODEL`` / ``TRAIN
 * ``MODEL.BACKBONE.CE_MODE``: ``MCE`` (official: one selection from the element-wise maximum of
   both branches' attention) or ``CE`` (plain OSTrack candidate elimination per branch).  Only
   relevant when ``CE_LOC`` is non-empty.
-* ``TEST.LOST_THRESHOLD`` (``null`` = off), ``TEST.TEMPLATE_UPDATE_INTERVAL`` (0 = off) and
+* ``TEST.LOST_THRESHOLD`` (``null`` = off), ``TEST.MAX_SCALE_CHANGE`` (``null`` = off),
+  ``TEST.TEMPLATE_UPDATE_INTERVAL`` (0 = off) and
   ``TEST.TEMPLATE_UPDATE_THRESHOLD``: tracker options that are not in the official tracker (see
   :mod:`ckd_ros.core.tracker`); off in the official files.
 
@@ -135,13 +136,14 @@ DEFAULTS: dict[str, Any] = {
         'EPOCH': 30,
         # extra keys of this package (tracker options, off = official behaviour)
         'LOST_THRESHOLD': None,
+        'MAX_SCALE_CHANGE': None,
         'TEMPLATE_UPDATE_INTERVAL': 0,
         'TEMPLATE_UPDATE_THRESHOLD': 0.5,
     },
 }
 
 # Keys that may be null (YAML ``null``) besides their default's type.
-_NULLABLE = {'TEST.LOST_THRESHOLD', 'TRAIN.SCHEDULER.TYPE'}
+_NULLABLE = {'TEST.LOST_THRESHOLD', 'TEST.MAX_SCALE_CHANGE', 'TRAIN.SCHEDULER.TYPE'}
 
 
 class ConfigNode(Mapping[str, Any]):
@@ -357,6 +359,8 @@ def _validate(d: dict) -> None:
         raise ConfigError(f"DATA.STD entries must be > 0, got {data['STD']}")
     if test['LOST_THRESHOLD'] is not None and not 0 <= test['LOST_THRESHOLD'] <= 1:
         raise ConfigError(f"TEST.LOST_THRESHOLD must be null or in [0, 1], got {test['LOST_THRESHOLD']}")
+    if test['MAX_SCALE_CHANGE'] is not None and not test['MAX_SCALE_CHANGE'] > 1:
+        raise ConfigError(f"TEST.MAX_SCALE_CHANGE must be null or > 1, got {test['MAX_SCALE_CHANGE']}")
     if test['TEMPLATE_UPDATE_INTERVAL'] < 0:
         raise ConfigError('TEST.TEMPLATE_UPDATE_INTERVAL must be >= 0 (0 = off), '
                           f"got {test['TEMPLATE_UPDATE_INTERVAL']}")

@@ -13,6 +13,9 @@ Options (``TEST.*`` config keys or :class:`TrackerOptions`; all off = official n
   official tracker computes no score.  It never changes the box.
 * ``lost_threshold``: when ``score`` falls below it the result state is ``"LOST"`` and the tracker
   keeps (and returns) the last box it trusted, searching around it on the next frame.
+* ``max_scale_change`` r > 1: the box's width and height may change by at most a factor r from one
+  frame to the next (around the new centre). The network's size head sometimes jumps to a box a
+  quarter of the image large and never recovers; a limit keeps such a jump from becoming the state.
 * ``template_update_interval`` N > 0: every N-th frame whose score is at least
   ``template_update_threshold`` re-crops both templates around the new box (the official tracker
   never updates its templates).
@@ -71,12 +74,16 @@ class TrackResult:
 class TrackerOptions:
     """Non-official tracker behaviour; the defaults reproduce the official tracker."""
     lost_threshold: float | None = None
+    max_scale_change: float | None = None
     template_update_interval: int = 0
     template_update_threshold: float = 0.5
 
     def __post_init__(self):
         if self.lost_threshold is not None and not 0 <= self.lost_threshold <= 1:
             raise ValueError(f'lost_threshold must be None or in [0, 1], got {self.lost_threshold}')
+        if self.max_scale_change is not None and not (
+                math.isfinite(self.max_scale_change) and self.max_scale_change > 1):
+            raise ValueError(f'max_scale_change must be None or a finite number > 1, got {self.max_scale_change}')
         if self.template_update_interval < 0:
             raise ValueError(f'template_update_interval must be >= 0 (0 = off), got {self.template_update_interval}')
         if not 0 <= self.template_update_threshold <= 1:
@@ -84,12 +91,21 @@ class TrackerOptions:
 
     @classmethod
     def from_config(cls, cfg: CKDConfig) -> "TrackerOptions":
-        return cls(lost_threshold=cfg.TEST.LOST_THRESHOLD, template_update_interval=cfg.TEST.TEMPLATE_UPDATE_INTERVAL,
+        return cls(lost_threshold=cfg.TEST.LOST_THRESHOLD, max_scale_change=cfg.TEST.MAX_SCALE_CHANGE,
+                   template_update_interval=cfg.TEST.TEMPLATE_UPDATE_INTERVAL,
                    template_update_threshold=cfg.TEST.TEMPLATE_UPDATE_THRESHOLD)
 
     @property
     def is_official(self) -> bool:
-        return self.lost_threshold is None and self.template_update_interval == 0
+        return self.lost_threshold is None and self.max_scale_change is None and self.template_update_interval == 0
+
+
+def _limit_scale_change(box, previous, ratio: float) -> list:
+    """``box`` with its width and height held within [1/ratio, ratio] times ``previous``'s, same centre."""
+    x, y, w, h = box
+    width = min(max(w, previous[2] / ratio), previous[2] * ratio)
+    height = min(max(h, previous[3] / ratio), previous[3] * ratio)
+    return [x + (w - width) / 2, y + (h - height) / 2, width, height]
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -220,6 +236,9 @@ class CKDTracker:
         opts = self.options
         if opts.lost_threshold is not None and score < opts.lost_threshold:
             return TrackResult(box=tuple(self._box), score=score, state=LOST, frame_index=self._frame_index)
+        if opts.max_scale_change is not None:
+            new_box = clip_box(_limit_scale_change(new_box, self._box, opts.max_scale_change), height, width,
+                               margin=CLIP_MARGIN)
         self._box = new_box
         if (opts.template_update_interval and self._frame_index % opts.template_update_interval == 0
                 and score >= opts.template_update_threshold):
