@@ -29,6 +29,18 @@ def test_convert_options_out_of_range_are_argument_errors(tmp_path, capsys, opti
     assert not (tmp_path / 'bag').exists()
 
 
+@pytest.mark.parametrize('option, value', [('--rate', '0'), ('--rate', '-1'), ('--rate', 'nan'), ('--timeout', '0'),
+                                           ('--timeout', '-5'), ('--timeout', 'inf')])
+def test_play_options_out_of_range_are_argument_errors(tmp_path, capsys, option, value):
+    # were accepted: a rate of 0 never sent a frame, a timeout of 0 gave up on every pair
+    with pytest.raises(SystemExit) as exc:
+        bag_cli.main(['play', str(tmp_path / 'bag'), '--out', str(tmp_path / 'out'), option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f'argument {option}' in err and value in err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_the_last_stamp_must_fit_a_ros_time_too(tmp_path, capsys):
     seq = _sequence(tmp_path)
     with pytest.raises(ValueError, match=r'5 frames at 0\.1 fps from 2\.14748e\+09 s end at 2147483687 s, past the '

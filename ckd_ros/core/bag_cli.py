@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--node', default='/ckd_tracker', help='node name whose ~/target and ~/status are recorded')
     p.add_argument('--mode', choices=('realtime', 'lockstep'), default='realtime',
                    help='realtime: bag timing (scaled by --rate); lockstep: each pair waits for the answer')
-    p.add_argument('--rate', type=float, default=1.0, help='playback rate factor (realtime mode)')
-    p.add_argument('--timeout', type=float, default=10.0, help='lock-step wait per pair (s)')
+    # > 0 and finite: a rate of 0 never sent a frame, a timeout of 0 gave up on every pair
+    p.add_argument('--rate', type=cli_args.number(0.0), default=1.0, help='playback rate factor (realtime mode), > 0')
+    p.add_argument('--timeout', type=cli_args.number(0.0), default=10.0, help='lock-step wait per pair (s), > 0')
     p.add_argument('--keep-stamps', action='store_true', help='publish the recorded stamps (default: now)')
     p.add_argument('--no-init', action='store_true', help='do not send the first ground-truth box as the target')
     p.add_argument('--storage', choices=bagio.STORAGES, default='mcap')
