@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ckd_ros.core import cli_args
@@ -29,7 +28,7 @@ from ckd_ros.core.report import machine_line
 from ckd_ros.core.synthetic import SyntheticScene
 from ckd_ros.core.tracker import TrackerOptions
 
-from .evaluate import _seed_range
+from .evaluate import _seed_range, run_sequence
 
 
 def _optional_numbers(text: str) -> list:
@@ -47,20 +46,11 @@ def sweep(config: str, checkpoint, seeds, length: int, size, failure_fraction: f
     """``[(lost, scale_change, metrics dict)]`` for every combination, fused, from the first GT box."""
     scenes = [SyntheticScene(int(seed), length, size, failure_fraction=failure_fraction) for seed in seeds]
     ground_truth = {scene.name: GroundTruth(scene.ground_truth) for scene in scenes}
-    frames = {scene.name: [scene.frame(i) for i in range(len(scene))] for scene in scenes}
     rows = []
     for lost, scale in itertools.product(lost_values, scale_values):
         options = TrackerOptions(lost_threshold=lost, max_scale_change=scale)
         tracker = init_tracker(config, checkpoint=checkpoint, device='cpu', options=options)
-        results = {}
-        for scene in scenes:
-            boxes = np.zeros((len(scene), 4))
-            for index, (rgb, thermal) in enumerate(frames[scene.name]):
-                if index == 0:
-                    boxes[0] = tracker.initialize(rgb, thermal, scene.ground_truth[0]).box
-                else:
-                    boxes[index] = tracker.track(rgb, thermal).box
-            results[scene.name] = boxes
+        results = {scene.name: run_sequence(tracker, scene, 'fused') for scene in scenes}
         metrics = {k: float(v) for k, v in evaluate('generic', results, ground_truth).metrics.items()}
         rows.append((lost, scale, metrics))
         print(f'lost {lost} scale change {scale}: SR {100 * metrics["SR"]:.1f} PR {100 * metrics["PR"]:.1f} '

@@ -63,3 +63,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def moving_square_frames(count: int, height: int, width: int):
+    """``count`` RGB and single-channel thermal uint8 frames: a bright 30x30 square moving 4 px right per
+    frame over a noisy background (seeded: the same frames in every test that uses them)."""
+    import numpy as np
+    rng = np.random.default_rng(7)
+    rgb, thermal = [], []
+    for t in range(count):
+        image = rng.integers(0, 60, (height, width, 3), np.uint8)
+        image[100:130, 120 + 4 * t:150 + 4 * t] = (250, 200, 40)
+        rgb.append(image)
+        frame = rng.integers(0, 40, (height, width), np.uint8)
+        frame[100:130, 120 + 4 * t:150 + 4 * t] = 230
+        thermal.append(frame)
+    return rgb, thermal

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import moving_square_frames
 from ckd_ros.core import bag_cli, bagio, checkpoint
 from ckd_ros.core.checkpoint import CheckpointError, inference_state_dict, read_checkpoint
 from ckd_ros.core.config import load_config
@@ -61,16 +62,7 @@ def network():
 
 @pytest.fixture(scope='module')
 def frames():
-    rng = np.random.default_rng(7)
-    rgb, tir = [], []
-    for t in range(4):
-        img = rng.integers(0, 60, (H, W, 3), np.uint8)
-        img[100:130, 120 + 4 * t:150 + 4 * t] = (250, 200, 40)
-        rgb.append(img)
-        thermal = rng.integers(0, 40, (H, W), np.uint8)
-        thermal[100:130, 120 + 4 * t:150 + 4 * t] = 230
-        tir.append(thermal)
-    return rgb, tir
+    return moving_square_frames(4, H, W)
 
 
 def _poisoned(network, key, value=float('nan')):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import moving_square_frames
 from ckd_ros.core import api
 from ckd_ros.core.api import init_tracker, resolve_device
 from ckd_ros.core.checkpoint import save_checkpoint
@@ -27,16 +28,7 @@ def _one_thread(one_torch_thread):
 @pytest.fixture(scope='module')
 def frames():
     """A bright square moving right over a noisy background, RGB and single-channel thermal."""
-    rng = np.random.default_rng(7)
-    rgb, tir = [], []
-    for t in range(6):
-        img = rng.integers(0, 60, (H, W, 3), np.uint8)
-        img[100:130, 120 + 4 * t:150 + 4 * t] = (250, 200, 40)
-        rgb.append(img)
-        thermal = rng.integers(0, 40, (H, W), np.uint8)
-        thermal[100:130, 120 + 4 * t:150 + 4 * t] = 230
-        tir.append(thermal)
-    return rgb, tir
+    return moving_square_frames(6, H, W)
 
 
 @pytest.fixture(scope='module')

@@ -29,8 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-TRACKING = 'TRACKING'
-LOST = 'LOST'
+from .tracking import LOST, TRACKING, TrackResult, check_rgb, check_thermal
 
 BASELINES = ('csrt', 'kcf', 'mil')
 INPUTS = ('rgb', 'thermal', 'fused')
@@ -46,20 +45,6 @@ _CONTRIB_OF = {'opencv-python-headless': 'opencv-contrib-python-headless',
 class BaselineUnavailable(RuntimeError):
     """The installed OpenCV lacks the tracker (no contrib build, or no OpenCV at all); the message
     names the package to install."""
-
-
-@dataclass(frozen=True)
-class BaselineResult:
-    """One frame's result, shaped like :class:`ckd_ros.core.tracker.TrackResult`."""
-    box: tuple[float, float, float, float]
-    score: float
-    state: str
-    frame_index: int
-    error: str | None = None
-
-    @property
-    def valid(self) -> bool:
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -182,20 +167,8 @@ def _as_bgr(rgb: np.ndarray, thermal: np.ndarray, which: str) -> np.ndarray:
 
 
 def _check_frames(rgb, thermal) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be an HxWx3 uint8 RGB array, got "
-                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
-    if not isinstance(thermal, np.ndarray) or thermal.dtype != np.uint8:
-        raise ValueError(f"thermal must be a uint8 array (convert 16-bit thermal to 8 bits first), got "
-                         f"{getattr(thermal, 'dtype', type(thermal).__name__)}")
-    if thermal.ndim == 3 and thermal.shape[2] == 1:
-        thermal = thermal[:, :, 0]
-    if not (thermal.ndim == 2 or (thermal.ndim == 3 and thermal.shape[2] == 3)):
-        raise ValueError(f'thermal must be HxW, HxWx1 or HxWx3, got shape {thermal.shape}')
-    if thermal.shape[:2] != rgb.shape[:2]:
-        raise ValueError(f'thermal frame {thermal.shape[1]}x{thermal.shape[0]} and RGB frame '
-                         f'{rgb.shape[1]}x{rgb.shape[0]} differ in size; register them to one geometry first')
-    return rgb, thermal
+    rgb = check_rgb(rgb)
+    return rgb, check_thermal(thermal, *rgb.shape[:2])
 
 
 def _init_rect(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
@@ -248,7 +221,7 @@ class OpenCVTracker:
             return self._create(params)
         return self._create()
 
-    def initialize(self, rgb: np.ndarray, thermal: np.ndarray, box: Sequence[float]) -> BaselineResult:
+    def initialize(self, rgb: np.ndarray, thermal: np.ndarray, box: Sequence[float]) -> TrackResult:
         """Start tracking the target at ``box`` = (x, y, w, h) in the first frame pair."""
         import cv2
         rgb, thermal = _check_frames(rgb, thermal)
@@ -263,9 +236,9 @@ class OpenCVTracker:
         self._tracker = tracker
         self._box = tuple(float(v) for v in box)
         self._frame_index = 0
-        return BaselineResult(box=self._box, score=1.0, state=TRACKING, frame_index=0)
+        return TrackResult(box=self._box, score=1.0, state=TRACKING, frame_index=0)
 
-    def track(self, rgb: np.ndarray, thermal: np.ndarray) -> BaselineResult:
+    def track(self, rgb: np.ndarray, thermal: np.ndarray) -> TrackResult:
         """Locate the target in the next frame pair; on a reported failure the last box, ``LOST``."""
         import cv2
         if self._tracker is None:
@@ -283,8 +256,8 @@ class OpenCVTracker:
             values = tuple(float(v) for v in rect)
             if len(values) == 4 and all(math.isfinite(v) for v in values) and values[2] > 0 and values[3] > 0:
                 self._box = values
-                return BaselineResult(box=values, score=1.0, state=TRACKING, frame_index=self._frame_index)
-        return BaselineResult(box=self._box, score=0.0, state=LOST, frame_index=self._frame_index, error=error)
+                return TrackResult(box=values, score=1.0, state=TRACKING, frame_index=self._frame_index)
+        return TrackResult(box=self._box, score=0.0, state=LOST, frame_index=self._frame_index, error=error)
 
 
 def parse_baseline(text: str) -> BaselineOptions:

