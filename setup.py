@@ -23,8 +23,8 @@ setup(
     entry_points={
         'console_scripts': [
             'ckd-train = ckd_train.cli:main',
-            'ckd-eval = ckd_ros.core.eval_cli:main',
-            'ckd-bag = ckd_ros.core.bag_cli:main',
+            'ckd-eval = ckd_ros.cli.eval:main',
+            'ckd-bag = ckd_ros.cli.bag:main',
         ],
     },
 )

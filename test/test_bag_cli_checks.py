@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from ckd_ros.core import bag_cli, bagio
+from ckd_ros.cli import bag as bag_cli
+from ckd_ros.core import bagio
 
 from test_bagio import _sequence
 

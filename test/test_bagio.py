@@ -288,7 +288,7 @@ def test_play_records_node_outputs(tmp_path, rclpy_context, mode, storage, rgbt)
             '--target-topic /ckd_tracker/target --gt-topic /truth')
         # the output bag says where the played sequence came from: score-bag scores with its protocol
         assert bagio.bag_source_info(out) == bagio.BagSource('rgbt234', 'seq', ('OCC', 'LI'))
-        from ckd_ros.core import eval_cli
+        from ckd_ros.cli import eval as eval_cli
         assert eval_cli.main(['score-bag', str(out), '--gt-topic', '/truth', '--results', str(tmp_path / 'r')]) == 0
         scores = json.loads((tmp_path / 'r' / 'report' / 'scores.json').read_text())
         assert scores['benchmark'] == 'rgbt234' and set(scores['attributes']) == {'OCC', 'LI'}

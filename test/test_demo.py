@@ -157,7 +157,7 @@ def test_node_over_dds_tracks_exactly_like_the_ros_free_tracker(demo_run):
 
     from ckd_ros import init_tracker
     from ckd_ros.core import bagio, results
-    from ckd_ros.core.eval_cli import bag_source
+    from ckd_ros.core.runner import bag_source
     from ckd_ros.core.image import ThermalGainControl
     torch.set_num_threads(1)   # as the node (--threads 1)
     tracker = init_tracker(str(MICRO_CONFIG), checkpoint='random', device='cpu')
@@ -306,7 +306,7 @@ def test_a_failing_baseline_run_stops_the_demo_with_its_output(tmp_path):
     from ckd_ros.ros.demo import BaselineRuns, DemoError, baseline_command, parse_baselines
     chosen = parse_baselines('csrt:fused:psr=0,kcf:rgb')
     command = baseline_command(chosen[0], tmp_path / 'bags', tmp_path / 'results' / 'x', 1)
-    assert command[1:] == ['-m', 'ckd_ros.core.eval_cli', 'run', '--bags', str(tmp_path / 'bags'), '--results',
+    assert command[1:] == ['-m', 'ckd_ros.cli.eval', 'run', '--bags', str(tmp_path / 'bags'), '--results',
                            str(tmp_path / 'results' / 'x'), '--tracker', 'csrt', '--tracker-input', 'fused',
                            '--threads', '1', '--quiet', '--no-report', '--csrt-psr-threshold', '0.0']
     job = BaselineRuns(chosen, tmp_path, 1)

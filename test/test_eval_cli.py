@@ -5,7 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ckd_ros.core import bag_cli, bagio, eval_cli, metrics, results
+from ckd_ros.cli import bag as bag_cli
+from ckd_ros.cli import eval as eval_cli
+from ckd_ros.core import bagio, metrics, results, runner
 from ckd_ros.core.datasets import ground_truth_of, open_dataset
 from ckd_ros.core.image import ThermalGainControl
 
@@ -77,12 +79,12 @@ def test_run_resumes_after_interruption(lasher_root, tmp_path):
     # the tracker dies on its 8th track call: sequence aa (5 calls) finishes, bb is interrupted
     dying = HotSpotTracker(fail_on=7)
     with pytest.raises(KeyboardInterrupt):
-        eval_cli.run_sources(eval_cli.dataset_sources(ds, None, gain, None), lambda: dying, out, show_progress=False)
+        runner.run_sources(runner.dataset_sources(ds, None, gain, None), lambda: dying, out, show_progress=False)
     assert results.list_result_sequences(out) == ['aa']
     assert not (out / 'bb.txt').exists()           # nothing half-written for the interrupted sequence
     first = (out / 'aa.txt').read_text()
     fresh = HotSpotTracker()
-    summary = eval_cli.run_sources(eval_cli.dataset_sources(ds, None, gain, None), lambda: fresh, out,
+    summary = runner.run_sources(runner.dataset_sources(ds, None, gain, None), lambda: fresh, out,
                                    show_progress=False)
     assert summary.skipped == ['aa'] and summary.tracked == ['bb', 'cc']
     assert fresh.frames_tracked == 2 * (FRAMES - 1)
@@ -603,6 +605,33 @@ def test_run_precision_and_backend_choices_are_the_trackers():
     from ckd_ros.core import api
     assert eval_cli.RECIPE_CHECKPOINTS == api.RECIPE_CHECKPOINTS
     assert eval_cli._shipped_weights('ckd_tiny') == api.shipped_weights_path('ckd_tiny')
+
+
+def test_run_takes_precision_and_backend_auto_like_the_node(lasher_root, tmp_path, monkeypatch, capsys):
+    """--precision/--backend take the node's values, 'auto' included: chosen once for this machine (as the
+    node does at configure), the tracker built and the run manifest written with the choice."""
+    from ckd_ros.core.api import select_acceleration
+    from ckd_ros.ros.params import BACKEND_CHOICES, PRECISION_CHOICES
+    parser = eval_cli.build_parser()
+    run = next(a for a in parser._subparsers._group_actions[0].choices['run']._actions if a.dest == 'precision')
+    assert tuple(run.choices) == PRECISION_CHOICES
+    run = next(a for a in parser._subparsers._group_actions[0].choices['run']._actions if a.dest == 'backend')
+    assert tuple(run.choices) == BACKEND_CHOICES
+    built = []
+    monkeypatch.setattr(eval_cli, 'make_tracker_factory', lambda *a, **k: built.append(a) or HotSpotTracker)
+    out = tmp_path / 'auto'
+    args = ['run', '--dataset', str(lasher_root), '--results', str(out), '--quiet', '--device', 'cpu']
+    assert eval_cli.main(args + ['--precision', 'auto', '--backend', 'auto']) == 0
+    expected = select_acceleration('auto', 'auto', 'cpu')
+    assert f'precision auto: chose {expected.precision}/{expected.backend}' in capsys.readouterr().out
+    assert built[-1][4:6] == (expected.precision, expected.backend)
+    settings = json.loads((out / 'ckd_run.json').read_text())['settings']
+    assert (settings['precision'], settings['backend']) == (expected.precision, expected.backend)
+    # the explicit options of the choice are the same settings: the run resumes
+    assert eval_cli.main(args + ['--precision', expected.precision, '--backend', expected.backend]) == 0
+    assert 'skipped (results exist) 3' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        eval_cli.main(args + ['--precision', 'fp8'])
 
 
 # ------------------------------------------------------------------ OpenCV baseline trackers (--tracker)

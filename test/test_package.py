@@ -16,7 +16,7 @@ _CORE_WITHOUT_ROS = textwrap.dedent("""
     ROS_PREFIXES = ('rclpy', 'rcl_interfaces', 'rosidl', 'sensor_msgs', 'std_msgs', 'builtin_interfaces',
                     'diagnostic_msgs', 'lifecycle_msgs', 'std_srvs', 'vision_msgs', 'message_filters',
                     'cv_bridge', 'launch', 'launch_ros', 'ament_index_python', 'ckd_ros.msg', 'ckd_ros.srv',
-                    'ckd_ros.ros', 'ckd_train')
+                    'ckd_ros.ros', 'ckd_ros.cli', 'ckd_train')
 
     class BlockRos:
         def find_spec(self, name, path=None, target=None):
@@ -42,6 +42,39 @@ def test_core_imports_without_ros():
                          timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert 'core modules imported without ROS' in out.stdout
+
+
+def _imported_modules(path) -> set[str]:
+    """Every module an import statement of ``path`` names (also inside functions), relative ones resolved."""
+    import ast
+    package = '.'.join(path.relative_to(REPO_ROOT).with_suffix('').parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                parent = package.split('.')[:len(package.split('.')) - node.level + 1]
+                base = '.'.join(parent + ([base] if base else []))
+            names.add(base)
+            names.update(f'{base}.{alias.name}' for alias in node.names)
+    return names
+
+
+def test_imports_run_downward():
+    """cli above ros above core: ``ckd_ros.core`` imports neither ``ckd_ros.ros`` nor ``ckd_ros.cli`` (not
+    even inside a function), and ``ckd_ros.ros`` does not import ``ckd_ros.cli``."""
+    upward = {'core': ('ckd_ros.ros', 'ckd_ros.cli'), 'ros': ('ckd_ros.cli',)}
+    found = []
+    for layer, forbidden in upward.items():
+        for path in sorted((REPO_ROOT / 'ckd_ros' / layer).rglob('*.py')):
+            for name in _imported_modules(path):
+                if any(name == f or name.startswith(f + '.') for f in forbidden):
+                    found.append(f'{path.relative_to(REPO_ROOT)} imports {name}')
+    assert not found, found
+    # the check sees an upward import when there is one
+    assert 'ckd_ros.ros.bag_play' in _imported_modules(REPO_ROOT / 'ckd_ros' / 'cli' / 'bag.py')
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from ckd_ros.core import bagio, eval_cli, results
+from ckd_ros.cli import eval as eval_cli
+from ckd_ros.core import bagio, results
 from ckd_ros.core.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from conftest import PEERS_DIR, TEST_DIR
 
@@ -362,7 +363,7 @@ def _bag_pairs(bag):
 def test_sigkill_mid_conversion_leaves_no_partial_bag_and_a_rerun_completes(tmp_path, capsys, storage):
     """The converter is killed with aa converted and bb's third pair being written (sqlite3 commits
     only when the bag closes: in place, that left an empty database under bb's name)."""
-    from ckd_ros.core import bag_cli
+    from ckd_ros.cli import bag as bag_cli
     root = _lasher(tmp_path / 'lasher')
     bags = tmp_path / 'bags'
 

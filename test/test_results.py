@@ -128,7 +128,7 @@ def test_run_manifest_round_trip_and_damage(tmp_path):
 
 
 def test_a_result_file_that_is_a_symbolic_link_is_refused_unread(tmp_path, capsys):
-    from ckd_ros.core import eval_cli
+    from ckd_ros.cli import eval as eval_cli
     secret = tmp_path / 'shadow'
     secret.write_text('root:$6$saltsalt$SECRETHASH:19000:0:99999:7:::\n')
     out = tmp_path / 'run'

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from conftest import moving_square_frames
-from ckd_ros.core import bag_cli, bagio, checkpoint
+from ckd_ros.cli import bag as bag_cli
+from ckd_ros.core import bagio, checkpoint
 from ckd_ros.core.checkpoint import CheckpointError, inference_state_dict, read_checkpoint
 from ckd_ros.core.config import load_config
 from ckd_ros.core.geometry import clip_box

@@ -543,14 +543,14 @@ def run_ablations(sequences: list[DemoSequence], bags: dict[str, Path], run_dir:
                   show_progress: bool) -> dict[str, dict[str, SequenceTrack]]:
     """RGB-only and thermal-only runs of the ROS-free tracker over the same bags (``ckd-eval run``'s
     machinery); result files under ``results/<run>/``."""
-    from ckd_ros.core import eval_cli
+    from ckd_ros.core import runner
     from ckd_ros.core.image import ThermalGainControl
     out = {}
     for run, blanked in (('rgb_only', 'thermal'), ('thermal_only', 'rgb')):
-        sources = [blank_modality(eval_cli.bag_source(bags[s.name], bagio.DEFAULT_TOPICS, ThermalGainControl(), None),
+        sources = [blank_modality(runner.bag_source(bags[s.name], bagio.DEFAULT_TOPICS, ThermalGainControl(), None),
                                   blanked) for s in sequences]
         result_dir = run_dir / 'results' / run
-        summary = eval_cli.run_sources(sources, lambda: tracker, result_dir, show_progress=show_progress)
+        summary = runner.run_sources(sources, lambda: tracker, result_dir, show_progress=show_progress)
         if summary.failed:
             raise DemoError(f'{run}: tracking failed on {summary.failed}')
         tracks = {}
@@ -600,8 +600,8 @@ def usable_cores() -> int:
 
 
 def baseline_command(options: baselines.BaselineOptions, bags_dir: Path, result_dir: Path, threads: int) -> list[str]:
-    """``ckd-eval run --tracker ...`` over the demo's bags, as ``python -m ckd_ros.core.eval_cli``."""
-    command = [sys.executable, '-m', 'ckd_ros.core.eval_cli', 'run', '--bags', str(bags_dir), '--results',
+    """``ckd-eval run --tracker ...`` over the demo's bags, as ``python -m ckd_ros.cli.eval``."""
+    command = [sys.executable, '-m', 'ckd_ros.cli.eval', 'run', '--bags', str(bags_dir), '--results',
                str(result_dir), '--tracker', options.tracker, '--tracker-input', options.input,
                '--threads', str(threads), '--quiet', '--no-report']
     if options.psr_threshold is not None:

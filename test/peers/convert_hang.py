@@ -11,7 +11,8 @@ import time
 
 
 def main():
-    from ckd_ros.core import bag_cli, bagio
+    from ckd_ros.cli import bag as bag_cli
+    from ckd_ros.core import bagio
     hang_at = int(sys.argv[1])
     calls = 0
     real_write_pair = bagio.BagWriter.write_pair

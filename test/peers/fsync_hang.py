@@ -32,7 +32,7 @@ def main():
     os.fsync = _fsync
     mode, args = sys.argv[2], sys.argv[3:]
     if mode == 'eval':
-        from ckd_ros.core import eval_cli
+        from ckd_ros.cli import eval as eval_cli
         return eval_cli.main(args)
     import torch
     torch.set_num_threads(1)
