@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ckd_ros.core import cli_args
-from ckd_ros.ros.node_command import tracker_node_args
+from ckd_ros.ros.node_command import ChildProcess, start_tracker_node
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CAMERA_PEER = REPO_ROOT / 'test' / 'peers' / 'rgbt_camera_peer.py'
@@ -42,24 +40,12 @@ NAMESPACE = '/bench'
 NODE = f'{NAMESPACE}/ckd_tracker'
 
 
-class Lines:
-    """A child's output, read in a thread (a full pipe would block the child)."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: [self.lines.append(line.rstrip('\n')) for line in proc.stdout],
-                         daemon=True).start()
-
-    def event(self, name: str):
-        for line in self.lines:
-            if line.startswith('{') and json.loads(line).get('event') == name:
-                return json.loads(line)
-        return None
-
-
-def spawn(args: list) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def event(output, name: str):
+    """The first JSON line ``{"event": name, ...}`` a peer printed (``output``: ``ChildProcess.drain()``)."""
+    for line in output.lines:
+        if line.startswith('{') and json.loads(line).get('event') == name:
+            return json.loads(line)
+    return None
 
 
 def percentile(values, q):
@@ -126,12 +112,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
 def run_once(args, size_wh) -> dict:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -141,11 +121,11 @@ def run_once(args, size_wh) -> dict:
     from ckd_ros.msg import TrackedTarget, TrackerStatus
 
     size = '{}x{}'.format(*size_wh)
-    peer = spawn([CAMERA_PEER, '--namespace', NAMESPACE, '--frames', args.frames, '--rate', args.rate,
-                  '--thermal-every', '1', '--jitter-ms', '1', '--size', size, '--thermal-size', size,
-                  '--rgb-encodings', 'rgb8', '--thermal-encodings', 'mono16', '--qos', 'reliable',
-                  '--cycle', '30', '--wait-subscribers', '120', '--linger', '2'])
-    peer_out = Lines(peer)
+    peer = ChildProcess([CAMERA_PEER, '--namespace', NAMESPACE, '--frames', args.frames, '--rate', args.rate,
+                         '--thermal-every', '1', '--jitter-ms', '1', '--size', size, '--thermal-size', size,
+                         '--rgb-encodings', 'rgb8', '--thermal-encodings', 'mono16', '--qos', 'reliable',
+                         '--cycle', '30', '--wait-subscribers', '120', '--linger', '2'])
+    peer_out = peer.drain()
     node = None
     rclpy.init()
     client = rclpy.create_node('ckd_bench_node')
@@ -161,39 +141,34 @@ def run_once(args, size_wh) -> dict:
             executor.spin_once(timeout_sec=0.02)
 
     try:
-        wait(lambda: peer_out.event('ready'), 120, 'the camera peer')
-        ready = peer_out.event('ready')
+        wait(lambda: event(peer_out, 'ready'), 120, 'the camera peer')
+        ready = event(peer_out, 'ready')
         params = {'model_config': args.model_config, 'checkpoint': args.checkpoint, 'device': 'cpu',
                   'precision': args.precision, 'backend': args.backend, 'torch_threads': args.threads,
                   'autostart': True, 'initial_box': ready['init_box'],
                   'status_period': 0.5, 'stats_window': 1000, 'publish_detections': False}
         if args.input_reliability != 'default':
             params['input.reliability'] = args.input_reliability
-        command = tracker_node_args('ckd_tracker', NAMESPACE, params)
         targets, arrival = [], []
         statuses = []
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         client.create_subscription(TrackedTarget, f'{NODE}/target',
                                    lambda m: (targets.append(m), arrival.append(time.monotonic())), qos)
         client.create_subscription(TrackerStatus, f'{NODE}/status', statuses.append, 10)
-        node = spawn(command)
-        node_out = Lines(node)
+        node = start_tracker_node('ckd_tracker', NAMESPACE, params)
+        node_out = node.drain()
         wait(lambda: len(targets) > 0, 300, "the node's first target")
-        cpu_start, wall_start = process_cpu_s(node.pid), time.monotonic()
-        wait(lambda: peer_out.event('done'), args.frames / args.rate + 300, 'the camera peer to finish')
-        cpu_fraction = (process_cpu_s(node.pid) - cpu_start) / max(1e-9, time.monotonic() - wall_start)
-        done = peer_out.event('done')
+        cpu_start, wall_start = node.cpu_seconds(), time.monotonic()
+        wait(lambda: event(peer_out, 'done'), args.frames / args.rate + 300, 'the camera peer to finish')
+        cpu_fraction = (node.cpu_seconds() - cpu_start) / max(1e-9, time.monotonic() - wall_start)
+        done = event(peer_out, 'done')
         end = time.monotonic() + 2.0
         while time.monotonic() < end:
             executor.spin_once(timeout_sec=0.02)
     finally:
         for proc in (node, peer):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                proc.stop(timeout=10)
         executor.shutdown()
         client.destroy_node()
         rclpy.try_shutdown()

@@ -34,13 +34,13 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ckd_ros.core import cli_args
+from ckd_ros.ros.node_command import start_tracker_node
 
 SECOND = 1_000_000_000
 SLOPE_MIN_PAIRS = 5000   # fewer pairs: the per-10k-pairs RSS trend is not checked (see the module docstring)
@@ -72,17 +72,6 @@ def frame_bank(count: int, width: int, height: int, seed: int = 0):
         thermal[y:y + side, x:x + side] = 9000
         bank.append((rgb, thermal))
     return bank, [float(width // 4), float(height // 4), float(side), float(side)]
-
-
-def node_command(namespace: str, params: dict) -> list:
-    from ament_index_python.packages import get_package_prefix
-    executable = Path(get_package_prefix('ckd_ros')) / 'lib' / 'ckd_ros' / 'ckd_tracker_node'
-    args = [sys.executable, str(executable), '--ros-args', '-r', f'__ns:={namespace}']
-    for key, value in params.items():
-        text = ('true' if value else 'false') if isinstance(value, bool) else (
-            '[' + ','.join(repr(float(v)) for v in value) + ']' if isinstance(value, (list, tuple)) else str(value))
-        args += ['-p', f'{key}:={text}']
-    return args
 
 
 def least_squares_slope(xs, ys) -> float:
@@ -167,12 +156,8 @@ class Soak:
                   'diagnostic_updater.period': 1.0}
         if self.args.checkpoint:
             params['checkpoint'] = self.args.checkpoint
-        env = dict(os.environ, PYTHONUNBUFFERED='1')
-        env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-        self.proc = subprocess.Popen(node_command(self.namespace, params), env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=lambda: [self.log_lines.append(line.rstrip()) for line in self.proc.stdout],
-                         daemon=True).start()
+        self.proc = start_tracker_node('ckd_tracker', self.namespace, params)
+        self.log_lines = self.proc.drain().lines
 
     def run(self) -> dict:
         from ckd_ros.core.report import machine_info
@@ -295,12 +280,8 @@ class Soak:
         return result
 
     def close(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            self.proc.stop(timeout=10)
         self.executor.shutdown()
         self.node.destroy_node()
         import rclpy

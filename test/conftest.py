@@ -1,7 +1,4 @@
 """Shared test fixtures: separate ROS processes and a per-process rclpy context."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,21 +10,19 @@ PEERS_DIR = TEST_DIR / 'peers'
 
 def ros_subprocess_env(**extra):
     """Environment for a child ROS process: the same domain, loopback discovery, unbuffered output."""
-    env = dict(os.environ)
-    env.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    env['PYTHONUNBUFFERED'] = '1'
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    from ckd_ros.ros.node_command import child_environment
+    return child_environment(**extra)
 
 
 @pytest.fixture
 def spawn_process():
-    """Start Python programs in separate processes; terminate them (then kill) at teardown."""
+    """Start Python programs (test peers, the node: ``node_harness.node_command``) in separate processes
+    (``ckd_ros.ros.node_command.ChildProcess``); terminate them all, then wait (kill) at teardown."""
+    from ckd_ros.ros.node_command import ChildProcess
     procs = []
 
     def spawn(args, **env_extra):
-        proc = subprocess.Popen([sys.executable, *map(str, args)], env=ros_subprocess_env(**env_extra),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = ChildProcess(args, **env_extra)
         procs.append(proc)
         return proc
 
@@ -36,11 +31,7 @@ def spawn_process():
         if proc.poll() is None:
             proc.terminate()
     for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stop(timeout=10)
 
 
 @pytest.fixture

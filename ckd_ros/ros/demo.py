@@ -50,7 +50,7 @@ from ckd_ros.core import bagio, baselines, cli_args, metrics, report, results
 from ckd_ros.core.datasets import GroundTruth
 from ckd_ros.core.synthetic import (CONDITIONS, RGB_FAILURES, THERMAL_FAILURES, SyntheticScene, rgb_failure,
                                     thermal_failure)
-from ckd_ros.ros.node_command import tracker_node_args
+from ckd_ros.ros.node_command import ChildProcess, node_executable, start_tracker_node
 
 # Seeds of the demo scenes. The shipped weights' recipe (ckd_train/configs/ckd_tiny_synthetic.yaml)
 # trains on seeds [0, 64) and validates on [500000, 500008), and ckd_train.evaluate holds out
@@ -239,35 +239,31 @@ def link_latest(run_dir: Path) -> Path:
 # The node process and its lifecycle
 
 class TrackerNodeProcess:
-    """The tracker node in a child process (output to ``log_path``), driven through its lifecycle
-    services from ``client_node`` (a node of this process, spun by ``executor``)."""
+    """The tracker node in a child process (``ckd_ros.ros.node_command.start_tracker_node``, output to
+    ``log_path``), driven through its lifecycle services from ``client_node`` (a node of this process,
+    spun by ``executor``)."""
 
     def __init__(self, namespace: str, name: str, params: dict, remaps: dict, log_path: Path, client_node, executor):
         self.namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
         self.name = name
         self.fqn = f'{self.namespace}/{name}'
+        self.params, self.remaps = params, remaps
         self.log_path = log_path
         self.client_node, self.executor = client_node, executor
         try:
-            self.command = [sys.executable, *tracker_node_args(name, self.namespace, params, remaps)]
+            node_executable()
         except FileNotFoundError as error:
             raise DemoError(f'{error} (make demo builds and sources it)') from None
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.proc: ChildProcess | None = None
         self._cpu_start = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED='1')
-        self._log = open(self.log_path, 'w', encoding='utf-8')
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = start_tracker_node(self.name, self.namespace, self.params, self.remaps, log_path=self.log_path)
 
     def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(encoding='utf-8', errors='replace').splitlines()
-        except OSError:
+        if self.proc is None:
             return ''
-        return '\n'.join('    ' + line for line in text[-lines:])
+        return '\n'.join('    ' + line for line in self.proc.tail(lines).splitlines())
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -318,7 +314,7 @@ class TrackerNodeProcess:
         from lifecycle_msgs.msg import Transition
         self.transition(Transition.TRANSITION_CONFIGURE, 'configure', 'inactive')
         self.transition(Transition.TRANSITION_ACTIVATE, 'activate', 'active')
-        self._cpu_start = (process_cpu_seconds(self.proc.pid), time.monotonic())
+        self._cpu_start = (self.proc.cpu_seconds(), time.monotonic())
 
     def reset_target(self) -> None:
         from std_srvs.srv import Trigger
@@ -330,7 +326,7 @@ class TrackerNodeProcess:
         """CPU use of the node process since it became active (percent of one core)."""
         if self._cpu_start is None or self.proc is None or self.proc.poll() is not None:
             return None
-        cpu = process_cpu_seconds(self.proc.pid)
+        cpu = self.proc.cpu_seconds()
         if cpu is None or self._cpu_start[0] is None:
             return None
         wall = time.monotonic() - self._cpu_start[1]
@@ -359,25 +355,8 @@ class TrackerNodeProcess:
         except Exception:   # best effort (e.g. Ctrl-C shut the context down): SIGTERM/SIGKILL below
             pass
         finally:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            if self._log is not None:
-                self._log.close()
+            self.proc.stop(timeout=10)
         return self.proc.returncode
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process (``/proc/<pid>/stat``); None where unavailable."""
-    try:
-        fields = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 class RosSession:
@@ -947,18 +926,27 @@ def write_bags(args, run_dir: Path, excluded: list[tuple[int, int]], say) -> tup
     return sequences, bags, gt
 
 
-def run(args) -> int:
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    def say(text):
-        return print(text, flush=True)
+class StageTimer:
+    """Seconds per stage of a demo run (``metrics.json``'s ``timings_s``), in the order they ran."""
 
-    def stage(name: str, since: float) -> float:
-        timings[name] = time.monotonic() - since
-        return time.monotonic()
+    def __init__(self):
+        self.started = time.monotonic()
+        self.timings: dict[str, float] = {}
+        self.since = self.started
 
-    # Fail fast on the model and the OpenCV baselines before any work: the ablation tracker is loaded here,
-    # in this process.
+    def stage(self, name: str) -> None:
+        """The stage ``name`` ends now; the next one starts."""
+        now = time.monotonic()
+        self.timings[name] = now - self.since
+        self.since = time.monotonic()
+
+    def restart(self) -> None:
+        self.since = time.monotonic()
+
+
+def load_models(args) -> tuple[object, Path | None, list[tuple[int, int]]]:
+    """Fail fast on the model and the OpenCV baselines before any work: the ablation tracker (loaded here, in
+    this process), the checkpoint file and the seed ranges it was trained on."""
     check_baselines(args.baselines)
     checkpoint_file = resolve_checkpoint_file(args.config, args.checkpoint)
     import torch
@@ -968,20 +956,17 @@ def run(args) -> int:
         tracker = init_tracker(args.config, checkpoint=args.checkpoint or None, device=args.device)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise DemoError(f'cannot load the model: {exc}') from None
-    excluded = training_seed_ranges(checkpoint_file)
+    return tracker, checkpoint_file, training_seed_ranges(checkpoint_file)
 
-    run_dir = make_run_dir(args.output_dir)
-    say(f'demo run: {run_dir}  (model {args.config}, weights {checkpoint_file or args.checkpoint}, '
-        f'device {args.device}, {args.threads} thread(s))')
 
-    # 1. scenes -> bags (while DDS discovers what else runs on this domain)
-    t = time.monotonic()
+def bags_and_node_replay(args, run_dir: Path, excluded: list[tuple[int, int]], timer: StageTimer, say):
+    """Stages 1 and 2: scenes -> bags (while DDS discovers what else runs on this domain), then the node over
+    DDS; the node's result files under ``results/fused/``. Returns the sequences, bags, ground truth, the
+    replays and the node's figures."""
     session = RosSession()
     try:
         sequences, bags, gt = write_bags(args, run_dir, excluded, say)
-        t = stage('generate_bags_s', t)
-
-        # 2. the node over DDS
+        timer.stage('generate_bags_s')
         say(f"replaying into the node ({'lock-step' if args.rate is None else f'real time x{args.rate:g}'})")
         replays, node_info = replay_through_node(session, sequences, bags, run_dir, args, gt, say)
     finally:
@@ -989,12 +974,15 @@ def run(args) -> int:
     for seq in sequences:
         track = replays[seq.name].track
         results.write_sequence_result(run_dir / 'results' / 'fused', seq.name, track.boxes, track.times)
-    t = stage('node_replay_s', t)
+    timer.stage('node_replay_s')
+    return sequences, bags, gt, replays, node_info
 
-    # 3. ablations without DDS, and 4. OpenCV's classical trackers on the same bags (ckd-eval run --tracker, in
-    # processes of their own): alongside the ablations where the machine has cores for both
-    labels = dict(RUN_LABELS)
-    labels.update({baseline_run_name(o): f'OpenCV {o.label}' for o in args.baselines})
+
+def ablations_and_baselines(args, sequences: list[DemoSequence], bags: dict[str, Path], run_dir: Path, tracker,
+                            timer: StageTimer, say) -> tuple[dict, dict]:
+    """Stages 3 and 4: the ablations without DDS, and OpenCV's classical trackers on the same bags (ckd-eval run
+    --tracker, in processes of their own), alongside the ablations where the machine has cores for both.
+    Returns the ablation and the baseline tracks by run name."""
     job = BaselineRuns(args.baselines, run_dir, args.threads) if args.baselines else None
     alongside = job is not None and usable_cores() >= 2 * args.threads
     baseline_tracks = {}
@@ -1005,24 +993,38 @@ def run(args) -> int:
             job.start()
         say('ablations: the same model without DDS, one modality blanked')
         ablations = run_ablations(sequences, bags, run_dir, tracker, show_progress=not args.quiet)
-        t = stage('ablations_s', t)
+        timer.stage('ablations_s')
         if job is not None:
             if not alongside:
                 say('baselines: OpenCV ' + ', '.join(o.label for o in args.baselines) + ' (ckd-eval run --tracker) '
                     f'on the same bags (log: {job.log_path})')
             baseline_tracks = job.wait(sequences)
-            timings['baselines_s'] = job.seconds
+            timer.timings['baselines_s'] = job.seconds
             if alongside:
-                timings['baselines_wait_s'] = time.monotonic() - t
+                timer.timings['baselines_wait_s'] = time.monotonic() - timer.since
             say(f'baselines: done in {job.seconds:.0f} s')
-            t = time.monotonic()
+            timer.restart()
     finally:
         if job is not None:
             job.cancel()
-    runs = list(RUNS) + list(baseline_tracks)
+    return ablations, baseline_tracks
 
-    # 5. scores, plots
-    tracks = {'fused': {n: r.track for n, r in replays.items()}, **ablations, **baseline_tracks}
+
+@dataclass
+class Scores:
+    """Stage 5: every run scored overall and per failing camera, its speed, the plots and the verdicts."""
+    scores: dict[str, metrics.BenchmarkScore]
+    conditions: dict[str, dict]
+    fps: dict[str, float]
+    plots: dict[str, Path]
+    fused_wins: dict[str, bool]
+    winner: str | None
+    winner_line: str
+
+
+def score_runs(runs: list[str], sequences: list[DemoSequence], gt: dict, tracks: dict, replays: dict,
+               labels: dict[str, str], run_dir: Path) -> Scores:
+    """Scores, per-run reports under ``reports/`` and the precision/success plots of every run."""
     ground_truth = {s.name: GroundTruth(gt[s.name]) for s in sequences}
     scores, conditions, fps = {}, {}, {}
     for run_name in runs:
@@ -1046,11 +1048,16 @@ def run(args) -> int:
                                            title=f'{metric}: {len(sequences)} synthetic RGB-T sequences')
     fused_wins = {metric: all(scores['fused'].metrics[metric] > scores[r].metrics[metric]
                               for r in ('rgb_only', 'thermal_only')) for metric in ('PR', 'NPR', 'SR')}
-    winner, winner_line = winners(scores, labels, list(baseline_tracks))
-    t = stage('scoring_s', t)
+    baseline_runs = [r for r in runs if r not in RUNS]
+    winner, winner_line = winners(scores, labels, baseline_runs)
+    return Scores(scores, conditions, fps, plots, fused_wins, winner, winner_line)
 
-    # 6. video
-    video, codec, video_frames, previews = write_video(sequences, bags, tracks['fused'], gt, run_dir / 'tracking',
+
+def video_and_preview(args, sequences: list[DemoSequence], bags: dict[str, Path], fused_tracks: dict, gt: dict,
+                      run_dir: Path):
+    """Stage 6: the node's boxes on the replayed frames (``tracking.mp4``) and ``preview.png``; returns the
+    video path, its codec and frame count, and the preview's path (None without one)."""
+    video, codec, video_frames, previews = write_video(sequences, bags, fused_tracks, gt, run_dir / 'tracking',
                                                        args.fps)
     preview_path = None
     if previews:
@@ -1058,9 +1065,23 @@ def run(args) -> int:
         preview_path = run_dir / 'preview.png'
         stacked = np.concatenate([previews[k] for k in ('rgb_fails', 'thermal_fails') if k in previews], axis=0)
         cv2.imwrite(str(preview_path), cv2.cvtColor(stacked, cv2.COLOR_RGB2BGR))
-    t = stage('video_s', t)
+    return video, codec, video_frames, preview_path
 
-    # 7. performance
+
+@dataclass
+class NodePerformance:
+    """Stage 7: the node's speed (``performance.json``) and what the tables say about it."""
+    metrics: dict
+    config: dict
+    sent: int
+    tracked_pairs: int
+    dropped: int
+
+
+def node_performance(args, replays: dict, node_info: dict, fps: dict[str, float], sequences: list[DemoSequence],
+                     labels: dict[str, str], baseline_runs: list[str], checkpoint_file: Path | None,
+                     run_dir: Path) -> NodePerformance:
+    """``performance.json``: throughput, end-to-end and node latency percentiles, drops, CPU of the node."""
     all_e2e = np.concatenate([r.end_to_end_s for r in replays.values()])
     all_node = np.concatenate([r.node_latency_s for r in replays.values()])
     sent = sum(r.stats['sent'] for r in replays.values())
@@ -1093,33 +1114,42 @@ def run(args) -> int:
                          for n, r in replays.items()}
     perf['offline_ablations'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]}
                                  for run_name in ('rgb_only', 'thermal_only')}
-    perf['offline_baselines'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]} for run_name in baseline_tracks}
+    perf['offline_baselines'] = {run_name: {'MEAN_FRAME_RATE': fps[run_name]} for run_name in baseline_runs}
     (run_dir / 'performance.json').write_text(report.to_json(perf))
-    stage('performance_s', t)
-    timings['total_s'] = time.monotonic() - started
+    return NodePerformance(perf_metrics, config, sent, tracked_pairs, dropped)
 
-    # 8. tables
+
+def write_tables(args, run_dir: Path, runs: list[str], sequences: list[DemoSequence], labels: dict[str, str],
+                 scored: Scores, perf: NodePerformance, replays: dict, node_info: dict, video_info: tuple,
+                 timings: dict[str, float], checkpoint_file: Path | None) -> tuple[str, str, str, str, str]:
+    """Stage 8: ``metrics.json`` and ``metrics.md``; returns the printed table, the verdict, the performance
+    and machine lines (and the winner line)."""
+    video, codec, video_frames, _ = video_info
+    scores, conditions, fps = scored.scores, scored.conditions, scored.fps
     text_table = metrics_table(scores, conditions, fps, markdown=False, labels=labels)
     md_table = metrics_table(scores, conditions, fps, markdown=True, labels=labels)
-    verdict = ('CKD fused beats both of its single-modality runs on PR, NPR and SR' if all(fused_wins.values()) else
-               'CKD fused does NOT beat both of its single-modality runs on ' +
-               ', '.join(m for m, won in fused_wins.items() if not won) +
+    verdict = ('CKD fused beats both of its single-modality runs on PR, NPR and SR' if all(scored.fused_wins.values())
+               else 'CKD fused does NOT beat both of its single-modality runs on ' +
+               ', '.join(m for m, won in scored.fused_wins.items() if not won) +
                (' (untrained recipe weights: expected)' if checkpoint_file is None else ''))
     # the speed figures (fps, latency) name the machine they were measured on (load: at the end)
     machine = report.machine_info()
     machine_line = report.machine_line(machine)
+    perf_metrics, dropped, tracked_pairs = perf.metrics, perf.dropped, perf.tracked_pairs
     perf_line = (f"node: {fps['fused']:.1f} pairs/s, end-to-end latency p50 "
                  f"{perf_metrics.get('BasicPerformanceMetrics.P50_LATENCY', float('nan')):.1f} ms, p95 "
                  f"{perf_metrics.get('BasicPerformanceMetrics.P95_LATENCY', float('nan')):.1f} ms, "
                  f"{dropped} of {tracked_pairs} pairs dropped")
+    winner_line = scored.winner_line
     summary = {
-        'run_dir': str(run_dir), 'verdict': verdict, 'fused_beats_ablations': fused_wins,
-        'winner': winner, 'winner_verdict': winner_line, 'labels': labels,
+        'run_dir': str(run_dir), 'verdict': verdict, 'fused_beats_ablations': scored.fused_wins,
+        'winner': scored.winner, 'winner_verdict': winner_line, 'labels': labels,
         'metrics': {r: {**{k: 100 * v for k, v in scores[r].metrics.items()}, 'frames': scores[r].num_frames,
                         'fps': fps[r], 'conditions': conditions[r]} for r in runs},
-        'frames_replayed': sent, 'frames_answered': int(sum(r.track.answered.sum() for r in replays.values())),
+        'frames_replayed': perf.sent,
+        'frames_answered': int(sum(r.track.answered.sum() for r in replays.values())),
         'frames_dropped': dropped, 'video': str(video), 'video_codec': codec, 'video_frames': video_frames,
-        'timings_s': timings, 'node_exit_code': node_info.get('node_exit_code'), 'config': config,
+        'timings_s': timings, 'node_exit_code': node_info.get('node_exit_code'), 'config': perf.config,
         'machine': machine,
     }
     (run_dir / 'metrics.json').write_text(report.to_json(summary))
@@ -1127,7 +1157,7 @@ def run(args) -> int:
     md = [f'# CKD tracker demo ({time.strftime("%Y-%m-%d %H:%M")})', '',
           f'Model `{args.config}`, weights `{checkpoint_file or args.checkpoint}`, device {args.device}, '
           f'{args.threads} torch thread(s); {len(sequences)} synthetic sequences x {args.frames} frames at '
-          f'{args.size[0]}x{args.size[1]}: {seeds}. Replay: {config["mode"]}.', '',
+          f'{args.size[0]}x{args.size[1]}: {seeds}. Replay: {perf.config["mode"]}.', '',
           md_table, f'Percent. PR: centre error <= 20 px; NPR: normalised centre error <= 0.2; SR: success AUC; '
           'SR50: IoU > 0.5. "rgb-fail": frames where the RGB image does not show the target (night, glare); '
           '"th-fail": frames where the thermal image does not (crossover, low contrast). fps: fused = pairs per '
@@ -1141,13 +1171,15 @@ def run(args) -> int:
            'ablations)' if 'baselines_wait_s' in timings else ''), '']
     (run_dir / 'metrics.md').write_text('\n'.join(md))
 
-    link_latest(run_dir)   # only a finished run becomes `latest`
+    return text_table, verdict, perf_line, machine_line, winner_line
+
+
+def say_outputs(args, run_dir: Path, lines: tuple[str, ...], timings: dict[str, float], plots: dict[str, Path],
+                video: Path, preview_path: Path | None, say) -> None:
+    """The table, the verdicts, the timings and where every output is."""
     say('')
-    say(text_table)
-    say(winner_line)
-    say(verdict)
-    say(perf_line)
-    say(machine_line)
+    for line in lines:
+        say(line)
     say(f"took {timings['total_s']:.0f} s (" + ', '.join(f'{k[:-2]} {v:.0f}' for k, v in timings.items()
                                                          if k != 'total_s') + ')' +
         ('; the baselines ran alongside the ablations' if 'baselines_wait_s' in timings else ''))
@@ -1159,6 +1191,41 @@ def run(args) -> int:
                         ('node outputs', run_dir / 'node_output'), ('node log', run_dir / 'node.log')):
         if path is not None:
             say(f'  {label:<15} {path}')
+
+
+def run(args) -> int:
+    """The demo's stages in turn (module docstring); the run folder becomes ``latest`` once all are done."""
+    timer = StageTimer()
+
+    def say(text):
+        return print(text, flush=True)
+
+    tracker, checkpoint_file, excluded = load_models(args)
+    run_dir = make_run_dir(args.output_dir)
+    say(f'demo run: {run_dir}  (model {args.config}, weights {checkpoint_file or args.checkpoint}, '
+        f'device {args.device}, {args.threads} thread(s))')
+    timer.restart()
+    sequences, bags, gt, replays, node_info = bags_and_node_replay(args, run_dir, excluded, timer, say)
+    labels = dict(RUN_LABELS)
+    labels.update({baseline_run_name(o): f'OpenCV {o.label}' for o in args.baselines})
+    ablations, baseline_tracks = ablations_and_baselines(args, sequences, bags, run_dir, tracker, timer, say)
+    runs = list(RUNS) + list(baseline_tracks)
+    tracks = {'fused': {n: r.track for n, r in replays.items()}, **ablations, **baseline_tracks}
+    scored = score_runs(runs, sequences, gt, tracks, replays, labels, run_dir)
+    timer.stage('scoring_s')
+    video_info = video_and_preview(args, sequences, bags, tracks['fused'], gt, run_dir)
+    timer.stage('video_s')
+    perf = node_performance(args, replays, node_info, scored.fps, sequences, labels, list(baseline_tracks),
+                            checkpoint_file, run_dir)
+    timer.stage('performance_s')
+    timer.timings['total_s'] = time.monotonic() - timer.started
+    text_table, verdict, perf_line, machine_line, winner_line = write_tables(
+        args, run_dir, runs, sequences, labels, scored, perf, replays, node_info, video_info, timer.timings,
+        checkpoint_file)
+    link_latest(run_dir)   # only a finished run becomes `latest`
+    video, _, _, preview_path = video_info
+    say_outputs(args, run_dir, (text_table, winner_line, verdict, perf_line, machine_line), timer.timings,
+                scored.plots, video, preview_path, say)
     return 0
 
 

@@ -2,8 +2,6 @@
 lifecycle and services from the test process, and watch its topics and its process."""
 from __future__ import annotations
 
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from ckd_ros.ros.node_command import tracker_node_args
+from ckd_ros.ros.node_command import ChildProcess, OutputLines, tracker_node_args
 
 TEST_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = TEST_DIR.parent
@@ -32,7 +30,7 @@ TRANSITIONS = {
 def node_command(namespace: str, name: str = 'ckd_tracker', params: dict | None = None,
                  params_files: tuple = ()) -> list:
     """Arguments (after the interpreter) that start the node with ``params_files`` (later ones win) and
-    then ``params`` as -p overrides."""
+    then ``params`` as -p overrides, for ``spawn_process`` (a ``ChildProcess``)."""
     return tracker_node_args(name, namespace, params, params_files=params_files)
 
 
@@ -43,20 +41,10 @@ def micro_model_params(**extra) -> dict:
     return params
 
 
-class OutputDrain:
-    """Reads a child's combined output in a thread (a full pipe would block the child)."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc):
-        for line in proc.stdout:
-            self.lines.append(line.rstrip('\n'))
-
-    def text(self) -> str:
-        return '\n'.join(self.lines)
+def OutputDrain(proc: ChildProcess) -> OutputLines:
+    """A child's combined output as it arrives (``lines``, ``text()``): ``ChildProcess.drain``, read in a
+    thread (a full pipe would block the child)."""
+    return proc.drain()
 
 
 def process_threads(pid: int) -> int:
