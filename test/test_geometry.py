@@ -1,12 +1,13 @@
 """Crop placement, padding quirks, box mapping and clipping against hand-computed cases."""
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
-from ckd_ros.core.geometry import (clip_box, crop_window, hann1d, hann2d, map_box_back, sample_target,
-                                   validate_box)
+from ckd_ros.core.geometry import (PADDED_CROP_MAX_BYTES, clip_box, crop_window, hann1d, hann2d, map_box_back,
+                                   sample_target, validate_box)
 
 
 def _column_image(height, width):
@@ -94,6 +95,66 @@ def test_crop_outside_the_image_and_bad_boxes_are_errors():
         validate_box((1, 2, float('nan'), 3))
     with pytest.raises(ValueError, match='4 numbers'):
         validate_box('abc')
+
+
+# Boxes whose crops need padding on every side: a full-frame box, corners, the right/bottom +1 quirk,
+# crops larger and smaller than the output, odd and even output sizes.
+PADDED_CASES = [((0, 0, 300, 200), 4.0, 128), ((0, 0, 300, 200), 5.0, 256), ((-30, -20, 80, 60), 4.0, 96),
+                ((250, 150, 60, 45), 4.0, 128), ((280, 10, 25, 150), 2.0, 64), ((5, 170, 200, 30), 3.3, 77),
+                ((120.4, 80.6, 33.3, 21.7), 4.0, 192), ((299, 199, 1, 1), 50.0, 128)]
+
+
+@pytest.mark.parametrize('channels', [0, 1, 3])
+@pytest.mark.parametrize('box, factor, output_size', PADDED_CASES)
+def test_the_memory_bounded_crop_equals_the_padded_crop(box, factor, output_size, channels):
+    """The bounded path (forced with max_padded_bytes=0) against the official pad-then-resize path: bit
+    for bit for uint8 when the crop is shrunk (every case the tracker reaches), within 1 grey level when
+    it is enlarged, float32 within 1e-2 on 0..255 values."""
+    rng = np.random.default_rng(7)
+    shape = (200, 300) if channels == 0 else (200, 300, channels)
+    image = rng.integers(0, 256, shape).astype(np.uint8)
+    exact, f_exact = sample_target(image, box, factor, output_size)
+    bounded, f_bounded = sample_target(image, box, factor, output_size, max_padded_bytes=0)
+    assert bounded.shape == exact.shape and bounded.dtype == exact.dtype and f_bounded == f_exact
+    if crop_window(box, factor, 200, 300).size > output_size:
+        np.testing.assert_array_equal(bounded, exact)
+    else:
+        assert np.abs(bounded.astype(int) - exact).max() <= 1
+    floats = image.astype(np.float32) + rng.random(shape, dtype=np.float32)
+    exact_f, _ = sample_target(floats, box, factor, output_size)
+    bounded_f, _ = sample_target(floats, box, factor, output_size, max_padded_bytes=0)
+    assert bounded_f.dtype == np.float32
+    np.testing.assert_allclose(bounded_f, exact_f, atol=1e-2, rtol=0)
+
+
+def test_a_large_shrunk_crop_is_bit_exact_with_cv2():
+    """Crops of thousands of pixels (where float32 source coordinates lose precision) still match."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (3000, 2500), np.uint8)
+    for box, factor in (((0, 0, 2500, 3000), 4.0), ((2400, 10, 90, 2900), 4.0), ((-100, 2900, 1500, 400), 5.0)):
+        for output_size in (128, 256, 384):
+            exact, _ = sample_target(image, box, factor, output_size, max_padded_bytes=2**40)
+            bounded, _ = sample_target(image, box, factor, output_size, max_padded_bytes=0)
+            np.testing.assert_array_equal(bounded, exact)
+
+
+def test_a_huge_padded_crop_is_not_built():
+    """A full-frame box on a 2048x2048 frame pads to a 10240-pixel crop (100 MiB for one channel; 3 GiB
+    for an 8192x8192 RGB frame with factor 4).  Before: the padded crop was allocated."""
+    image = np.random.default_rng(0).integers(1, 256, (2048, 2048), np.uint8)   # no zero pixel
+    box, factor = (0, 0, 2048, 2048), 5.0
+    assert crop_window(box, factor, 2048, 2048).size ** 2 > PADDED_CROP_MAX_BYTES
+    tracemalloc.start()
+    try:
+        patch, resize_factor = sample_target(image, box, factor, 256)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert patch.shape == (256, 256) and resize_factor == 256 / 10240
+    assert peak < 16 * 2**20, f'{peak / 2**20:.1f} MiB'
+    # the image is crop pixels 4096..6143 (output 102.4..153.6), the rest is padding
+    assert patch[104:152, 104:152].all()
+    assert not patch[:102].any() and not patch[:, :102].any() and not patch[154:].any() and not patch[:, 154:].any()
 
 
 def test_map_box_back():
