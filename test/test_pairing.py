@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ckd_ros.core.pairing import ApproximateTimePairer, LatestSlot, RecentPairs
+import numpy as np
+
+from ckd_ros.core.pairing import ApproximateTimePairer, LatestSlot, RecentPairs, payload_bytes
 
 MS = 1_000_000  # nanoseconds
 
@@ -108,6 +110,125 @@ def test_rejects_invalid_settings_with_the_parameter_named():
         ApproximateTimePairer(queue_size=3, slop_s=0.0)
     with pytest.raises(IndexError):
         ApproximateTimePairer(queue_size=3, slop_s=0.1).add(2, 0, None)
+
+
+def test_max_bytes_bounds_each_queue_evicting_the_oldest_counting_them_unmatched():
+    """10 queued frames of 8192x8192 RGB are 2 GB: with max_bytes a queue holds what fits (at least the newest
+    frame).  Before: only queue_size bounded the queues."""
+    frame = np.zeros(1000, np.uint8)   # stands for an image: 1000 bytes
+    pairer = ApproximateTimePairer(queue_size=10, slop_s=0.005, max_bytes=2500)
+    for k in range(5):
+        assert pairer.add(0, (10 + k) * MS * 10, frame) is None
+    assert pairer.queued() == [2, 0] and pairer.bytes == [2000, 0] and pairer.unmatched == [3, 0]
+    # the two newest RGB frames (130 and 140 ms) are the ones left to pair
+    assert pairer.add(1, 131 * MS, np.ones(10, np.uint8)).stamps_ns == (130 * MS, 131 * MS)
+    assert pairer.add(1, 141 * MS, np.ones(10, np.uint8)).stamps_ns == (140 * MS, 141 * MS)
+    assert pairer.bytes == [0, 0] and pairer.queued() == [0, 0] and pairer.frames_unmatched == 3
+    # one frame over the bound alone is kept (it may still pair); an equal stamp replaces, bytes follow
+    pairer.add(0, 200 * MS, np.zeros(4000, np.uint8))
+    assert pairer.queued() == [1, 0] and pairer.bytes == [4000, 0]
+    pairer.add(0, 200 * MS, np.zeros(100, np.uint8))
+    assert pairer.queued() == [1, 0] and pairer.bytes == [100, 0]
+    # a late frame older than everything queued leaves first, as with the queue_size cap
+    pairer.add(0, 210 * MS, np.zeros(2000, np.uint8))
+    pairer.add(0, 150 * MS, np.zeros(1000, np.uint8))
+    assert pairer.queued() == [2, 0] and pairer.bytes == [2100, 0] and pairer.unmatched == [4, 0]
+    pairer.clear()
+    assert pairer.bytes == [0, 0] and pairer.unmatched == [6, 0]
+    with pytest.raises(ValueError, match='max_bytes'):
+        ApproximateTimePairer(queue_size=3, slop_s=0.1, max_bytes=0)
+
+
+def test_without_max_bytes_the_queues_are_bounded_by_count_only():
+    pairer = ApproximateTimePairer(queue_size=10, slop_s=0.005)
+    for k in range(5):
+        pairer.add(0, k * 10 * MS, np.zeros(1000, np.uint8))
+    assert pairer.queued() == [5, 0] and pairer.unmatched == [0, 0]
+
+
+def test_payload_bytes_is_the_one_measure_of_images_for_the_queues_and_the_history():
+    class Msg:   # a sensor_msgs/Image as rclpy builds it: data is array.array('B')
+        def __init__(self, n):
+            import array
+            self.data = array.array('B', bytes(n))
+            self.header = 'not counted'
+    assert payload_bytes(Msg(300)) == 300
+    assert payload_bytes((Msg(300), Msg(20))) == 320
+    assert payload_bytes(np.zeros((4, 5, 3), np.uint16)) == 120
+    assert payload_bytes(b'abcd') == 4 and payload_bytes(7) == 0 and payload_bytes((0, 'pair')) == 4
+    history = RecentPairs(capacity=10, max_bytes=700)   # item_bytes defaults to payload_bytes
+    for stamp in range(4):
+        history.add(stamp, (Msg(300), Msg(20)))
+    assert len(history) == 2 and history.bytes == 640
+
+
+def test_the_subscriptions_pass_max_bytes_to_the_pairer_and_trim_message_filters_queues(monkeypatch):
+    """Both backends of ros/synchronizer.py bound their queues by bytes (message_filters faked here: its
+    queues keyed by stamp in ns under a lock, callbacks in registration order)."""
+    pytest.importorskip('sensor_msgs.msg')
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import Image
+
+    from ckd_ros.ros import synchronizer
+
+    class Node:
+        def __init__(self):
+            self.callbacks = {}
+
+        def create_subscription(self, msg_type, topic, callback, qos, callback_group=None):
+            self.callbacks[topic] = callback
+            return topic
+
+        def destroy_subscription(self, subscription):
+            self.callbacks.pop(subscription)
+
+    class FakeSubscriber:
+        def __init__(self, node, msg_type, topic, qos_profile=None, callback_group=None):
+            self.callbacks = {}
+            self.sub = node.create_subscription(msg_type, topic, self.signal, qos_profile)
+
+        def registerCallback(self, callback, *args):
+            self.callbacks[len(self.callbacks)] = (callback, args)
+
+        def signal(self, msg):
+            for callback, args in list(self.callbacks.values()):
+                callback(msg, *args)
+
+    class FakeApproximateTimeSynchronizer:
+        def __init__(self, filters, queue_size, slop):
+            self.queues = [{} for _ in filters]
+            self.lock = threading.Lock()
+            self.queue_size = queue_size
+            for index, image_filter in enumerate(filters):
+                image_filter.registerCallback(self.add, self.queues[index], index)
+
+        def add(self, msg, queue, index):
+            with self.lock:
+                queue[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = msg
+                while len(queue) > self.queue_size:
+                    del queue[min(queue)]
+
+        def registerCallback(self, callback):
+            pass
+
+    def image(stamp_ms, size=1000):
+        msg = Image(height=1, width=size, encoding='mono8', step=size)
+        msg.data = bytes(size)
+        msg.header.stamp = Time(sec=0, nanosec=stamp_ms * MS)
+        return msg
+
+    fake = type('message_filters', (), {'Subscriber': FakeSubscriber,
+                                         'ApproximateTimeSynchronizer': FakeApproximateTimeSynchronizer})
+    for backend in (None, fake):
+        monkeypatch.setattr(synchronizer, '_message_filters', backend)
+        node = Node()
+        inputs = synchronizer.PairedImageSubscriptions(node, 'rgb', 'thermal', 10, 10, 0.005, on_pair=print,
+                                                       on_frame=lambda index, msg: None, max_bytes=2500)
+        for k in range(5):
+            node.callbacks['rgb'](image(10 * k))
+        queued = inputs._pairer.queued() if backend is None else [len(q) for q in inputs._synchronizer.queues]
+        assert queued == [2, 0] and inputs.frames_unmatched == 3, backend
+        inputs.destroy()
 
 
 arrival_lists = st.lists(st.tuples(st.integers(0, 1), st.integers(0, 60).map(lambda t: t * MS)),

@@ -10,11 +10,16 @@
   spread ``max - min`` is strictly below ``slop`` and whose items are all still queued; delete the
   emitted items.  Items that never pair are only evicted by the size cap; this class counts them
   (``frames_unmatched``) where message_filters does not.  Unlike message_filters it returns the match
-  instead of calling a callback under its lock, so slow consumers never block producers.
+  instead of calling a callback under its lock, so slow consumers never block producers.  With
+  ``max_bytes`` an input's queue is also trimmed (oldest stamp first, counted unmatched, one item
+  always kept) while its items hold more than ``max_bytes`` together: 10 queued 8192x8192 RGB frames
+  are 2 GB.
 * :class:`LatestSlot` holds the newest pair for a worker thread: a new pair replaces an unconsumed
   one (counted as dropped), so the tracker never works on a backlog.
 * :class:`RecentPairs` remembers the last few pairs so that a target drawn on an older frame can be
   initialised on that frame.
+
+Both size their items with :func:`payload_bytes` unless told otherwise.
 """
 from __future__ import annotations
 
@@ -28,6 +33,39 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 Item = TypeVar('Item')
 
 
+def payload_bytes(item: Any) -> int:
+    """The bytes of image data ``item`` holds: an array's ``nbytes``, a message's ``data`` (a
+    ``sensor_msgs/Image``: ``len(data)`` times its item size), a bytes-like object's length, summed over
+    a tuple or list (a pair of images); 0 for anything else.  Headers and Python objects are not counted:
+    the bounds this serves are about images."""
+    if isinstance(item, (tuple, list)):
+        return sum(payload_bytes(part) for part in item)
+    nbytes = getattr(item, 'nbytes', None)   # numpy arrays, memoryview
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(item, (bytes, bytearray, str)):
+        return len(item)
+    data = getattr(item, 'data', None)
+    if data is None or isinstance(data, str):
+        return 0
+    nbytes = getattr(data, 'nbytes', None)
+    if isinstance(nbytes, int):
+        return nbytes
+    try:
+        return len(data) * int(getattr(data, 'itemsize', 1))   # array.array('B') in rclpy messages
+    except TypeError:
+        return 0
+
+
+def _check_max_bytes(max_bytes: Optional[int]) -> Optional[int]:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float)) or not max_bytes > 0 \
+            or int(max_bytes) != max_bytes:
+        raise ValueError(f'max_bytes must be a whole number of bytes > 0 or None, got {max_bytes!r}')
+    return int(max_bytes)
+
+
 @dataclass(frozen=True)
 class Match:
     """One synchronized set: the items in input order and their stamps (nanoseconds)."""
@@ -38,7 +76,8 @@ class Match:
 class ApproximateTimePairer:
     """message_filters' Python ApproximateTimeSynchronizer algorithm, returning matches (thread-safe)."""
 
-    def __init__(self, queue_size: int, slop_s: float, num_inputs: int = 2):
+    def __init__(self, queue_size: int, slop_s: float, num_inputs: int = 2, max_bytes: Optional[int] = None,
+                 item_bytes: Callable[[Any], int] = payload_bytes):
         if int(queue_size) != queue_size or queue_size < 1:
             raise ValueError(f'queue_size must be an integer >= 1, got {queue_size}')
         if not (isinstance(slop_s, (int, float)) and math.isfinite(slop_s) and slop_s > 0):
@@ -48,10 +87,14 @@ class ApproximateTimePairer:
         self.queue_size = int(queue_size)
         self.slop_ns = int(slop_s * 1e9)   # as rclpy's Duration(seconds=slop) converts it
         self.num_inputs = num_inputs
+        self.max_bytes = _check_max_bytes(max_bytes)   # per input; None: only queue_size bounds a queue
+        self._item_bytes = item_bytes
         self._queues: list[dict[int, Any]] = [{} for _ in range(num_inputs)]
+        self._sizes: list[dict[int, int]] = [{} for _ in range(num_inputs)]   # bytes of each queued item
+        self.bytes = [0] * num_inputs   # bytes queued per input
         self._lock = threading.Lock()
         self.received = [0] * num_inputs
-        self.unmatched = [0] * num_inputs   # evicted by the size cap without ever being paired
+        self.unmatched = [0] * num_inputs   # evicted by the size or byte cap without ever being paired
         self.matches = 0
 
     @property
@@ -68,19 +111,27 @@ class ApproximateTimePairer:
             for index, queue in enumerate(self._queues):
                 self.unmatched[index] += len(queue)
                 queue.clear()
+                self._sizes[index].clear()
+                self.bytes[index] = 0
 
     def add(self, input_index: int, stamp_ns: int, item: Any) -> Optional[Match]:
         """Queue ``item`` of input ``input_index`` stamped ``stamp_ns``; return the match it completes."""
         if not 0 <= input_index < self.num_inputs:
             raise IndexError(f'input index {input_index} outside 0..{self.num_inputs - 1}')
         stamp_ns = int(stamp_ns)
+        size = int(self._item_bytes(item)) if self.max_bytes is not None else 0
         with self._lock:
             self.received[input_index] += 1
-            my_queue = self._queues[input_index]
+            my_queue, my_sizes = self._queues[input_index], self._sizes[input_index]
             my_queue[stamp_ns] = item
-            while len(my_queue) > self.queue_size:
+            self.bytes[input_index] += size - my_sizes.get(stamp_ns, 0)   # an equal stamp replaces
+            my_sizes[stamp_ns] = size
+            while len(my_queue) > self.queue_size or (
+                    self.max_bytes is not None and self.bytes[input_index] > self.max_bytes and len(my_queue) > 1):
                 # message_filters deletes the oldest stamp, which may be the one just added.
-                del my_queue[min(my_queue)]
+                oldest = min(my_queue)
+                del my_queue[oldest]
+                self.bytes[input_index] -= my_sizes.pop(oldest)
                 self.unmatched[input_index] += 1
             candidates = []   # per other input: its stamps within slop, closest first
             for other_index, queue in enumerate(self._queues):
@@ -100,6 +151,8 @@ class ApproximateTimePairer:
                 if any(s not in queue for queue, s in zip(self._queues, stamps)):
                     continue
                 items = tuple(queue.pop(s) for queue, s in zip(self._queues, stamps))
+                for index, s in enumerate(stamps):
+                    self.bytes[index] -= self._sizes[index].pop(s)
                 self.matches += 1
                 return Match(items=items, stamps_ns=tuple(stamps))
             return None
@@ -159,21 +212,19 @@ class LatestSlot(Generic[Item]):
 class RecentPairs(Generic[Item]):
     """The last ``capacity`` pairs by stamp, for choosing the frame a target box was drawn on.
 
-    With ``max_bytes`` (and ``item_bytes`` giving an item's size) the oldest pairs also leave once the
-    kept ones exceed ``max_bytes`` together, so that large images cannot make the history a memory
-    hog (30 pairs of 8K RGB are 3 GB); the newest pair is always kept.
+    With ``max_bytes`` the oldest pairs also leave once the kept ones exceed ``max_bytes`` together
+    (each sized by ``item_bytes``, :func:`payload_bytes` when None), so that large images cannot make
+    the history a memory hog (30 pairs of 8K RGB are 3 GB); the newest pair is always kept.
     """
 
     def __init__(self, capacity: int, max_bytes: Optional[int] = None,
                  item_bytes: Optional[Callable[[Item], int]] = None):
         if int(capacity) != capacity or capacity < 1:
             raise ValueError(f'capacity must be an integer >= 1, got {capacity}')
-        if max_bytes is not None and (max_bytes <= 0 or item_bytes is None):
-            raise ValueError(f'max_bytes must be > 0 and needs item_bytes, got {max_bytes}')
         self._pairs: deque[tuple[int, Item, int]] = deque()
         self._capacity = int(capacity)
-        self._max_bytes = max_bytes
-        self._item_bytes = item_bytes
+        self._max_bytes = _check_max_bytes(max_bytes)
+        self._item_bytes = item_bytes if item_bytes is not None or max_bytes is None else payload_bytes
         self.bytes = 0
         self._lock = threading.Lock()
 

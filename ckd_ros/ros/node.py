@@ -256,7 +256,8 @@ class CkdTrackerNode(LifecycleNode):
         input_qos = QoSProfile(depth=params.input_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
                                durability=DurabilityPolicy.VOLATILE)
         self._inputs = PairedImageSubscriptions(self, RGB_TOPIC, THERMAL_TOPIC, input_qos, params.sync_queue_size,
-                                                params.sync_slop, on_pair=self._on_pair, on_frame=self._on_frame)
+                                                params.sync_slop, on_pair=self._on_pair, on_frame=self._on_frame,
+                                                max_bytes=max(1, int(params.target_history_max_mb * 2**20)))
         self._init_box_sub = self.create_subscription(PolygonStamped, '~/init_box', self._on_init_box, OUTPUT_QOS)
         # rqt_image_view publishes clicks on ~/debug_image here (reliable, as it publishes them)
         self._clicks = TwoClickBox()

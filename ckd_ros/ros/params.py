@@ -114,8 +114,9 @@ PARAMETER_SPECS: tuple[ParameterSpec, ...] = (
     ParameterSpec('target.max_stamp_offset', 1.0,
                   'a stamped ~/set_target is refused when no kept pair is within this many seconds'),
     ParameterSpec('target.history_max_mb', 256.0,
-                  'memory cap (MiB) of the pairs kept for ~/set_target: large images keep fewer than '
-                  'target.history_size pairs (the newest is always kept)'),
+                  'memory cap (MiB) of the pairs kept for ~/set_target, and of the frames each input holds '
+                  'while waiting for a partner: large images keep fewer than target.history_size pairs and '
+                  'sync.queue_size frames (the newest is always kept)'),
     ParameterSpec('status_period', 1.0, 'seconds between ~/status messages'),
     ParameterSpec('stats_window', 100, 'number of recent frames the latency statistics cover'),
     ParameterSpec('publish_detections', True,

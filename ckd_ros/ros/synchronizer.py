@@ -5,14 +5,18 @@ otherwise :class:`ckd_ros.core.pairing.ApproximateTimePairer` on two plain subsc
 algorithm is the same (see that module).  Either way the subscriptions take an explicit QoS
 (message_filters.Subscriber defaults to reliable depth 10, which silently refuses best-effort camera
 drivers) and are destroyed together by :meth:`PairedImageSubscriptions.destroy`.
+
+``max_bytes`` bounds each input's queue by the bytes of its images as well as by ``queue_size`` (the
+oldest stamps leave first, one frame always stays): ApproximateTimePairer's own bound, and with
+message_filters a trim of its queue after each arrival (under its lock, before the next frame).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from sensor_msgs.msg import Image
 
-from ckd_ros.core.pairing import ApproximateTimePairer
+from ckd_ros.core.pairing import ApproximateTimePairer, payload_bytes
 from ckd_ros.ros.conversions import stamp_to_ns
 
 try:  # optional: part of a ROS install, not on PyPI
@@ -30,8 +34,9 @@ class PairedImageSubscriptions:
     synchronized pair and ``on_frame(input_index, msg)`` for every frame (before pairing)."""
 
     def __init__(self, node, rgb_topic: str, thermal_topic: str, qos, queue_size: int, slop_s: float,
-                 on_pair: Callable, on_frame: Callable, callback_group=None):
+                 on_pair: Callable, on_frame: Callable, callback_group=None, max_bytes: Optional[int] = None):
         self._node = node
+        self.max_bytes = max_bytes
         self._on_pair = on_pair
         self._on_frame = on_frame
         self.received = [0, 0]
@@ -48,8 +53,12 @@ class PairedImageSubscriptions:
             self._pairer = None
             self._matches_seen = 0
             self._synchronizer.registerCallback(self._count_match)
+            if max_bytes is not None:
+                # registered after the synchronizer's own input callbacks, so it runs after each add
+                for index, image_filter in enumerate(self._filters):
+                    image_filter.registerCallback(self._trim_to_max_bytes, index)
         else:
-            self._pairer = ApproximateTimePairer(queue_size=queue_size, slop_s=slop_s)
+            self._pairer = ApproximateTimePairer(queue_size=queue_size, slop_s=slop_s, max_bytes=max_bytes)
             self._subscriptions = [
                 node.create_subscription(Image, topic, lambda msg, index=index: self._on_message(index, msg), qos,
                                          callback_group=callback_group)
@@ -61,6 +70,15 @@ class PairedImageSubscriptions:
 
     def _count_match(self, *msgs):
         self._matches_seen += 1
+
+    def _trim_to_max_bytes(self, msg, index):
+        """message_filters' queue ``index`` back under ``max_bytes``: the oldest stamps leave (counted in
+        :attr:`frames_unmatched`, which message_filters derives from what is queued), the newest stays."""
+        with self._synchronizer.lock:
+            queue = self._synchronizer.queues[index]
+            total = sum(payload_bytes(queued) for queued in queue.values())
+            while total > self.max_bytes and len(queue) > 1:
+                total -= payload_bytes(queue.pop(min(queue)))
 
     def _on_message(self, index: int, msg: Image) -> None:
         self.received[index] += 1
