@@ -136,3 +136,72 @@ def test_twin_distractors_look_like_the_target_in_one_modality_only():
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticScene(**kwargs)
+
+
+# ------------------------------------------------------------------ the realistic world ('rgbt')
+def test_realistic_world_moves_like_a_real_track_and_records_its_scenario():
+    from ckd_ros.core import synthetic_assets as assets
+    scene = SyntheticScene(700003, length=60, size=(320, 256), world='rgbt', motion_split='test')
+    again = SyntheticScene(700003, length=60, size=(320, 256), world='rgbt', motion_split='test')
+    for i in (0, 31, 59):
+        assert all(np.array_equal(a, b) for a, b in zip(scene.frame(i), again.frame(i)))
+    meta = scene.metadata
+    assert meta['world'] == 'rgbt' and meta['seed'] == 700003 and meta['target'] in assets.SHAPES
+    assert meta['background'].startswith(('skimage/', 'matplotlib/'))   # a photo shipped in a wheel
+    track = {t.name: t for t in assets.motion_bank('test')}[meta['motion']['track']]
+    # the target's motion is the real track's, resampled in time and zoomed by one factor
+    window, _, _ = assets.track_window(track, np.random.default_rng(0), 60)
+    assert window.shape == (60, 4)
+    boxes = scene.boxes
+    w, h = scene.width, scene.height
+    assert ((boxes[:, 0] >= -1e-6) & (boxes[:, 1] >= -1e-6)).all()
+    assert ((boxes[:, 0] + boxes[:, 2] <= w + 1e-6) & (boxes[:, 1] + boxes[:, 3] <= h + 1e-6)).all()
+    assert [seg[0] for seg in meta['segments']] and 'gain_jumps' in meta['thermal_sensor']
+
+
+def test_real_track_pools_are_disjoint_and_come_from_the_rgbt_toolkit():
+    from ckd_ros.core import synthetic_assets as assets
+    pools = {split: {t.name for t in assets.motion_bank(split)} for split in assets.MOTION_SPLITS}
+    assert all(pools.values())
+    assert not (pools['train'] & pools['val']) and not (pools['train'] & pools['test']) \
+        and not (pools['val'] & pools['test'])
+    assert len(pools['train']) > 5 * len(pools['test'])
+    assert all(assets.motion_split(name) == split for split, names in pools.items() for name in names)
+
+
+def test_fit_track_keeps_motion_in_box_lengths():
+    from ckd_ros.core.synthetic_assets import fit_track
+    # a 20x40 box moving 2 px a frame to the right in a source frame
+    track = np.array([[100 + 2 * i, 200, 20, 40] for i in range(50)], float)
+    fitted = fit_track(track, 320, 256, base_size=56.0)
+    zoom = fitted[0, 2] / 20
+    assert np.allclose(fitted[:, 2:], track[:, 2:] * zoom)
+    assert np.allclose(np.diff(fitted[:, 0]), 2 * zoom) and np.allclose(np.diff(fitted[:, 1]), 0)
+
+
+def test_realistic_world_renders_without_the_optional_asset_packages(monkeypatch):
+    from ckd_ros.core import synthetic_assets as assets
+    monkeypatch.setattr(assets, 'motion_bank', lambda split: ())
+    monkeypatch.setattr(assets, 'texture_bank', lambda: ())
+    scene = SyntheticScene(3, length=20, size=(160, 128), world='rgbt')
+    rgb, thermal = scene.frame(19)
+    assert rgb.shape == (128, 160, 3) and thermal.shape == (128, 160)
+    assert scene.metadata['background'] == 'noise' and scene.metadata['motion']['track'] is None
+
+
+def test_realistic_world_thermal_sensor_effects():
+    scene = SyntheticScene(11, length=30, size=(192, 160), world='rgbt', conditions=(), n_rgb_twins=0,
+                           n_thermal_twins=0, n_clutter=0, noise=0.0)
+    with_fpn = scene._render_float(5)[1]
+    fpn, scene._fpn = scene._fpn, np.zeros_like(scene._fpn)
+    without = scene._render_float(5)[1]
+    # fixed-pattern noise: column and row offsets added to every frame, recorded in the metadata
+    assert np.allclose(with_fpn - without, np.broadcast_to(fpn, without.shape), atol=1e-6)
+    assert np.std(fpn) > 0.001 and scene.metadata['thermal_sensor']['fpn'] > 0
+    # automatic-gain jumps: a step in gain/offset at each recorded frame that settles afterwards
+    for at in scene.metadata['thermal_sensor']['gain_jumps']:
+        assert scene._agc_offset[at] != scene._agc_offset[at - 1] or scene._agc_gain[at] != scene._agc_gain[at - 1]
+    with pytest.raises(ValueError, match='world'):
+        SyntheticScene(1, world='fancy')
+    with pytest.raises(ValueError, match='motion_split'):
+        SyntheticScene(1, world='rgbt', motion_split='demo')

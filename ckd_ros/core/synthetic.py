@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ckd_ros.core import synthetic_assets as assets
+
 CONDITIONS = (
     'rgb_dark',
     'rgb_glare',
@@ -48,6 +50,11 @@ CONDITIONS = (
 RGB_FAILURES = ('rgb_dark', 'rgb_glare')
 THERMAL_FAILURES = ('thermal_crossover', 'thermal_low_contrast')
 FAILURE_CONDITIONS = RGB_FAILURES + THERMAL_FAILURES
+
+# 'classic': patterned ellipses on noise, random smooth motion (the first world; tests and old recipes use it);
+# 'rgbt': real target motion from the RGBT benchmarks' ground truth, natural-photo backgrounds, people / cars /
+# drones / animals, camera ego-motion, motion blur and thermal sensor effects (ckd_ros.core.synthetic_assets).
+WORLDS = ('classic', 'rgbt')
 
 THERMAL_RAW_OFFSET = 4000
 THERMAL_RAW_SPAN = 12000
@@ -203,12 +210,20 @@ class SyntheticScene:
         distractors (hot, different look) and neutral clutter objects.
     noise: sensor noise standard deviation in 8-bit grey levels (RGB; thermal uses 0.6x).
     raw_thermal: also produce uint16 raw counts.
+    world: ``WORLDS`` ('classic' by default; 'rgbt' for the realistic world).
+    motion_split: 'rgbt' world only: the pool of real tracks the target's motion comes from
+        (``synthetic_assets.MOTION_SPLITS``: training uses 'train', tuning 'val', held-out scores and the demo
+        'test').
+
+    ``metadata`` records what a sequence is made of (world, motion source, target class, background photo,
+    failure segments) so that a score can be traced back to its scenario.
     """
 
     def __init__(self, seed: int, length: int = 300, size: tuple[int, int] = (640, 512), *,
                  conditions: tuple[str, ...] | None = None, failure_fraction: float = 0.4,
                  n_rgb_twins: int = 1, n_thermal_twins: int = 1, n_clutter: int = 3,
-                 noise: float = 3.0, raw_thermal: bool = False) -> None:
+                 noise: float = 3.0, raw_thermal: bool = False, world: str = 'classic',
+                 motion_split: str = 'test') -> None:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f'seed must be a non-negative int, got {seed!r}')
         if length < 2:
@@ -224,6 +239,13 @@ class SyntheticScene:
             raise ValueError(f'failure_fraction must be in [0, 0.8], got {failure_fraction}')
         if min(n_rgb_twins, n_thermal_twins, n_clutter) < 0 or noise < 0:
             raise ValueError('object counts and noise must be non-negative')
+        if world not in WORLDS:
+            raise ValueError(f'world must be one of {WORLDS}, got {world!r}')
+        if motion_split not in assets.MOTION_SPLITS:
+            raise ValueError(f'motion_split must be one of {assets.MOTION_SPLITS}, got {motion_split!r}')
+        self.world = world
+        self.motion_split = motion_split
+        self.metadata: dict = {'world': world, 'seed': int(seed), 'length': int(length), 'size': [width, height]}
         self.seed = int(seed)
         self.length = int(length)
         self.width, self.height = width, height
@@ -242,11 +264,15 @@ class SyntheticScene:
         self.boxes = np.stack([self._target.cx - self._target.w / 2, self._target.cy - self._target.h / 2,
                                self._target.w, self._target.h], axis=1)
         self.flags = self._compute_flags()
+        self.metadata['segments'] = [[seg.condition, seg.start, seg.stop] for seg in self._segments]
         self._cache_index: int | None = None
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ construction
     def _build_background(self, rng: np.random.Generator) -> None:
+        if self.world == 'rgbt':
+            self._build_background_rgbt(rng)
+            return
         h, w = self.height, self.width
         pad = max(w, h) // 8
         self._pad = pad
@@ -276,6 +302,36 @@ class SyntheticScene:
         self._cam_x = np.clip(_ou_path(rng, n, pad, 0, 2 * pad, 0.4, 0.1), 0, 2 * pad).round().astype(int)
         self._cam_y = np.clip(_ou_path(rng, n, pad, 0, 2 * pad, 0.3, 0.08), 0, 2 * pad).round().astype(int)
 
+    def _build_background_rgbt(self, rng: np.random.Generator) -> None:
+        """A natural photo (or noise without one) as the scene, a thermal scene derived from its structure, and a
+        camera path with drone-like ego-motion (slow drifts, sometimes fast pans)."""
+        h, w = self.height, self.width
+        pad = max(w, h) // 4
+        self._pad = pad
+        bh, bw = h + 2 * pad, w + 2 * pad
+        rgb, source = assets.texture_background(rng, bh, bw)
+        if rgb is None:
+            base = _smooth_field(rng, bh, bw, cell=max(16, w // 5), channels=3)
+            detail = _smooth_field(rng, bh, bw, cell=max(4, w // 40), channels=3)
+            rgb, source = (50 + 110 * base + 40 * (detail - 0.5)).astype(np.float32), 'noise'
+        self.metadata['background'] = source
+        self._bg_rgb = rgb
+        # thermal: materials differ in emissivity, so the photo's structure shows (blurred, with either sign)
+        # over a smooth temperature field, plus a few warm structures below the target's heat
+        lum = cv2.GaussianBlur(rgb.mean(axis=2), (0, 0), max(1.0, w / 160)) / 255.0
+        sign = 1.0 if rng.random() < 0.6 else -1.0
+        th = 0.3 + 0.14 * _smooth_field(rng, bh, bw, cell=max(16, w // 4))[:, :, 0] + sign * 0.16 * (lum - lum.mean())
+        for _ in range(int(rng.integers(2, 6))):
+            x0, y0 = int(rng.integers(0, bw)), int(rng.integers(0, bh))
+            rw, rh = int(rng.integers(bw // 40, bw // 10)), int(rng.integers(bh // 40, bh // 10))
+            cv2.rectangle(th, (x0, y0), (x0 + rw, y0 + rh), float(rng.uniform(0.45, 0.62)), -1)
+        self._bg_thermal = np.clip(th, 0.0, 1.0).astype(np.float32)
+        n = self.length
+        pan = float(rng.choice([0.3, 1.0, 2.5], p=[0.4, 0.4, 0.2]))  # static mount, slow drone, fast pan
+        self.metadata['ego_motion_px_per_frame'] = pan
+        self._cam_x = np.clip(_ou_path(rng, n, pad, 0, 2 * pad, pan, pan * 0.25), 0, 2 * pad).round().astype(int)
+        self._cam_y = np.clip(_ou_path(rng, n, pad, 0, 2 * pad, 0.7 * pan, pan * 0.2), 0, 2 * pad).round().astype(int)
+
     def _object_geometry(self, rng: np.random.Generator, base_size: float, aspect: float,
                          speed: float) -> tuple[np.ndarray, ...]:
         n, w_img, h_img = self.length, self.width, self.height
@@ -294,6 +350,9 @@ class SyntheticScene:
         return cx, cy, w, h
 
     def _build_target(self, rng: np.random.Generator) -> None:
+        if self.world == 'rgbt':
+            self._build_target_rgbt(rng)
+            return
         n = self.length
         base = math.sqrt(self.width * self.height) * rng.uniform(0.07, 0.14)
         aspect = float(np.exp(rng.uniform(-0.7, 0.7)))
@@ -304,6 +363,33 @@ class SyntheticScene:
         self._target = _Object(cx, cy, w, h, sprite, alpha, heat,
                                np.full(n, self._target_hot, np.float32), np.ones(n, bool), 'target')
         self._target_aspect, self._target_base = aspect, base
+
+    def _build_target_rgbt(self, rng: np.random.Generator) -> None:
+        """The target moves like a real annotated target (a window of a real track, placed in the frame) and
+        looks like a person, car, drone or animal chosen to fit the track's aspect."""
+        n = self.length
+        base = math.sqrt(self.width * self.height) * rng.uniform(0.06, 0.15)
+        bank = assets.motion_bank(self.motion_split)
+        if bank:
+            track = bank[int(rng.integers(0, len(bank)))]
+            window, first, speed = assets.track_window(track, rng, n)
+            c = assets.fit_track(window, self.width, self.height, base)
+            cx, cy, w, h = c[:, 0], c[:, 1], c[:, 2], c[:, 3]
+            self.metadata['motion'] = {'track': track.name, 'first_frame': first, 'speed': round(speed, 3),
+                                       'split': self.motion_split}
+        else:
+            aspect = float(np.exp(rng.uniform(-0.7, 0.7)))
+            cx, cy, w, h = self._object_geometry(rng, base, aspect, base * rng.uniform(0.03, 0.08))
+            self.metadata['motion'] = {'track': None, 'split': self.motion_split}
+        aspect = float(np.median(w / h))
+        shape = assets.shape_for_aspect(aspect, rng)
+        sprite, alpha, heat = assets.make_shape_sprite(shape, rng)
+        self.metadata['target'] = shape
+        self._target_shape = shape
+        self._target_hot = float(rng.uniform(0.7, 0.9))
+        self._target = _Object(cx, cy, w, h, sprite, alpha, heat,
+                               np.full(n, self._target_hot, np.float32), np.ones(n, bool), 'target')
+        self._target_aspect, self._target_base = aspect, float(np.median(np.sqrt(w * h)))
 
     def _build_segments(self, rng: np.random.Generator, failure_fraction: float) -> None:
         """Non-overlapping failure segments, alternating RGB and thermal failures."""
@@ -358,7 +444,10 @@ class SyntheticScene:
                                              'rgb_twin'))
         for _ in range(n_th if 'thermal_distractor_near' in self.conditions else 0):
             cx, cy, w, h = self._twin_path(rng, hover=True)
-            sprite, alpha, _ = _make_sprite(rng, self._target_aspect, saturated=False)
+            if self.world == 'rgbt':  # a look-alike of the same class: a second person, car, drone
+                sprite, alpha, _ = assets.make_shape_sprite(self._target_shape, rng, saturated=False)
+            else:
+                sprite, alpha, _ = _make_sprite(rng, self._target_aspect, saturated=False)
             # same heat as the target, a muted look: only RGB tells them apart
             temp = np.full(n, self._target_hot * rng.uniform(0.97, 1.03), np.float32)
             self._distractors.append(_Object(cx, cy, w, h, sprite, self._target.alpha.copy(),
@@ -369,7 +458,14 @@ class SyntheticScene:
             aspect = float(np.exp(rng.uniform(-0.8, 0.8)))
             cx, cy, w, h = self._object_geometry(rng, base, aspect, base * rng.uniform(0.02, 0.08))
             # clutter is muted in RGB and not hot: texture, not a second target
-            sprite, alpha, heat = _make_sprite(rng, aspect, saturated=False)
+            if self.world == 'rgbt':
+                sprite, alpha, heat = assets.make_shape_sprite(
+                    assets.SHAPES[int(rng.integers(0, len(assets.SHAPES)))], rng, saturated=False)
+                # parked cars, people standing: attached to the world, so they move with the camera
+                cx = cx - (self._cam_x - self._pad)
+                cy = cy - (self._cam_y - self._pad)
+            else:
+                sprite, alpha, heat = _make_sprite(rng, aspect, saturated=False)
             temp = np.full(n, rng.uniform(0.35, 0.6), np.float32)
             self._distractors.append(_Object(cx, cy, w, h, sprite, alpha, heat, temp, np.ones(n, bool)))
 
@@ -431,6 +527,31 @@ class SyntheticScene:
         h, w = self.height, self.width
         self._noise_rgb = rng.standard_normal((_NOISE_BANK_SIZE, h, w, 3), dtype=np.float32)
         self._noise_th = rng.standard_normal((_NOISE_BANK_SIZE, h, w), dtype=np.float32)
+        if self.world == 'rgbt':
+            self._build_thermal_sensor(rng)
+
+    def _build_thermal_sensor(self, rng: np.random.Generator) -> None:
+        """An uncooled microbolometer's artefacts: fixed-pattern noise (column and row offsets, pixel gain),
+        edge-enhancement halos around hot objects, and automatic-gain jumps that settle over ~a second."""
+        h, w, n = self.height, self.width, self.length
+        fpn_level = rng.uniform(0.002, 0.012)
+        self._fpn = (fpn_level * rng.standard_normal((1, w)) + 0.5 * fpn_level * rng.standard_normal((h, 1))
+                     ).astype(np.float32)
+        self._pixel_gain = (1.0 + 0.02 * rng.standard_normal((h, w))).astype(np.float32)
+        self._halo = float(rng.uniform(0.0, 0.8))
+        self._halo_sigma = max(1.5, w / 90)
+        offset, gain = np.zeros(n, np.float32), np.ones(n, np.float32)
+        jumps = []
+        for _ in range(int(rng.integers(0, 4))):
+            at = int(rng.integers(1, n))
+            d_off, d_gain = rng.uniform(-0.08, 0.08), rng.uniform(-0.25, 0.25)
+            decay = np.exp(-np.arange(n - at) / rng.uniform(10, 40))
+            offset[at:] += d_off * decay
+            gain[at:] *= 1 + d_gain * decay
+            jumps.append(at)
+        self._agc_offset, self._agc_gain = offset, gain
+        self.metadata['thermal_sensor'] = {'fpn': round(fpn_level, 4), 'halo': round(self._halo, 3),
+                                           'gain_jumps': sorted(jumps)}
 
     def _compute_flags(self) -> dict[str, np.ndarray]:
         n, tg = self.length, self._target
@@ -474,7 +595,7 @@ class SyntheticScene:
         return self._cache
 
     @staticmethod
-    def _paste(rgb: np.ndarray, th: np.ndarray, obj: _Object, i: int) -> None:
+    def _paste(rgb: np.ndarray, th: np.ndarray, obj: _Object, i: int, blur: bool = False) -> None:
         h_img, w_img = th.shape
         w, h = max(1, int(round(obj.w[i]))), max(1, int(round(obj.h[i])))
         x0, y0 = int(round(obj.cx[i] - w / 2)), int(round(obj.cy[i] - h / 2))
@@ -484,6 +605,13 @@ class SyntheticScene:
         sprite = cv2.resize(obj.sprite_rgb, (w, h), interpolation=cv2.INTER_LINEAR)
         alpha = cv2.resize(obj.alpha, (w, h), interpolation=cv2.INTER_LINEAR)
         heat = cv2.resize(obj.heat_profile, (w, h), interpolation=cv2.INTER_LINEAR) * obj.temperature[i]
+        if blur and i > 0:  # motion blur over the exposure (the ground truth stays the sharp extent)
+            dx, dy = float(obj.cx[i] - obj.cx[i - 1]), float(obj.cy[i] - obj.cy[i - 1])
+            sprite = assets.motion_blur(sprite * alpha[:, :, None], dx, dy)
+            heat = assets.motion_blur(heat * alpha, dx, dy)
+            alpha = assets.motion_blur(alpha, dx, dy)
+            sprite = sprite / np.maximum(alpha, 1e-3)[:, :, None]
+            heat = heat / np.maximum(alpha, 1e-3)
         sl = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
         a = alpha[sl]
         region = rgb[cy0:cy1, cx0:cx1]
@@ -499,9 +627,13 @@ class SyntheticScene:
         ox, oy = self._cam_x[i], self._cam_y[i]
         rgb = self._bg_rgb[oy:oy + h, ox:ox + w].copy()
         th = self._bg_thermal[oy:oy + h, ox:ox + w].copy()
+        realistic = self.world == 'rgbt'
+        if realistic and i > 0:  # the camera's own motion blurs the scene
+            pan_x, pan_y = float(ox - self._cam_x[i - 1]), float(oy - self._cam_y[i - 1])
+            rgb, th = assets.motion_blur(rgb, pan_x, pan_y), assets.motion_blur(th, pan_x, pan_y)
         for obj in self._distractors:
-            self._paste(rgb, th, obj, i)
-        self._paste(rgb, th, self._target, i)
+            self._paste(rgb, th, obj, i, blur=realistic)
+        self._paste(rgb, th, self._target, i, blur=realistic)
         for obj in self._occluders:
             if obj.active[i]:
                 self._paste(rgb, th, obj, i)
@@ -521,6 +653,12 @@ class SyntheticScene:
         if low > 0:
             mean = float(th.mean())
             th = mean + (1.0 - 0.93 * low) * (th - mean)
+        if realistic:
+            if self._halo > 0:  # the camera's detail enhancement rings around hot objects
+                th = th + self._halo * (th - cv2.GaussianBlur(th, (0, 0), self._halo_sigma))
+            mean = float(th.mean())
+            th = mean + self._agc_gain[i] * (th - mean) + self._agc_offset[i]
+            th = th * self._pixel_gain + self._fpn
         k = i % _NOISE_BANK_SIZE
         # sensor noise is relatively stronger in the dark (gain is raised)
         sigma = self._noise_sigma * (1.0 + 1.5 * dark)
