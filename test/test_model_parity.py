@@ -294,6 +294,7 @@ def test_official_configs_have_the_official_values():
         assert cfg.MODEL.BACKBONE.CE_TEMPLATE_RANGE == 'CTR_POINT' and cfg.TRAIN.GRAD_CLIP_NORM == 0.1
         assert cfg.TRAIN.SCHEDULER.TYPE is None and cfg.TRAIN.CE_START_EPOCH == 0
         assert cfg.TEST.LOST_THRESHOLD is None and cfg.TEST.TEMPLATE_UPDATE_INTERVAL == 0
+        assert cfg.TEST.MAX_SCALE_CHANGE is None and cfg.TEST.REDETECT_GROWTH is None
     mce = cfgs[MCE]
     assert mce.MODEL.BACKBONE.CE_LOC == [3, 6, 9] and mce.MODEL.BACKBONE.CE_KEEP_RATIO == [0.7, 0.7, 0.7]
     assert (mce.TRAIN.BATCH_SIZE, mce.TRAIN.EPOCH, mce.TEST.EPOCH, mce.TRAIN.MASK_PROBABILITY) == (64, 10, 10, 0)
@@ -335,6 +336,8 @@ def test_config_errors_name_the_problem(tmp_path):
         ({'DATA': {'SEARCH': {'SIZE': 320}}}, 'must equal DATA.TEMPLATE.SIZE/DATA.SEARCH.SIZE'),
         ({'TRAIN': {'BATCH_SIZE': 2.5}}, 'must be an integer'),
         ({'TEST': {'LOST_THRESHOLD': 3}}, 'LOST_THRESHOLD must be null or in'),
+        ({'TEST': {'REDETECT_GROWTH': 1.0}}, 'REDETECT_GROWTH must be null or in'),
+        ({'TEST': {'REDETECT_MAX_FACTOR': 20}}, 'REDETECT_MAX_FACTOR must be in'),
         ({'MODEL': {'HEAD': {'TYPE': 'CORNER'}}}, 'must be CENTER'),
     ]
     for overrides, message in cases:

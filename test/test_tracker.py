@@ -121,6 +121,38 @@ def test_scale_change_option_holds_the_box_size_within_the_ratio(network, frames
     assert not TrackerOptions(max_scale_change=1.1).is_official
 
 
+def test_redetection_grows_the_search_region_while_lost_and_resets_on_the_next_hit(network, frames, monkeypatch):
+    from ckd_ros.core import tracker as tracker_module
+    factors = []
+    real_sample_target = tracker_module.sample_target
+
+    def recording_sample_target(image, box, factor, size):
+        factors.append(factor)
+        return real_sample_target(image, box, factor, size)
+
+    monkeypatch.setattr(tracker_module, 'sample_target', recording_sample_target)
+    rgb, tir = frames
+    tracker = _tracker(network, lost_threshold=1.0, redetect_growth=1.5, redetect_max_factor=2.0)
+    tracker.initialize(rgb[0], tir[0], (120, 100, 30, 30))
+    factors.clear()
+    for t in range(1, 5):
+        assert tracker.track(rgb[t], tir[t]).state == LOST
+    # two crops (RGB, thermal) per frame: 4 x (1, 1.5, 2 (capped), 2), the box never moves while lost
+    assert factors[::2] == factors[1::2] == [4.0, 6.0, 8.0, 8.0]
+    assert tracker.box == (120.0, 100.0, 30.0, 30.0)
+    tracker.options = TrackerOptions(lost_threshold=0.0, redetect_growth=1.5, redetect_max_factor=2.0)
+    factors.clear()
+    assert tracker.track(rgb[5], tir[5]).state == TRACKING   # found: taken at the grown search region ...
+    assert tracker.track(rgb[5], tir[5]).state == TRACKING
+    assert factors[::2] == [8.0, 4.0]                         # ... and back to the official size after
+    # off by default and in every official configuration; out-of-range values are refused
+    assert TrackerOptions().redetect_growth is None and not TrackerOptions(redetect_growth=1.2).is_official
+    for bad in ({'redetect_growth': 1.0}, {'redetect_growth': 2.5}, {'redetect_max_factor': 0.5},
+                {'redetect_max_factor': 9}):
+        with pytest.raises(ValueError, match='redetect'):
+            TrackerOptions(**bad)
+
+
 def test_template_update_option(network, frames):
     rgb, tir = frames
     fixed = _tracker(network)

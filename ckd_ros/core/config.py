@@ -10,6 +10,7 @@ A configuration is the official nested structure (``DATA`` / ``MODEL`` / ``TRAIN
   both branches' attention) or ``CE`` (plain OSTrack candidate elimination per branch).  Only
   relevant when ``CE_LOC`` is non-empty.
 * ``TEST.LOST_THRESHOLD`` (``null`` = off), ``TEST.MAX_SCALE_CHANGE`` (``null`` = off),
+  ``TEST.REDETECT_GROWTH`` (``null`` = off) and ``TEST.REDETECT_MAX_FACTOR``,
   ``TEST.TEMPLATE_UPDATE_INTERVAL`` (0 = off) and
   ``TEST.TEMPLATE_UPDATE_THRESHOLD``: tracker options that are not in the official tracker (see
   :mod:`ckd_ros.core.tracker`); off in the official files.
@@ -137,13 +138,15 @@ DEFAULTS: dict[str, Any] = {
         # extra keys of this package (tracker options, off = official behaviour)
         'LOST_THRESHOLD': None,
         'MAX_SCALE_CHANGE': None,
+        'REDETECT_GROWTH': None,
+        'REDETECT_MAX_FACTOR': 3.0,
         'TEMPLATE_UPDATE_INTERVAL': 0,
         'TEMPLATE_UPDATE_THRESHOLD': 0.5,
     },
 }
 
 # Keys that may be null (YAML ``null``) besides their default's type.
-_NULLABLE = {'TEST.LOST_THRESHOLD', 'TEST.MAX_SCALE_CHANGE', 'TRAIN.SCHEDULER.TYPE'}
+_NULLABLE = {'TEST.LOST_THRESHOLD', 'TEST.MAX_SCALE_CHANGE', 'TEST.REDETECT_GROWTH', 'TRAIN.SCHEDULER.TYPE'}
 
 
 class ConfigNode(Mapping[str, Any]):
@@ -361,6 +364,10 @@ def _validate(d: dict) -> None:
         raise ConfigError(f"TEST.LOST_THRESHOLD must be null or in [0, 1], got {test['LOST_THRESHOLD']}")
     if test['MAX_SCALE_CHANGE'] is not None and not test['MAX_SCALE_CHANGE'] > 1:
         raise ConfigError(f"TEST.MAX_SCALE_CHANGE must be null or > 1, got {test['MAX_SCALE_CHANGE']}")
+    if test['REDETECT_GROWTH'] is not None and not 1 < test['REDETECT_GROWTH'] <= 2:
+        raise ConfigError(f"TEST.REDETECT_GROWTH must be null or in (1, 2], got {test['REDETECT_GROWTH']}")
+    if not 1 <= test['REDETECT_MAX_FACTOR'] <= 8:
+        raise ConfigError(f"TEST.REDETECT_MAX_FACTOR must be in [1, 8], got {test['REDETECT_MAX_FACTOR']}")
     if test['TEMPLATE_UPDATE_INTERVAL'] < 0:
         raise ConfigError('TEST.TEMPLATE_UPDATE_INTERVAL must be >= 0 (0 = off), '
                           f"got {test['TEMPLATE_UPDATE_INTERVAL']}")

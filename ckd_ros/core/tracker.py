@@ -16,6 +16,11 @@ Options (``TEST.*`` config keys or :class:`TrackerOptions`; all off = official n
 * ``max_scale_change`` r > 1: the box's width and height may change by at most a factor r from one
   frame to the next (around the new centre). The network's size head sometimes jumps to a box a
   quarter of the image large and never recovers; a limit keeps such a jump from becoming the state.
+* ``redetect_growth`` g in (1, 2] (with ``lost_threshold``): re-detection while lost. Every LOST frame
+  the search region around the last trusted box grows by g (up to ``redetect_max_factor`` times the
+  official search factor, 3 by default), still resized to the network's search size, so a target that
+  moved away while it was hidden or dark comes back into view; the first frame above the threshold
+  takes the box and the search region returns to its official size.
 * ``template_update_interval`` N > 0: every N-th frame whose score is at least
   ``template_update_threshold`` re-crops both templates around the new box (the official tracker
   never updates its templates).
@@ -53,6 +58,8 @@ class TrackerOptions:
     """Non-official tracker behaviour; the defaults reproduce the official tracker."""
     lost_threshold: float | None = None
     max_scale_change: float | None = None
+    redetect_growth: float | None = None
+    redetect_max_factor: float = 3.0
     template_update_interval: int = 0
     template_update_threshold: float = 0.5
 
@@ -62,6 +69,10 @@ class TrackerOptions:
         if self.max_scale_change is not None and not (
                 math.isfinite(self.max_scale_change) and self.max_scale_change > 1):
             raise ValueError(f'max_scale_change must be None or a finite number > 1, got {self.max_scale_change}')
+        if self.redetect_growth is not None and not 1 < self.redetect_growth <= 2:
+            raise ValueError(f'redetect_growth must be None or in (1, 2], got {self.redetect_growth}')
+        if not 1 <= self.redetect_max_factor <= 8:
+            raise ValueError(f'redetect_max_factor must be in [1, 8], got {self.redetect_max_factor}')
         if self.template_update_interval < 0:
             raise ValueError(f'template_update_interval must be >= 0 (0 = off), got {self.template_update_interval}')
         if not 0 <= self.template_update_threshold <= 1:
@@ -70,12 +81,14 @@ class TrackerOptions:
     @classmethod
     def from_config(cls, cfg: CKDConfig) -> "TrackerOptions":
         return cls(lost_threshold=cfg.TEST.LOST_THRESHOLD, max_scale_change=cfg.TEST.MAX_SCALE_CHANGE,
+                   redetect_growth=cfg.TEST.REDETECT_GROWTH, redetect_max_factor=cfg.TEST.REDETECT_MAX_FACTOR,
                    template_update_interval=cfg.TEST.TEMPLATE_UPDATE_INTERVAL,
                    template_update_threshold=cfg.TEST.TEMPLATE_UPDATE_THRESHOLD)
 
     @property
     def is_official(self) -> bool:
-        return self.lost_threshold is None and self.max_scale_change is None and self.template_update_interval == 0
+        return (self.lost_threshold is None and self.max_scale_change is None and self.redetect_growth is None
+                and self.template_update_interval == 0)
 
 
 def _limit_scale_change(box, previous, ratio: float) -> list:
@@ -115,6 +128,7 @@ class CKDTracker:
         self._template_mask: torch.Tensor | None = None
         self._box: list[float] | None = None
         self._frame_index = 0
+        self._lost_frames = 0  # consecutive LOST frames (re-detection grows the search region with it)
 
     @property
     def box(self) -> tuple[float, float, float, float] | None:
@@ -156,6 +170,7 @@ class CKDTracker:
         self._set_templates(rgb, thermal, init_box)
         self._box = init_box
         self._frame_index = 0
+        self._lost_frames = 0
         return TrackResult(box=tuple(init_box), score=1.0, state=TRACKING, frame_index=0)
 
     @torch.inference_mode()
@@ -167,8 +182,9 @@ class CKDTracker:
         thermal = check_thermal(thermal, *rgb.shape[:2])
         height, width = rgb.shape[:2]
         self._frame_index += 1
-        x_rgb, resize_factor = sample_target(rgb, self._box, self.search_factor, self.search_size)
-        x_tir, _ = sample_target(thermal, self._box, self.search_factor, self.search_size)
+        factor = self._search_factor()
+        x_rgb, resize_factor = sample_target(rgb, self._box, factor, self.search_size)
+        x_tir, _ = sample_target(thermal, self._box, factor, self.search_size)
         score_map, size_map, offset_map = self.runner([self.preprocess(x_rgb), self.preprocess(x_tir)],
                                                       peak_weight=self.window)
         boxes = decode_center_boxes(self.window * score_map, size_map, offset_map)
@@ -191,15 +207,24 @@ class CKDTracker:
         new_box = clip_box(mapped, height, width, margin=CLIP_MARGIN)
         opts = self.options
         if opts.lost_threshold is not None and score < opts.lost_threshold:
+            self._lost_frames += 1
             return TrackResult(box=tuple(self._box), score=score, state=LOST, frame_index=self._frame_index)
         if opts.max_scale_change is not None:
             new_box = clip_box(_limit_scale_change(new_box, self._box, opts.max_scale_change), height, width,
                                margin=CLIP_MARGIN)
         self._box = new_box
+        self._lost_frames = 0
         if (opts.template_update_interval and self._frame_index % opts.template_update_interval == 0
                 and score >= opts.template_update_threshold):
             self._set_templates(rgb, thermal, new_box)
         return TrackResult(box=tuple(new_box), score=score, state=TRACKING, frame_index=self._frame_index)
+
+    def _search_factor(self) -> float:
+        """The official search factor, grown while lost when re-detection is on."""
+        growth = self.options.redetect_growth
+        if growth is None or self._lost_frames == 0:
+            return self.search_factor
+        return self.search_factor * min(growth ** self._lost_frames, self.options.redetect_max_factor)
 
     def warm_up(self, height: int = 256, width: int = 320) -> TrackResult:
         """Run :meth:`initialize` + :meth:`track` once on a blank (mid-grey) ``width`` x ``height`` pair,
@@ -215,6 +240,7 @@ class CKDTracker:
             result = self.track(grey, grey)
         finally:
             self._templates, self._template_mask, self._box, self._frame_index = None, None, None, 0
+            self._lost_frames = 0
         if not result.valid:
             accel = self.acceleration
             raise NonFiniteOutputError(f'the network output on a blank {width}x{height} frame pair is not finite '
