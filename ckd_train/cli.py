@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('config', help='training file (ckd_train/configs) or model configuration name / YAML path')
     p.add_argument('--output', type=Path, default=Path('output'), help='output folder (checkpoints, logs)')
     p.add_argument('--resume', type=Path, help='training checkpoint to continue from (its next epoch)')
+    p.add_argument('--init', type=Path,
+                   help='start from these weights (a training or exported checkpoint; overrides MODEL.PRETRAIN_FILE)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace the checkpoints of an earlier run in the output folder (default: refuse)')
     p.add_argument('--epochs', type=cli_args.integer(1), help='total epochs (overrides TRAIN.EPOCH)')
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                            device=args.device, workers=args.workers, threads=args.threads, seed=args.seed,
                            data_roots=dict(args.data_root), samples_per_epoch=args.samples_per_epoch,
                            batch_size=args.batch_size, batchnorm=args.batchnorm, sync_batchnorm=args.sync_batchnorm,
-                           progress=not args.no_progress, validate=not args.no_val, log_interval=args.log_interval)
+                           progress=not args.no_progress, validate=not args.no_val, log_interval=args.log_interval,
+                           init=args.init)
     try:
         result = train(options)
     except (ConfigError, CheckpointError, OSError, ValueError, FloatingPointError) as exc:

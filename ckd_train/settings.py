@@ -9,7 +9,9 @@ YAML path in the structure of ``ckd_ros/core/configs``) or a *training file* in
 * ``SYNTHETIC``: the synthetic sequences the dataset names ``SYNTHETIC`` (training) and
   ``SYNTHETIC_VAL`` (validation) stand for: ``SEEDS`` / ``VAL_SEEDS`` as ``[start, stop)``,
   ``LENGTH`` (frames), ``SIZE`` (``[width, height]``) and optional generator options
-  (``FAILURE_FRACTION``, ``NOISE``).
+  (``FAILURE_FRACTION``, ``NOISE``, ``WORLD``: ``classic`` or the realistic ``rgbt`` world of
+  ``ckd_ros.core.synthetic``, where training draws real target motion from the ``train`` pool of tracks and
+  validation from the ``val`` pool).
 
 Real datasets are named as in the official configs (``LasHeR_trainingSet``, ``LasHeR_testingSet``,
 ``RGBT234``, ``RGBT210``, ``GTOT``, ``VTUAV``); their folders are given at run time
@@ -26,21 +28,17 @@ from typing import Any, Mapping
 import yaml
 
 from ckd_ros.core.config import DEFAULTS, CKDConfig, ConfigError, _merge, load_config
+from ckd_ros.core.datasets import official_dataset_kinds
+from ckd_ros.core.synthetic import WORLDS
 
 TRAIN_CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
-# official dataset name -> reader kind of ckd_ros.core.datasets.open_dataset
-DATASET_KINDS = {
-    'LasHeR_trainingSet': 'lasher',
-    'LasHeR_testingSet': 'lasher',
-    'RGBT234': 'rgbt234',
-    'RGBT210': 'rgbt210',
-    'GTOT': 'gtot',
-    'VTUAV': 'vtuav',
-}
+# official dataset name -> reader kind of ckd_ros.core.datasets.open_dataset (the dataset records'
+# official_names: ckd_ros.core.datasets.KINDS)
+DATASET_KINDS = official_dataset_kinds()
 SYNTHETIC_NAMES = ('SYNTHETIC', 'SYNTHETIC_VAL')
 
-_SYNTHETIC_KEYS = {'SEEDS', 'VAL_SEEDS', 'LENGTH', 'SIZE', 'FAILURE_FRACTION', 'NOISE'}
+_SYNTHETIC_KEYS = {'SEEDS', 'VAL_SEEDS', 'LENGTH', 'SIZE', 'FAILURE_FRACTION', 'NOISE', 'WORLD'}
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class SyntheticSettings:
     size: tuple[int, int] = (320, 256)
     failure_fraction: float = 0.4
     noise: float = 3.0
+    world: str = 'classic'  # ckd_ros.core.synthetic.WORLDS
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None, source: str) -> "SyntheticSettings":
@@ -88,11 +87,15 @@ class SyntheticSettings:
         for key, value in (('FAILURE_FRACTION', ff), ('NOISE', noise)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f'{source}: SYNTHETIC.{key} must be a number, got {value!r}')
-        return cls(seeds, val_seeds, int(length), size, float(ff), float(noise))
+        world = data.get('WORLD', d.world)
+        if world not in WORLDS:
+            raise ConfigError(f'{source}: SYNTHETIC.WORLD must be one of {list(WORLDS)}, got {world!r}')
+        return cls(seeds, val_seeds, int(length), size, float(ff), float(noise), world)
 
     def to_dict(self) -> dict:
         return {'SEEDS': list(self.seeds), 'VAL_SEEDS': list(self.val_seeds), 'LENGTH': self.length,
-                'SIZE': list(self.size), 'FAILURE_FRACTION': self.failure_fraction, 'NOISE': self.noise}
+                'SIZE': list(self.size), 'FAILURE_FRACTION': self.failure_fraction, 'NOISE': self.noise,
+                'WORLD': self.world}
 
 
 @dataclass(frozen=True)

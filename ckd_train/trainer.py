@@ -78,6 +78,7 @@ class TrainOptions:
     progress: bool = True
     validate: bool = True
     log_interval: int | None = None  # overrides TRAIN.PRINT_INTERVAL
+    init: Path | None = None  # overrides MODEL.PRETRAIN_FILE (start from another run's weights)
 
 
 @dataclass
@@ -93,8 +94,11 @@ def open_sequences(name: str, synthetic: SyntheticSettings, data_roots: Mapping[
     """The training sequences a dataset name stands for."""
     if name in SYNTHETIC_NAMES:
         lo, hi = synthetic.val_seeds if name == 'SYNTHETIC_VAL' else synthetic.seeds
+        # real-motion pools stay apart: training tracks for training, validation tracks for validation
+        split = 'val' if name == 'SYNTHETIC_VAL' else 'train'
         return [SyntheticScene(seed, synthetic.length, synthetic.size, failure_fraction=synthetic.failure_fraction,
-                               noise=synthetic.noise) for seed in range(lo, hi)]
+                               noise=synthetic.noise, world=synthetic.world, motion_split=split)
+                for seed in range(lo, hi)]
     if name not in DATASET_KINDS:
         raise ValueError(f"unknown training dataset {name!r}; known: {', '.join([*SYNTHETIC_NAMES, *DATASET_KINDS])}")
     root = data_roots.get(name)
@@ -512,6 +516,8 @@ def train(options: TrainOptions) -> TrainResult:
         overrides.setdefault('TRAIN', {})['BATCH_SIZE'] = int(options.batch_size)
     if options.samples_per_epoch is not None:
         overrides.setdefault('DATA', {}).setdefault('TRAIN', {})['SAMPLE_PER_EPOCH'] = int(options.samples_per_epoch)
+    if options.init is not None:
+        overrides.setdefault('MODEL', {})['PRETRAIN_FILE'] = str(options.init)
     if overrides:
         tc = tc.with_overrides(overrides)
     cfg = tc.cfg

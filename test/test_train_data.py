@@ -173,3 +173,22 @@ def test_dataset_readers_plug_in_by_official_name(tmp_path):
         open_sequences('RGBT234', SyntheticSettings(), {})
     with pytest.raises(ValueError, match='unknown training dataset'):
         open_sequences('KITTI', SyntheticSettings(), {})
+
+
+def test_training_files_choose_the_synthetic_world_and_keep_real_motion_pools_apart(tmp_path):
+    from ckd_train.settings import load_train_config
+    from ckd_train.trainer import open_sequences
+    from ckd_ros.core.config import ConfigError
+    shipped = load_train_config('ckd_tiny_rgbt')
+    assert shipped.synthetic.world == 'rgbt' and shipped.synthetic.to_dict()['WORLD'] == 'rgbt'
+    assert load_train_config('ckd_tiny_synthetic').synthetic.world == 'classic'   # stage 1 of the recipe
+    small = shipped.synthetic.__class__(seeds=(3, 5), val_seeds=(500000, 500002), length=20, size=(96, 64),
+                                        world='rgbt')
+    train = open_sequences('SYNTHETIC', small, {})
+    val = open_sequences('SYNTHETIC_VAL', small, {})
+    assert {s.motion_split for s in train} == {'train'} and {s.motion_split for s in val} == {'val'}
+    assert all(s.world == 'rgbt' for s in train + val)
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('BASE: ckd_tiny\nSYNTHETIC: {WORLD: fancy}\n')
+    with pytest.raises(ConfigError, match='SYNTHETIC.WORLD must be one of'):
+        load_train_config(bad)
