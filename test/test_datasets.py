@@ -298,3 +298,45 @@ def test_one_bad_sequence_does_not_stop_the_dataset_from_opening(tmp_path):
         _write_frames(plain / name / 'thermal', 2)
     (plain / 'p1' / 'groundtruth.txt').write_text(_boxes(2, ' '))
     assert datasets.open_dataset('plain', plain).attributes() == {}
+
+
+def test_one_record_per_dataset_kind_is_what_every_tool_reads():
+    """Adding a dataset is one reader and one record (datasets.KINDS): the --kind choices, the opener,
+    detection by layout, the default protocol, the toolkit's ground truth and ckd_train's dataset names
+    all come from it."""
+    from ckd_ros.cli import eval as eval_cli
+    from ckd_ros.core import metrics
+    from ckd_train.settings import DATASET_KINDS as TRAINING_DATASETS
+    assert datasets.DATASET_KINDS == ('gtot', 'rgbt210', 'rgbt234', 'lasher', 'vtuav', 'plain')
+    assert datasets.TOOLKIT_BENCHMARKS == ('gtot', 'rgbt210', 'rgbt234', 'lasher')
+    assert datasets.VISIBLE_INFRARED_KINDS == ('rgbt210', 'rgbt234', 'lasher')
+    assert {k: datasets.default_benchmark(k) for k in datasets.KINDS} == {
+        'gtot': 'gtot', 'rgbt210': 'rgbt210', 'rgbt234': 'rgbt234', 'lasher': 'lasher', 'vtuav': 'generic',
+        'plain': 'generic'}
+    assert datasets.default_benchmark('unknown') == 'generic'
+    assert all(k.default_benchmark in metrics.BENCHMARKS for k in datasets.KINDS.values())
+    assert TRAINING_DATASETS == {'LasHeR_trainingSet': 'lasher', 'LasHeR_testingSet': 'lasher', 'RGBT234': 'rgbt234',
+                                 'RGBT210': 'rgbt210', 'GTOT': 'gtot', 'VTUAV': 'vtuav'}
+    assert not hasattr(eval_cli, 'DEFAULT_BENCHMARK') and not hasattr(eval_cli, 'TOOLKIT_BENCHMARKS')
+    run = eval_cli.build_parser()._subparsers._group_actions[0].choices['run']
+    assert tuple(next(a for a in run._actions if a.dest == 'kind').choices) == datasets.DATASET_KINDS
+    assert datasets.KINDS['lasher'].attribute_names == datasets.LASHER_ATTRIBUTES
+    assert datasets.KINDS['rgbt210'].attribute_names == datasets.KINDS['rgbt234'].attribute_names
+
+
+def test_a_new_record_is_opened_and_detected_without_other_changes(tmp_path, monkeypatch):
+    """A made-up dataset kind (layout <seq>/color+heat) known only by its record."""
+    def open_heat(root, sequences=None):
+        root = datasets.Path(root)
+        names = datasets._select(datasets._sequence_dirs(root, ('color', 'heat')), sequences, root, 'heat')
+        return datasets.Dataset('heat', root, names, lambda n: datasets.plain_sequence(
+            root / n / 'color', root / n / 'heat', root / n / 'boxes.txt', name=n))
+    monkeypatch.setitem(datasets.KINDS, 'heat', datasets.DatasetKind('heat', 'HEAT', open_heat, ('color', 'heat')))
+    root = tmp_path / 'heat'
+    _write_frames(root / 's1' / 'color', 2)
+    _write_frames(root / 's1' / 'heat', 2)
+    (root / 's1' / 'boxes.txt').write_text(_boxes(2, ','))
+    assert datasets.detect_kind(root) == 'heat'
+    ds = datasets.open_dataset('heat', root)
+    assert ds.names == ['s1'] and len(ds['s1']) == 2
+    assert datasets.default_benchmark('heat') == 'generic'

@@ -38,11 +38,6 @@ from ckd_ros.core import bagio, baselines, cli_args, datasets, metrics, report, 
 from ckd_ros.core.runner import (bag_ground_truth, bag_source, check_run_manifest, dataset_sources, discard_results,
                                  make_baseline_factory, make_tracker_factory, run_manifest, run_sources)
 
-TOOLKIT_BENCHMARKS = ('gtot', 'rgbt210', 'rgbt234', 'lasher')
-DEFAULT_BENCHMARK = {'gtot': 'gtot', 'rgbt210': 'rgbt210', 'rgbt234': 'rgbt234', 'lasher': 'lasher',
-                     'vtuav': 'generic', 'plain': 'generic'}
-
-
 def bags_protocol(bags: dict[str, Path], benchmark: str | None) -> tuple[str, dict[str, list[str]] | None]:
     """The benchmark protocol and attribute table for scoring ``bags`` (sequence name -> bag):
     ``benchmark`` when given, else the protocol of the dataset that ``ckd-bag convert`` recorded in
@@ -51,8 +46,8 @@ def bags_protocol(bags: dict[str, Path], benchmark: str | None) -> tuple[str, di
     kinds = {source.dataset for source in sources.values()}
     if benchmark is None:
         kind = kinds.pop() if len(kinds) == 1 else ''
-        benchmark = DEFAULT_BENCHMARK.get(kind, 'generic')
-        if kind in DEFAULT_BENCHMARK:
+        benchmark = datasets.default_benchmark(kind)
+        if kind in datasets.KINDS:
             print(f"benchmark {benchmark}: the protocol of the bags' dataset ({kind}); --benchmark chooses another")
         elif len(kinds) > 1:
             print(f'benchmark generic: the bags come from several datasets ({", ".join(sorted(kinds - {""}))}); '
@@ -180,7 +175,7 @@ def ground_truth_from(args) -> tuple[dict[str, datasets.GroundTruth], dict[str, 
                                '--gt-topic names another)')
             gt[bagio.bag_name(bag)] = truth
     else:
-        if args.benchmark not in TOOLKIT_BENCHMARKS:
+        if args.benchmark not in datasets.TOOLKIT_BENCHMARKS:
             raise CliError(f'--benchmark {args.benchmark} has no toolkit ground truth; give --dataset or --bags')
         gt = datasets.toolkit_ground_truth(args.benchmark)
     return gt, attributes_of(gt)
@@ -406,7 +401,7 @@ def cmd_run(args) -> int:
         kind = args.kind or detected_kind(args.dataset, args.benchmark)
         ds = datasets.open_dataset(kind, args.dataset, **({'split': args.split} if args.split else {}))
         sources = list(dataset_sources(ds, names, gain, args.max_frames))
-        benchmark = args.benchmark or DEFAULT_BENCHMARK[ds.kind]
+        benchmark = args.benchmark or datasets.default_benchmark(ds.kind)
         attributes = ds.attributes() if ds.attribute_names else None
         total = len(ds)
     else:

