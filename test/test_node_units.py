@@ -90,7 +90,7 @@ def test_detections_need_vision_msgs():
 
 
 def test_rate_meter_sample_window_and_issue_board():
-    from ckd_ros.ros.diagnostics import ERROR, OK, WARN, IssueBoard, RateMeter, SampleWindow
+    from ckd_ros.core.health import ERROR, OK, WARN, IssueBoard, RateMeter, SampleWindow
 
     now = [100.0]
     meter = RateMeter(window_s=5.0, clock=lambda: now[0])
@@ -136,7 +136,8 @@ def test_fallback_updater_publishes_the_diagnostic_updater_layout(rclpy_context)
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
 
-    from ckd_ros.ros.diagnostics import WARN, FallbackUpdater
+    from ckd_ros.core.health import WARN
+    from ckd_ros.ros.diagnostics import FallbackUpdater
 
     node = rclpy.create_node('ckd_updater_test', context=rclpy_context)
     listener = rclpy.create_node('ckd_updater_listener', context=rclpy_context)

@@ -134,8 +134,7 @@ def test_pairing_conserves_frames_and_never_emits_a_frame_twice_or_beyond_slop(a
 @given(stamps=st.lists(st.one_of(st.just(0), st.integers(1, 3 * 10**9)), max_size=60),
        gaps=st.lists(st.floats(0.0, 0.6), min_size=60, max_size=60))
 def test_stream_watch_fresh_stamps_always_advance_within_a_time_epoch(stamps, gaps):
-    pytest.importorskip('diagnostic_msgs', reason='ROS messages (source scripts/env.sh)')
-    from ckd_ros.ros.diagnostics import FRESH, JUMPED_BACK, STALE_STAMP, ZERO_STAMP, StreamWatch
+    from ckd_ros.core.health import FRESH, JUMPED_BACK, STALE_STAMP, ZERO_STAMP, StreamWatch
 
     now = [100.0]
     watch = StreamWatch(timeout_s=1.0, jump_back_s=1.0, clock=lambda: now[0])

@@ -30,8 +30,7 @@ def test_a_backward_time_jump_starves_message_filters_pairing_until_the_queues_a
 
 
 def test_stream_watch_stall_frozen_pixels_and_stamps():
-    pytest.importorskip('diagnostic_msgs', reason='ROS messages (source scripts/env.sh)')
-    from ckd_ros.ros.diagnostics import FRESH, JUMPED_BACK, STALE_STAMP, ZERO_STAMP, StreamWatch
+    from ckd_ros.core.health import FRESH, JUMPED_BACK, STALE_STAMP, ZERO_STAMP, StreamWatch
 
     now = [0.0]
     watch = StreamWatch(timeout_s=0.5, jump_back_s=1.0, clock=lambda: now[0])
@@ -60,8 +59,7 @@ def test_stream_watch_stall_frozen_pixels_and_stamps():
 
 
 def test_conditions_last_until_cleared_and_several_problems_share_one_summary():
-    pytest.importorskip('diagnostic_msgs', reason='ROS messages (source scripts/env.sh)')
-    from ckd_ros.ros.diagnostics import ERROR, WARN, IssueBoard, summarize_issues
+    from ckd_ros.core.health import ERROR, WARN, IssueBoard, summarize_issues
 
     now = [0.0]
     board = IssueBoard(hold_s=5.0, clock=lambda: now[0])
