@@ -600,8 +600,12 @@ def test_compare_puts_several_result_folders_on_one_figure(lasher_root, tmp_path
 
 
 def test_run_precision_and_backend_choices_are_the_trackers():
-    from ckd_ros.core import acceleration
-    assert eval_cli.PRECISIONS == acceleration.PRECISIONS and eval_cli.BACKENDS == acceleration.BACKENDS
+    from ckd_ros.core import acceleration, options
+    assert eval_cli.PRECISION_CHOICES == acceleration.PRECISIONS + (acceleration.AUTO,)
+    assert eval_cli.BACKEND_CHOICES == acceleration.BACKENDS + (acceleration.AUTO,)
+    # one source (ckd_ros.core.options), not copies that a test compares
+    assert acceleration.PRECISIONS is options.PRECISIONS and acceleration.BACKENDS is options.BACKENDS
+    assert eval_cli.PRECISION_CHOICES is options.PRECISION_CHOICES
     from ckd_ros.core import api
     assert eval_cli.RECIPE_CHECKPOINTS == api.RECIPE_CHECKPOINTS
     assert eval_cli._shipped_weights('ckd_tiny') == api.shipped_weights_path('ckd_tiny')

@@ -35,6 +35,9 @@ from typing import Mapping
 import numpy as np
 
 from ckd_ros.core import bagio, baselines, cli_args, datasets, metrics, report, results
+from ckd_ros.core.image import DEFAULT_GAIN_MODE, GAIN_MODES
+# the node's vocabularies (one source, torch-free)
+from ckd_ros.core.options import AUTO, BACKEND_CHOICES, PRECISION_CHOICES, RECIPE_CHECKPOINTS
 from ckd_ros.core.runner import (bag_ground_truth, bag_source, check_run_manifest, dataset_sources, discard_results,
                                  make_baseline_factory, make_tracker_factory, run_manifest, run_sources)
 
@@ -61,13 +64,6 @@ def bags_protocol(bags: dict[str, Path], benchmark: str | None) -> tuple[str, di
 
 # --------------------------------------------------------------------------------------------
 # Run manifest: the settings a results folder was made with
-
-# ckd_ros.core.acceleration.PRECISIONS / BACKENDS (not imported: it imports torch; test_eval_cli checks them)
-PRECISIONS = ('fp32', 'bf16', 'fp16')
-BACKENDS = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8')
-AUTO = 'auto'      # ckd_ros.core.acceleration.AUTO: chosen for this machine (ckd_ros.core.api.select_acceleration)
-# checkpoint= values that are no file (ckd_ros.core.api.RECIPE_CHECKPOINTS)
-RECIPE_CHECKPOINTS = ('recipe', 'random')
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -552,17 +548,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('--config', help=f'CKD: tracker configuration (init_tracker; default {DEFAULT_CONFIG})')
     r.add_argument('--checkpoint', help='CKD: weights file')
     r.add_argument('--device', help='CKD: device')
-    r.add_argument('--precision', choices=PRECISIONS + (AUTO,),
+    r.add_argument('--precision', choices=PRECISION_CHOICES,
                    help="CKD: network precision as the node's precision parameter (init_tracker; default fp32; "
                         "'auto': the fastest measured within 1 SR point on this machine, else fp32)")
-    r.add_argument('--backend', choices=BACKENDS + (AUTO,),
+    r.add_argument('--backend', choices=BACKEND_CHOICES,
                    help="CKD: network backend as the node's backend parameter (init_tracker; default eager; "
                         "'auto': chosen with the precision)")
     r.add_argument('--threads', type=cli_args.integer(1), help='torch CPU threads (OpenCV threads for the OpenCV '
                                                                'trackers)')
     r.add_argument('--max-frames', type=cli_args.integer(1), help='track only the first N frames of each sequence')
-    r.add_argument('--thermal-gain', default='minmax', choices=('minmax', 'percentile', 'fixed'),
-                   help='16-bit thermal to 8 bit')
+    r.add_argument('--thermal-gain', default=DEFAULT_GAIN_MODE, choices=GAIN_MODES,
+                   help=f'16-bit thermal to 8 bit (default {DEFAULT_GAIN_MODE}, as the node)')
     r.add_argument('--rgb-topic', default=bagio.DEFAULT_TOPICS.rgb)
     r.add_argument('--thermal-topic', default=bagio.DEFAULT_TOPICS.thermal)
     r.add_argument('--gt-topic', default=bagio.DEFAULT_TOPICS.ground_truth)

@@ -59,11 +59,9 @@ from torch import nn
 
 from .cpu_info import cpu_class, read_cpu_info
 from .model import CKDNet
+# the vocabularies (one source, torch-free): ckd_ros.core.options
+from .options import AUTO, BACKENDS, CPU_ONLY_BACKENDS, PRECISIONS
 
-PRECISIONS = ('fp32', 'bf16', 'fp16')
-BACKENDS = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8')
-# backends that run on the CPU in their own number format (fp32 precision only)
-CPU_ONLY_BACKENDS = ('int8', 'onnxruntime', 'onnxruntime-int8')
 ONNX_OPSET = 17
 _AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -305,7 +303,6 @@ def make_runner(network: CKDNet, device: torch.device, acceleration: Acceleratio
 
 
 # ------------------------------------------------------------------------------------------ precision 'auto'
-AUTO = 'auto'
 # the accuracy budget of an automatic choice: success (SR, AUC of the success plot) lost against fp32
 # eager, in points, on the shipped ckd_tiny weights (the issue's bound: < 1 point)
 SR_BOUND_POINTS = 1.0
@@ -520,3 +517,26 @@ def auto_precision(device: torch.device | str, precision: str = AUTO, backend: s
     return choose_precision(device.type, flags, capability, precision=None if precision == AUTO else precision,
                             backend=None if backend == AUTO else backend, unavailable_backends=unavailable,
                             device_name=name)
+
+
+def check_request(precision: str, backend: str) -> None:
+    """``precision`` / ``backend`` as :func:`ckd_ros.core.api.init_tracker` and the node take them
+    (:data:`~ckd_ros.core.options.PRECISION_CHOICES`, :data:`~ckd_ros.core.options.BACKEND_CHOICES`), and
+    without ``"auto"`` a combination that exists (e.g. not bf16 with a CPU-only backend). ValueError."""
+    if precision != AUTO and precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {PRECISIONS} or {AUTO!r}, got {precision!r}')
+    if backend != AUTO and backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS} or {AUTO!r}, got {backend!r}')
+    if AUTO not in (precision, backend):
+        Acceleration(precision=precision, backend=backend)
+
+
+def choose_for_device(precision: str, backend: str, device: torch.device) -> PrecisionChoice:
+    """A request that passed :func:`check_request`, for a resolved ``device``: ``"auto"`` chosen
+    (:func:`auto_precision`), the result checked against the device (:meth:`Acceleration.check_device`)."""
+    if AUTO in (precision, backend):
+        choice = auto_precision(device, precision, backend)
+    else:
+        choice = PrecisionChoice(precision, backend, 'as requested', device.type, automatic=False)
+    choice.acceleration.check_device(device)
+    return choice

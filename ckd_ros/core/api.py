@@ -19,56 +19,45 @@ from pathlib import Path
 
 import torch
 
-from .acceleration import AUTO, BACKENDS, PRECISIONS, Acceleration, PrecisionChoice, auto_precision
+from .acceleration import PrecisionChoice, check_request, choose_for_device
 from .checkpoint import load_model_weights
 from .config import CKDConfig, load_config
 from .model import CKDNet, build_ckd_model
+from .options import DEVICE_GRAMMAR, RECIPE_CHECKPOINTS, parse_device
 from .recipe_weights import load_recipe_weights
 from .tracker import CKDTracker, TrackerOptions
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'weights'
-# ``checkpoint=`` values that select the deterministic recipe weights (untrained; tests, benchmarks)
-RECIPE_CHECKPOINTS = ('recipe', 'random')
 
 
 def resolve_device(device: str | torch.device = 'auto') -> torch.device:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` -> torch.device.
 
-    Asking for CUDA when it is not available (or for a GPU index that does not exist) raises
-    RuntimeError; there is no silent fallback to the CPU.
+    The names are :func:`ckd_ros.core.options.parse_device`'s. Asking for CUDA when it is not available
+    (or for a GPU index that does not exist) raises RuntimeError; there is no silent fallback to the CPU.
     """
     if isinstance(device, torch.device):
         spec = str(device)
     elif isinstance(device, str):
-        spec = device.strip().lower()
+        spec = device
     else:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        raise ValueError(f'device must be {DEVICE_GRAMMAR}, got {device!r}')
+    try:
+        spec = parse_device(spec)
+    except ValueError:
+        raise ValueError(f'device must be {DEVICE_GRAMMAR}, got {device!r}') from None
     if spec == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if spec == 'cpu':
         return torch.device('cpu')
-    if spec == 'cuda' or spec.startswith('cuda:'):
-        try:
-            resolved = torch.device(spec)
-        except RuntimeError:
-            raise ValueError(f"device {device!r} is not a valid CUDA device name (use 'cuda' or 'cuda:N')") from None
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} was requested but CUDA is not available "
-                               f"(torch {torch.__version__}); "
-                               "use device='cpu' or 'auto'")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise RuntimeError(f'device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present')
-        return resolved
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-
-
-def _check_names(precision: str, backend: str) -> None:
-    if precision != AUTO and precision not in PRECISIONS:
-        raise ValueError(f'precision must be one of {PRECISIONS} or {AUTO!r}, got {precision!r}')
-    if backend != AUTO and backend not in BACKENDS:
-        raise ValueError(f'backend must be one of {BACKENDS} or {AUTO!r}, got {backend!r}')
-    if AUTO not in (precision, backend):
-        Acceleration(precision=precision, backend=backend)   # refuses e.g. bf16 with a CPU-only backend
+    resolved = torch.device(spec)
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was requested but CUDA is not available "
+                           f"(torch {torch.__version__}); "
+                           "use device='cpu' or 'auto'")
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise RuntimeError(f'device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) present')
+    return resolved
 
 
 def select_acceleration(precision: str, backend: str, device: str | torch.device = 'auto') -> PrecisionChoice:
@@ -80,16 +69,13 @@ def select_acceleration(precision: str, backend: str, device: str | torch.device
     MEASURED_OPTIONS`), else fp32; ``backend="auto"`` too: the backend may change as well (e.g.
     ``onnxruntime``, exact and faster on the CPU classes where it was measured).  Without ``"auto"``
     the request is checked and returned as is (``automatic=False``).  The result's ``log_line()`` says
-    what was chosen and why.
+    what was chosen and why. The names are checked by :func:`ckd_ros.core.acceleration.check_request`
+    and the choice made there (:func:`~ckd_ros.core.acceleration.choose_for_device`); this function only
+    resolves the device.
     """
-    _check_names(precision, backend)
+    check_request(precision, backend)
     resolved = device if isinstance(device, torch.device) else resolve_device(device)
-    if AUTO in (precision, backend):
-        choice = auto_precision(resolved, precision, backend)
-    else:
-        choice = PrecisionChoice(precision, backend, 'as requested', resolved.type, automatic=False)
-    choice.acceleration.check_device(resolved)
-    return choice
+    return choose_for_device(precision, backend, resolved)
 
 
 def shipped_weights_path(config_name: str) -> Path:
@@ -144,10 +130,10 @@ def init_tracker(config: str | os.PathLike | CKDConfig, checkpoint: str | os.Pat
     what was chosen and why (``precision_choice.log_line()``; also logged at INFO by ``ckd_ros.core.api``
     when ``"auto"`` chose).
     """
-    _check_names(precision, backend)   # bad names fail before anything is loaded
+    check_request(precision, backend)   # bad names fail before anything is loaded
     cfg = load_config(config)
-    resolved = resolve_device(device)
-    choice = select_acceleration(precision, backend, resolved)
+    resolved = resolve_device(device)   # the one resolution and check of the device on its way to the network
+    choice = choose_for_device(precision, backend, resolved)
     if choice.automatic:
         logging.getLogger(__name__).info(choice.log_line())
     network = load_network(cfg, checkpoint, resolved)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ckd_ros.core.image import DEFAULT_GAIN_MODE, GAIN_MODES, REGISTRATION_MODES, ThermalGainControl, parse_homography
+# the precision / backend / device vocabularies (one source, torch-free; 'auto': ckd_ros.core.api.select_acceleration)
+from ckd_ros.core.options import BACKEND_CHOICES, DEVICE_GRAMMAR, PRECISION_CHOICES, parse_device
 
 RELIABILITY_CHOICES = ('best_effort', 'reliable')
 IDENTITY_HOMOGRAPHY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -32,11 +34,6 @@ MIN_JUMP_BACK_S = 1e-3
 MAX_QUEUE_OR_HISTORY = 100_000
 MAX_STATS_WINDOW = 1_000_000
 MAX_HISTORY_MB = 1e6
-# ckd_ros.core.acceleration.PRECISIONS / BACKENDS, repeated so that this module does not import torch
-# (test/test_acceleration.py checks they agree)
-# plus 'auto' (ckd_ros.core.api.select_acceleration)
-PRECISION_CHOICES = ('fp32', 'bf16', 'fp16', 'auto')
-BACKEND_CHOICES = ('eager', 'compile', 'int8', 'onnxruntime', 'onnxruntime-int8', 'auto')
 # More torch threads than this is a typo, not a machine (and far more than cores starves the executor).
 MAX_TORCH_THREADS = 256
 
@@ -233,10 +230,11 @@ def _numbers(name, value, count):
 
 
 def _device(name, value):
-    value = _text(name, value, allow_empty=False).lower()
-    if value in ('auto', 'cpu', 'cuda') or (value.startswith('cuda:') and value[5:].isdigit()):
-        return value
-    raise ParameterError(name, f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    value = _text(name, value, allow_empty=False)
+    try:
+        return parse_device(value)
+    except ValueError:
+        raise ParameterError(name, f'must be {DEVICE_GRAMMAR}, got {value.lower()!r}') from None
 
 
 def read_parameters(get_value: Callable[[str], Any]) -> TrackerNodeParameters:
