@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
+from ckd_ros.cli import run_command
 from ckd_ros.core import bagio, cli_args, datasets
 
 # builtin_interfaces/Time.sec is an int32: stamps from 0 (no negative time in ROS) up to 2**31 - 1 s
@@ -202,20 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except BrokenPipeError:      # output piped into a reader that stopped (| head): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except SystemExit as exc:
-        if isinstance(exc.code, str):    # a usage error with its message: exit status 2 as documented
-            print(exc.code, file=sys.stderr)
-            return 2
-        raise
-    except (OSError, ValueError, bagio.BagReadError) as exc:
-        print(f'ckd-bag: error: {exc}', file=sys.stderr)
-        return 2
+    return run_command(build_parser().parse_args(argv), 'ckd-bag', (OSError, ValueError, bagio.BagReadError))
 
 
 if __name__ == '__main__':

@@ -34,6 +34,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ckd_ros.cli import run_command
 from ckd_ros.core import bagio, baselines, cli_args, datasets, metrics, report, results
 from ckd_ros.core.image import DEFAULT_GAIN_MODE, GAIN_MODES
 # the node's vocabularies (one source, torch-free)
@@ -578,17 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except BrokenPipeError:      # output piped into a reader that stopped (| head): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (CliError, OSError, ValueError, KeyError, bagio.BagReadError) as exc:
-        # str() of a KeyError is its repr (quoted); the message is its argument
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f'ckd-eval: error: {message}', file=sys.stderr)
-        return 2
+    return run_command(build_parser().parse_args(argv), 'ckd-eval',
+                       (CliError, OSError, ValueError, KeyError, bagio.BagReadError))
 
 
 if __name__ == '__main__':
