@@ -118,6 +118,12 @@ def test_one_node_output_per_replayed_pair_and_scenes_with_the_promised_failures
     assert {'rgb_dark', 'thermal_crossover'} <= conditions, 'sequence 0 has a night and a crossover segment'
     assert all(s['seed'] >= 700_000 for s in manifest['sequences']), 'seeds away from the training ranges'
     assert first['frames'] == FRAMES and first['size'] == [WIDTH, HEIGHT]
+    # the realistic world by default, each scene traceable to the held-out real track it moves along
+    from ckd_ros.core.synthetic_assets import motion_split
+    for seq in manifest['sequences']:
+        scene = seq['scene']
+        assert scene['world'] == 'rgbt' and scene['target'] and scene['background']
+        assert scene['motion']['split'] == 'test' and motion_split(scene['motion']['track']) == 'test'
     for seq in manifest['sequences']:
         name = seq['name']
         stamps, gt = bagio.read_ground_truth(run_dir / 'node_output' / name)

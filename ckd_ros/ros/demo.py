@@ -3,8 +3,9 @@
 ``python -m ckd_ros.ros.demo [options]`` (after ``source scripts/env.sh``; ``make demo DEMO_ARGS=...``):
 
 1. renders synthetic RGB-T sequences from seeds no training run uses (one scenario each, in turn:
-   night + thermal crossover, glare + low thermal contrast, every failure mode) and writes them as
-   MCAP rosbags (``ckd_ros.core.bagio``);
+   night + thermal crossover, glare + low thermal contrast, every failure mode) in the realistic world
+   (``--world rgbt``: targets move along real held-out tracks of the RGBT benchmarks, over photographs,
+   shaped like people, cars, drones and animals) and writes them as MCAP rosbags (``ckd_ros.core.bagio``);
 2. starts the tracker node (``lib/ckd_ros/ckd_tracker_node``) in its own process, drives it to
    ``active`` through its lifecycle services (configure, then activate, as the launch file's event
    handlers do), replays each bag into it over DDS with ``ckd-bag play`` (lock-step by default: every
@@ -25,7 +26,8 @@
    ``tracking.mp4`` (``.avi``/MJPG where OpenCV has no MPEG-4 writer)  RGB | thermal, node box + score,
                     ground truth in magenta; ``preview.png``: a night and a crossover frame of it
    ``performance.json``  node throughput, end-to-end and node latency percentiles, drops, CPU
-   ``sequences.json``  seeds, scenarios and failure segments; ``node.log``: the node's output
+   ``sequences.json``  seeds, scenarios, failure segments and what each scene is made of (real track,
+                    target class, background photo, sensor effects); ``node.log``: the node's output
    ``bags/`` input bags, ``node_output/`` recorded node outputs, ``results/`` result files per run,
    ``reports/`` per-run reports (per-sequence tables and curves)
 """
@@ -48,13 +50,13 @@ import numpy as np
 
 from ckd_ros.core import bagio, baselines, cli_args, metrics, report, results
 from ckd_ros.core.datasets import GroundTruth
-from ckd_ros.core.synthetic import (CONDITIONS, RGB_FAILURES, THERMAL_FAILURES, SyntheticScene, rgb_failure,
-                                    thermal_failure)
+from ckd_ros.core.synthetic import (CONDITIONS, RGB_FAILURES, THERMAL_FAILURES, WORLDS, SyntheticScene,
+                                    rgb_failure, thermal_failure)
 from ckd_ros.ros.node_command import ChildProcess, node_executable, start_tracker_node
 
-# Seeds of the demo scenes. The shipped weights' recipe (ckd_train/configs/ckd_tiny_synthetic.yaml)
-# trains on seeds [0, 64) and validates on [500000, 500008), and ckd_train.evaluate holds out
-# 900000..; the demo stays clear of all of them and
+# Seeds of the demo scenes. The shipped weights' recipe (ckd_train/configs/ckd_tiny_synthetic.yaml, then
+# ckd_tiny_rgbt.yaml) trains on seeds [0, 64) and [1000, 1256) and validates on [500000, 500016), and
+# ckd_train.evaluate holds out 900000..; the demo stays clear of all of them and
 # also checks the checkpoint's recorded training seeds (see training_seed_ranges).
 DEFAULT_FIRST_SEED = 700_000
 SEED_STRIDE = 1_000          # scenario i searches seeds first_seed + i * SEED_STRIDE + k
@@ -146,10 +148,12 @@ def _min_flagged_frames(length: int) -> int:
 
 
 def plan_sequences(count: int, frames: int, size: tuple[int, int], first_seed: int,
-                   excluded_seeds: list[tuple[int, int]] = ()) -> list[DemoSequence]:
+                   excluded_seeds: list[tuple[int, int]] = (), world: str = 'rgbt') -> list[DemoSequence]:
     """``count`` scenes, scenario ``i % len(SCENARIOS)``: for each, the first seed from
     ``first_seed + i * SEED_STRIDE`` whose scene has every failure its scenario requires (at least
-    :func:`_min_flagged_frames` frames each) and that is outside ``excluded_seeds`` ([start, stop) ranges)."""
+    :func:`_min_flagged_frames` frames each) and that is outside ``excluded_seeds`` ([start, stop) ranges).
+    In the realistic world the target moves along real tracks of the held-out ('test') pool, which neither
+    training nor the choice of tracker options uses."""
     planned = []
     need = _min_flagged_frames(frames)
     for index in range(count):
@@ -158,7 +162,8 @@ def plan_sequences(count: int, frames: int, size: tuple[int, int], first_seed: i
         for seed in range(start, start + SEED_SEARCH_LIMIT):
             if any(lo <= seed < hi for lo, hi in excluded_seeds):
                 continue
-            scene = SyntheticScene(seed, frames, size, conditions=scenario.conditions)
+            scene = SyntheticScene(seed, frames, size, conditions=scenario.conditions, world=world,
+                                   motion_split='test')
             if all(sum(int(scene.flags[c].sum()) for c in group) >= need for group in scenario.required):
                 planned.append(DemoSequence(f'{index:02d}_{scenario.name}', seed, scenario, scene))
                 break
@@ -873,6 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--threads', type=cli_args.integer(1), default=1,
                    help='torch CPU threads of the node and of the ablation runs, OpenCV threads of the baselines (1 '
                         'avoids oversubscribing 2 cores)')
+    p.add_argument('--world', choices=WORLDS, default='rgbt',
+                   help="synthetic world: 'rgbt' (real target motion, photo backgrounds, people / cars / drones; "
+                        "default) or 'classic' (patterned shapes on noise)")
     p.add_argument('--first-seed', type=cli_args.integer(0), default=DEFAULT_FIRST_SEED,
                    help='first seed searched for scenario 0 (scenario i: + i * 1000)')
     p.add_argument('--baselines', type=parse_baselines, default=DEFAULT_BASELINES,
@@ -909,7 +917,7 @@ def resolve_checkpoint_file(config: str, checkpoint: str) -> Path | None:
 def write_bags(args, run_dir: Path, excluded: list[tuple[int, int]], say) -> tuple[list[DemoSequence], dict, dict]:
     """The demo scenes as MCAP bags under ``bags/`` and their manifest ``sequences.json``; returns the
     sequences, their bag paths and their ground truth as stored in the bags."""
-    sequences = plan_sequences(args.sequences, args.frames, args.size, args.first_seed, excluded)
+    sequences = plan_sequences(args.sequences, args.frames, args.size, args.first_seed, excluded, args.world)
     bags = {}
     for seq in sequences:
         bags[seq.name] = run_dir / 'bags' / seq.name
@@ -920,7 +928,10 @@ def write_bags(args, run_dir: Path, excluded: list[tuple[int, int]], say) -> tup
     manifest = {'seeds_excluded_by_checkpoint': excluded, 'sequences': [
         {'name': s.name, 'seed': s.seed, 'scenario': s.scenario.name, 'description': s.scenario.description,
          'frames': len(s.scene), 'size': list(args.size), 'fps': args.fps, 'bag': str(bags[s.name]),
-         'segments': s.segments()} for s in sequences]}
+         'segments': s.segments(),
+         # what the scene is made of: world, real track the target follows, target class, background photo
+         'scene': {k: v for k, v in s.scene.metadata.items() if k not in ('seed', 'length', 'size', 'segments')}}
+        for s in sequences]}
     (run_dir / 'sequences.json').write_text(json.dumps(manifest, indent=1) + '\n')
     gt = {s.name: bagio.read_ground_truth(bags[s.name])[1] for s in sequences}
     return sequences, bags, gt
