@@ -39,7 +39,7 @@ stage1="$work/stage1.pth.tar"
 if [ ! -f "$stage1" ]; then
   echo "[make_weights] stage 1: ckd_tiny_synthetic (classic world) into $work/stage1 (threads $threads)"
   "$python" -m ckd_train ckd_tiny_synthetic --output "$work/stage1" --overwrite --threads "$threads" --seed 42
-  "$python" -m ckd_train.export "$(last_checkpoint "$work/stage1" ckd_tiny_synthetic)" "$stage1"
+  "$python" -m ckd_train.export "$(last_checkpoint "$work/stage1" ckd_tiny_synthetic)" "$stage1" --overwrite
 fi
 resume=()
 previous="$(last_checkpoint "$work/stage2" ckd_tiny_rgbt)"
