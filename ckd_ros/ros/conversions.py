@@ -146,3 +146,15 @@ def check_target_box(box, image_width: int, image_height: int, tolerance: float 
         return (f'box x={x:g} y={y:g} w={width:g} h={height:g} is not inside the {image_width}x{image_height} '
                 'RGB image')
     return None
+
+
+def tracker_status_msg(stats: dict, **fields):
+    """A ``ckd_ros/TrackerStatus`` from the node's statistics (rates, latency, pairing counters) and
+    ``fields`` (lifecycle_state, tracker_state, target_id, model_config, device, last_error)."""
+    from ckd_ros.msg import TrackerStatus
+    latency = stats['latency']
+    return TrackerStatus(rgb_rate=stats['rgb_rate'], thermal_rate=stats['thermal_rate'], pair_rate=stats['pair_rate'],
+                         output_rate=stats['output_rate'], latency_mean=latency['mean'], latency_p50=latency['p50'],
+                         latency_p95=latency['p95'], latency_max=latency['max'], pairs_made=stats['pairs_made'],
+                         pairs_dropped=stats['pairs_dropped'], frames_unmatched=stats['frames_unmatched'],
+                         pair_dt_mean_abs=stats['pair_dt_mean_abs'], **fields)

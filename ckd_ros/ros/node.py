@@ -59,12 +59,12 @@ from ckd_ros.core.session import (IDLE, LOST, TRACKING, Output, Step, TargetRefu
 from ckd_ros.core.visualize import compose_debug_image
 from ckd_ros.msg import TrackedTarget, TrackerStatus
 from ckd_ros.ros.conversions import (CV_BRIDGE_PROBLEM, DETECTIONS_AVAILABLE, IMAGE_BACKEND, array_to_image_msg,
-                                     detections_msg, image_msg_to_array, polygon_to_box, stamp_to_ns)
+                                     detections_msg, image_msg_to_array, polygon_to_box, stamp_to_ns,
+                                     tracker_status_msg)
 from ckd_ros.ros.diagnostics import UPDATER_BACKEND, create_updater, set_updater_period
-from ckd_ros.ros.params import (DIAGNOSTIC_PERIOD_PARAMETER, PARAMETER_SPECS, ParameterError, TrackerNodeParameters,
-                                check_parameter_update, declare_parameters, node_parameter_getter, plain_value,
-                                read_diagnostic_period, read_parameters, read_seconds)
-from ckd_ros.ros.synchronizer import RGB, SYNC_BACKEND, THERMAL, PairedImageSubscriptions
+from ckd_ros.ros.params import (ParameterError, TrackerNodeParameters, declare_parameters, node_parameter_getter,
+                                read_parameters, read_seconds, review_parameter_update)
+from ckd_ros.ros.synchronizer import RGB, SYNC_BACKEND, THERMAL, PairedImageSubscriptions, input_qos
 from ckd_ros.srv import SetTarget
 
 NODE_NAME = 'ckd_tracker'
@@ -205,14 +205,10 @@ class CkdTrackerNode(LifecycleNode):
         # statistics, input watches, frame history, time marks and the thermal gain start afresh; the initial
         # box waits for the first pair
         self._session.start(params.input_timeout, params.input_jump_back_threshold, params.target_history_size,
-                            int(params.target_history_max_mb * 2**20),
-                            item_bytes=lambda pair: len(pair[0].data) + len(pair[1].data),
+                            int(params.target_history_max_mb * 2**20),   # sized by pairing.payload_bytes
                             initial_box=params.initial_box, topics=(self._input_topic(RGB), self._input_topic(THERMAL)))
-        reliability = (ReliabilityPolicy.BEST_EFFORT if params.input_reliability == 'best_effort'
-                       else ReliabilityPolicy.RELIABLE)
-        input_qos = QoSProfile(depth=params.input_depth, reliability=reliability, history=HistoryPolicy.KEEP_LAST,
-                               durability=DurabilityPolicy.VOLATILE)
-        self._inputs = PairedImageSubscriptions(self, RGB_TOPIC, THERMAL_TOPIC, input_qos, params.sync_queue_size,
+        qos = input_qos(params.input_reliability, params.input_depth)
+        self._inputs = PairedImageSubscriptions(self, RGB_TOPIC, THERMAL_TOPIC, qos, params.sync_queue_size,
                                                 params.sync_slop, on_pair=self._on_pair, on_frame=self._on_frame,
                                                 max_bytes=max(1, int(params.target_history_max_mb * 2**20)))
         self._init_box_sub = self.create_subscription(PolygonStamped, '~/init_box', self._on_init_box, OUTPUT_QOS)
@@ -279,17 +275,8 @@ class CkdTrackerNode(LifecycleNode):
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Refuse a value that would fail the next configure; say when an accepted one takes effect.
         A valid diagnostic_updater.period applies at once (the updater's timer)."""
-        ours = {spec.name for spec in PARAMETER_SPECS}
-        updates = {p.name: plain_value(p.value) for p in parameters if p.name in ours}
-        period = None
         updater = getattr(self, '_updater', None)   # None while the updater declares the period: it checks it
-        try:
-            for parameter in parameters:
-                if parameter.name == DIAGNOSTIC_PERIOD_PARAMETER and updater is not None:
-                    period = read_diagnostic_period(parameter.value)
-            problem = check_parameter_update(node_parameter_getter(self), updates) if updates else None
-        except ParameterError as error:
-            problem = str(error)
+        problem, updates, period = review_parameter_update(parameters, node_parameter_getter(self), updater is not None)
         if problem:
             self.get_logger().warning(f'set_parameters refused: {problem}')
             return SetParametersResult(successful=False, reason=problem)
@@ -527,17 +514,11 @@ class CkdTrackerNode(LifecycleNode):
         return value if isinstance(value, str) else ''
 
     def _publish_status(self) -> None:
-        stats = self.statistics()
         session = self._session
-        msg = TrackerStatus(lifecycle_state=self.lifecycle_state_label(), tracker_state=STATE_MSG[session.state],
-                            target_id=session.target_id, model_config=self._model_config_name(), device=self._device,
-                            rgb_rate=stats['rgb_rate'], thermal_rate=stats['thermal_rate'],
-                            pair_rate=stats['pair_rate'], output_rate=stats['output_rate'],
-                            latency_mean=stats['latency']['mean'], latency_p50=stats['latency']['p50'],
-                            latency_p95=stats['latency']['p95'], latency_max=stats['latency']['max'],
-                            pairs_made=stats['pairs_made'], pairs_dropped=stats['pairs_dropped'],
-                            frames_unmatched=stats['frames_unmatched'], pair_dt_mean_abs=stats['pair_dt_mean_abs'],
-                            last_error=self._issues.last_error)
+        msg = tracker_status_msg(self.statistics(), lifecycle_state=self.lifecycle_state_label(),
+                                 tracker_state=STATE_MSG[session.state], target_id=session.target_id,
+                                 model_config=self._model_config_name(), device=self._device,
+                                 last_error=self._issues.last_error)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._status_pub.publish(msg)
 

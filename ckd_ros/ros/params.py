@@ -335,6 +335,24 @@ def check_parameter_update(get_value: Callable[[str], Any], updates: dict[str, A
     return 'parameters do not validate'   # not reached: each round replaces a different parameter
 
 
+def review_parameter_update(parameters, get_value: Callable[[str], Any], check_period: bool
+                            ) -> tuple[Optional[str], dict[str, Any], Optional[float]]:
+    """A ``set_parameters`` request (rclpy ``Parameter`` objects) seen before it is applied: (the reason to
+    refuse it or None, the node's own parameters it changes, the new diagnostic_updater period or None).
+    ``check_period`` is False while diagnostic_updater itself declares the period (it checks it then)."""
+    ours = {spec.name for spec in PARAMETER_SPECS}
+    updates = {p.name: plain_value(p.value) for p in parameters if p.name in ours}
+    period = None
+    try:
+        for parameter in parameters:
+            if parameter.name == DIAGNOSTIC_PERIOD_PARAMETER and check_period:
+                period = read_diagnostic_period(parameter.value)
+        problem = check_parameter_update(get_value, updates) if updates else None
+    except ParameterError as error:
+        problem = str(error)
+    return problem, updates, period
+
+
 def declare_parameters(node) -> None:
     """Declare every parameter of :data:`PARAMETER_SPECS` on ``node`` (dynamically typed, described)."""
     from rcl_interfaces.msg import ParameterDescriptor

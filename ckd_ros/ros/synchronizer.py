@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from ckd_ros.core.pairing import ApproximateTimePairer, payload_bytes
@@ -27,6 +28,13 @@ except ImportError:
 SYNC_BACKEND = 'message_filters' if _message_filters is not None else 'ckd_ros.core.pairing'
 
 RGB, THERMAL = 0, 1
+
+
+def input_qos(reliability: str, depth: int) -> QoSProfile:
+    """The image subscriptions' QoS (``input.reliability`` 'best_effort' or 'reliable', ``input.depth``)."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE,
+                      reliability=ReliabilityPolicy.BEST_EFFORT if reliability == 'best_effort'
+                      else ReliabilityPolicy.RELIABLE)
 
 
 class PairedImageSubscriptions:
