@@ -200,18 +200,18 @@ class TrackingSession:
         weights or a precision that give NaN/inf fail here (NonFiniteOutputError) instead of tracking
         garbage.  Raises on failure (the session keeps no tracker then)."""
         from ckd_ros import init_tracker
-        from ckd_ros.core.api import select_acceleration
         from ckd_ros.core.cpu_info import apply_threads, choose_threads
         threads = choose_threads(torch_threads)
         wait_policy_note = apply_threads(threads)
         self.log.info(threads.log_line())
         if wait_policy_note:
             self.log.warning(wait_policy_note)
-        choice = select_acceleration(precision, backend, device)
+        # init_tracker resolves the device and makes the precision/backend choice once ('auto' included)
+        tracker = init_tracker(model_config, checkpoint=checkpoint, device=device, precision=precision,
+                               backend=backend)
+        choice = tracker.precision_choice
         self.log.info(choice.log_line())
         self.acceleration = f'{choice.precision}/{choice.backend}'
-        tracker = init_tracker(model_config, checkpoint=checkpoint, device=device, precision=choice.precision,
-                               backend=choice.backend)
         if warmup:
             tracker.warm_up()
         with self.lock:
