@@ -7,7 +7,8 @@ real tracks (never the training or the demo / held-out pools). The shipped ``ckd
 (``TEST.LOST_THRESHOLD``, ``TEST.MAX_SCALE_CHANGE``, ``TEST.REDETECT_GROWTH``) were chosen with
 
     python -m ckd_train.tune_options --config ckd_tiny --world rgbt --seeds 500000:500012 --size 320x256 \\
-        --failure-fraction 0.5 --lost none,0.2,0.25,0.3,0.35 --scale-change none,1.1 --redetect none,1.2
+        --failure-fraction 0.5 --length 200 --lost none,0.2,0.25,0.3,0.35,0.4 --scale-change none,1.1 \\
+        --redetect none,1.2
 
 (the figures are in the comment of ``ckd_ros/core/configs/ckd_tiny.yaml`` and the README's Demo section).
 """
