@@ -142,6 +142,7 @@ class ProcessingSettings:
     stride: int = 16
     mask_probability: float = 0.0
     mask_ratio: float = 0.0
+    modality_dropout: float = 0.0   # TRAIN.MODALITY_DROPOUT (not official; 0 = off)
     train: bool = True  # False: the validation pipeline (no brightness jitter, no per-crop flip)
 
     @classmethod
@@ -152,7 +153,8 @@ class ProcessingSettings:
                    search_center_jitter=d.SEARCH.CENTER_JITTER, template_scale_jitter=d.TEMPLATE.SCALE_JITTER,
                    template_center_jitter=d.TEMPLATE.CENTER_JITTER, mean=tuple(d.MEAN), std=tuple(d.STD),
                    stride=cfg.MODEL.BACKBONE.STRIDE, mask_probability=cfg.TRAIN.MASK_PROBABILITY if train else 0.0,
-                   mask_ratio=cfg.TRAIN.INPUT_MASK_RATIO if train else 0.0, train=train)
+                   mask_ratio=cfg.TRAIN.INPUT_MASK_RATIO if train else 0.0,
+                   modality_dropout=cfg.TRAIN.MODALITY_DROPOUT if train else 0.0, train=train)
 
 
 _THERMAL_GAIN = ThermalGainControl()   # the node's default gain (DEFAULT_GAIN_MODE): train as deployed
@@ -239,6 +241,22 @@ def masked_modelling_keep(rng: np.random.Generator, tokens: int, probability: fl
     return np.ones(tokens, bool)
 
 
+def modality_blanking(rng: np.random.Generator, probability: float) -> dict[str, tuple[int, ...]]:
+    """Modality dropout (``TRAIN.MODALITY_DROPOUT``, not in the official code): which crops of a sample
+    go black, as ``{'template' | 'search': (0 = RGB, 1 = thermal, ...)}``.
+
+    With ``probability`` one modality, RGB or thermal at even odds, is blanked in the search crop, and
+    in the template crop too at even odds: a camera dead from the start (the demo's "RGB only" /
+    "thermal only" runs blank a whole stream) or one that fails after the target was chosen (night,
+    glare, thermal crossover). Black is what the node's RGB-only / thermal-only runs feed. With
+    ``probability`` 0 nothing is drawn, so the official sample stream is unchanged."""
+    if probability <= 0 or rng.random() >= probability:
+        return {}
+    modality = int(rng.integers(2))
+    whole_sequence = rng.random() < 0.5
+    return {'search': (modality,), 'template': (modality,) if whole_sequence else ()}
+
+
 class CKDProcessing:
     """Official STARK/OSTrack processing for RGB-T pairs (``docs/spec/CKD.md`` sec. 4.5). Returns None for a
     rejected sample."""
@@ -255,6 +273,7 @@ class CKDProcessing:
         # joint transform: one grayscale and one flip draw for all template and search images
         gray = rng.random() < s.grayscale_probability
         flip = rng.random() < s.flip_probability
+        blanked = modality_blanking(rng, s.modality_dropout)
         frames = {}
         for key, (rgb, tir, box) in (('template', template), ('search', search)):
             box = np.asarray(box, np.float64)
@@ -290,6 +309,8 @@ class CKDProcessing:
                     anno = np.array([1.0 - anno[0] - anno[2], anno[1], anno[2], anno[3]])
             else:
                 imgs = [im / np.float32(255.0) for im in imgs]
+            for modality in blanked.get(key, ()):
+                imgs[modality] = np.zeros_like(imgs[modality])
             out[f'{key}_rgb'] = (imgs[0] - self._mean) / self._std
             out[f'{key}_tir'] = (imgs[1] - self._mean) / self._std
             out[f'{key}_anno'] = anno.astype(np.float32)

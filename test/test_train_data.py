@@ -5,7 +5,7 @@ import torch
 
 from ckd_ros.core.synthetic import SyntheticScene
 from ckd_train.data import (ArraySequence, CKDProcessing, CKDTrainingDataset, ProcessingSettings, TrackingSampler,
-                            box_to_crop, masked_modelling_keep, padding_mask, thermal_to_rgb8)
+                            box_to_crop, masked_modelling_keep, modality_blanking, padding_mask, thermal_to_rgb8)
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1)
@@ -67,6 +67,38 @@ def test_grayscale_is_joint_and_applies_to_both_modalities():
     for key in ('template_rgb', 'search_rgb', 'template_tir', 'search_tir'):
         img = _denorm(torch.from_numpy(out[key]))
         assert np.allclose(img[0], img[1], atol=1e-3) and np.allclose(img[1], img[2], atol=1e-3)
+
+
+def test_modality_dropout_blanks_one_camera_and_is_off_by_default():
+    """TRAIN.MODALITY_DROPOUT (not official): off draws nothing (the official sample stream is unchanged);
+    on, one modality's search crop is black (pixel 0, what the demo's RGB-only / thermal-only runs feed),
+    the template's too in about half of those samples, the other modality untouched."""
+    from ckd_ros.core.config import ConfigError, load_config
+    seq = _marker_sequence(thermal_equals_rgb=False)
+    template = (seq.rgb(0), thermal_to_rgb8(seq.thermal(0)), seq.ground_truth[0])
+    search = (seq.rgb(5), thermal_to_rgb8(seq.thermal(5)), seq.ground_truth[5])
+    off = CKDProcessing(ProcessingSettings())
+    official = CKDProcessing(ProcessingSettings(modality_dropout=0.0))
+    a, b = off(np.random.default_rng(3), template, search), official(np.random.default_rng(3), template, search)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert load_config('ckd_tiny').TRAIN.MODALITY_DROPOUT == 0.0
+    with pytest.raises(ConfigError, match='MODALITY_DROPOUT'):
+        load_config('ckd_tiny', overrides={'TRAIN': {'MODALITY_DROPOUT': 1.5}})
+
+    always = CKDProcessing(ProcessingSettings(modality_dropout=1.0, flip_probability=0.0, grayscale_probability=0.0))
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        out = always(rng, template, search)
+        black = {k for k in ('search_rgb', 'search_tir', 'template_rgb', 'template_tir')
+                 if np.allclose(_denorm(torch.from_numpy(out[k])), 0, atol=1e-3)}
+        assert len(black & {'search_rgb', 'search_tir'}) == 1          # one camera, never both
+        modality = 'rgb' if 'search_rgb' in black else 'tir'
+        assert black - {f'search_{modality}', f'template_{modality}'} == set()
+        seen.add(frozenset(black))
+    assert len(seen) == 4   # RGB or thermal, search only or search and template
+    rates = [bool(modality_blanking(np.random.default_rng(i), 0.2)) for i in range(2000)]
+    assert 0.15 < np.mean(rates) < 0.25
 
 
 def test_sampler_follows_the_causal_rules():

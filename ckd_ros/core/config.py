@@ -88,6 +88,9 @@ DEFAULTS: dict[str, Any] = {
         'CKD_LOSS': 'CKD',
         'MASK_PROBABILITY': 0.0,
         'INPUT_MASK_RATIO': 0.0,
+        # not in the official code (0 = off there): per training sample, the probability that one
+        # modality (drawn at random) is blanked, so that the fused network learns to track on the other
+        'MODALITY_DROPOUT': 0.0,
         'PARAM_KEY': [],
         'LR': 0.0001,
         'WEIGHT_DECAY': 0.0001,
@@ -376,6 +379,9 @@ def _validate(d: dict) -> None:
     train = d['TRAIN']
     if not 0 <= train['INPUT_MASK_RATIO'] <= 1:
         raise ConfigError(f"TRAIN.INPUT_MASK_RATIO must be in [0, 1], got {train['INPUT_MASK_RATIO']}")
+    if not 0 <= train['MODALITY_DROPOUT'] <= 1:
+        raise ConfigError(f"TRAIN.MODALITY_DROPOUT must be in [0, 1] (0 = off, as the official code), "
+                          f"got {train['MODALITY_DROPOUT']}")
     if not 0 <= train['DROP_PATH_RATE'] < 1:
         raise ConfigError(f"TRAIN.DROP_PATH_RATE must be in [0, 1), got {train['DROP_PATH_RATE']}")
     for entry in train['PARAM_KEY']:
