@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
@@ -139,16 +140,18 @@ class BenchSequence:
         return np.asarray(self.scene.ground_truth[: self.frames + 1], dtype=np.float64)
 
 
-def demo_sequences(frames: int | None, count: int | None = None) -> list[BenchSequence]:
+def demo_sequences(frames: int | None, count: int | None = None, first_seed: int | None = None,
+                   size: tuple[int, int] | None = None) -> list[BenchSequence]:
     """The sequences ``make demo`` tracks with its defaults (``ckd_ros.ros.demo``: count, length, size,
     first seed, and the seeds its default weights were trained on left out), each cut to ``frames``
     tracked frames when given; ``count``: that many of them instead of the demo's count (the demo's
-    ``--sequences``: scenarios in turn, the first ones are the demo's)."""
+    ``--sequences``: scenarios in turn, the first ones are the demo's); ``first_seed`` / ``size``: the demo's
+    ``--first-seed`` / ``--size`` (the held-out set: 900000, 640x512)."""
     from ckd_ros.ros import demo
     defaults = demo.build_parser().parse_args([])
     excluded = demo.training_seed_ranges(demo.resolve_checkpoint_file(defaults.config, defaults.checkpoint))
-    planned = demo.plan_sequences(count or defaults.sequences, defaults.frames, defaults.size, defaults.first_seed,
-                                  excluded)
+    planned = demo.plan_sequences(count or defaults.sequences, defaults.frames, size or defaults.size,
+                                  defaults.first_seed if first_seed is None else first_seed, excluded)
     return [BenchSequence(f'{p.name} (seed {p.seed})', p.scene,
                           len(p.scene) - 1 if frames is None else min(frames, len(p.scene) - 1)) for p in planned]
 
@@ -166,6 +169,23 @@ def as_result_files(boxes: dict[str, list]) -> dict[str, np.ndarray]:
             results.write_sequence_result(folder, file_name, np.asarray(rows), np.zeros(len(rows)))
             out[name] = results.read_result_boxes(results.result_paths(folder, file_name)[0])
         return out
+
+
+def paired_ci95(score: metrics.BenchmarkScore, reference: metrics.BenchmarkScore, metric: str) -> float:
+    """Half-width (points) of the 95 % confidence interval of the mean per-sequence change of ``metric``
+    against ``reference`` (paired over sequences, Student t): what separates an option's real accuracy
+    effect from closed-loop luck. NaN with fewer than two sequences."""
+    changes = np.array([100 * (score.per_sequence[n][metric] - reference.per_sequence[n][metric])
+                        for n in reference.per_sequence])
+    if len(changes) < 2:
+        return math.nan
+    return T_975[min(len(changes) - 1, len(T_975) - 1)] * float(changes.std(ddof=1)) / math.sqrt(len(changes))
+
+
+# Student t 0.975 quantiles for 1..30 degrees of freedom (index = df; beyond 30 the normal 1.96 is within 2 %)
+T_975 = (math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042, 1.960)
 
 
 def bench(config: str, options: list[Acceleration], sequences: list[BenchSequence],
@@ -244,6 +264,7 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
             row['precision_20px'] = float(scores[name].metrics['PR'])
             row['success_change_points'] = 100 * (row['success_auc'] - float(scores['fp32/eager'].metrics['SR']))
             row['precision_change_points'] = 100 * (row['precision_20px'] - float(scores['fp32/eager'].metrics['PR']))
+            row['success_change_ci95_points'] = paired_ci95(scores[name], scores['fp32/eager'], 'SR')
         if before:
             row['ratio_vs_per_branch'] = frame_ratio(name, BEFORE)
         if official_style:
@@ -267,6 +288,10 @@ def main(argv=None) -> int:
     parser.add_argument('--count', type=cli_args.integer(1), default=None,
                         help="--sequences demo: this many demo sequences (scenarios in turn) instead of the demo's 3, "
                              "for a closed-loop success change with less variance")
+    parser.add_argument('--first-seed', type=cli_args.integer(0), default=None,
+                        help="--sequences demo: the demo's --first-seed (held-out set: 900000)")
+    parser.add_argument('--size', type=cli_args.size(64), default=None,
+                        help="--sequences demo: the demo's --size WIDTHxHEIGHT (held-out set: 640x512)")
     parser.add_argument('--frames', type=cli_args.integer(1), default=None,
                         help='tracked frames (synthetic: default 30; demo: per sequence, default all)')
     parser.add_argument('--threads', type=cli_args.integer(1), default=1,
@@ -284,12 +309,15 @@ def main(argv=None) -> int:
     # options that only apply to one kind of sequences are refused with the other, not silently ignored
     if args.sequences == 'synthetic' and args.count is not None:
         parser.error('--count applies to --sequences demo (the synthetic sequence is one scene of --seed)')
+    if args.sequences == 'synthetic' and (args.first_seed is not None or args.size is not None):
+        parser.error('--first-seed and --size apply to --sequences demo '
+                     '(the synthetic sequence is one scene of --seed)')
     if args.sequences == 'demo' and args.seed is not None:
         parser.error("--seed applies to --sequences synthetic (the demo sequences have the demo's seeds)")
     torch.set_num_threads(args.threads)
     options = [o if isinstance(o, Acceleration) else parse_option(o) for o in args.options]
     if args.sequences == 'demo':
-        sequences = demo_sequences(args.frames, args.count)
+        sequences = demo_sequences(args.frames, args.count, args.first_seed, args.size)
     else:
         sequences = synthetic_sequence(7 if args.seed is None else args.seed,
                                        30 if args.frames is None else args.frames)
@@ -311,7 +339,8 @@ def main(argv=None) -> int:
                     f"map diff {row['max_abs_map_diff']:.1e}; box IoU vs fp32 mean {row['box_iou_vs_fp32_mean']:.3f}, "
                     f"IoU > 0.9 on {100 * row['frames_iou_gt_0.9']:.1f} % of frames")
             if 'success_auc' in row:
-                line += (f"; SR {100 * row['success_auc']:.1f} ({row['success_change_points']:+.1f}), "
+                line += (f"; SR {100 * row['success_auc']:.1f} ({row['success_change_points']:+.1f} "
+                         f"+- {row['success_change_ci95_points']:.1f} at 95 %), "
                          f"PR {100 * row['precision_20px']:.1f} ({row['precision_change_points']:+.1f})")
             if 'ratio_vs_per_branch' in row:
                 line += f"; x{row['ratio_vs_per_branch']:.2f} of per-branch"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, ros_subprocess_env
@@ -44,6 +45,8 @@ def test_help_runs_in_the_env_sh_shell(name):
     ('bench_acceleration', ['--count', '4'], '--count applies to --sequences demo'),
     ('bench_acceleration', ['--sequences', 'demo', '--seed', '3'], '--seed applies to --sequences synthetic'),
     ('bench_acceleration', ['--frames', '0'], 'integer >= 1'),
+    ('bench_acceleration', ['--first-seed', '900000'], '--first-seed and --size apply to --sequences demo'),
+    ('bench_acceleration', ['--sequences', 'demo', '--size', '640'], 'must be WIDTHxHEIGHT'),
     ('bench_node', ['--frames', '30'], 'all of it left out by --skip-s 1'),
     ('bench_node', ['--backend', 'bogus'], 'backend must be one of'),
     ('bench_node', ['--precision', 'fp16'], "'fp16' needs a CUDA device"),
@@ -98,3 +101,20 @@ def test_dds_transport_with_one_image_size(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '2000 B: 4 received' in proc.stdout, proc.stdout
     assert 'machine:' in proc.stdout
+
+
+def test_paired_confidence_interval_of_a_success_change():
+    """The +- beside an option's SR change: a per-sequence paired t interval, so that a change inside
+    closed-loop luck is not read as an accuracy effect (or as none)."""
+    from ckd_ros.core import metrics
+    module = load('bench_acceleration')
+
+    def score(values):
+        return metrics.BenchmarkScore('generic', {}, {}, {f's{i}': {'SR': v} for i, v in enumerate(values)},
+                                      [f's{i}' for i in range(len(values))], len(values), {})
+    reference = score([0.5, 0.6, 0.7, 0.4])
+    assert module.paired_ci95(score([0.5, 0.6, 0.7, 0.4]), reference, 'SR') == 0.0
+    changes = np.array([1.0, -3.0, 2.0, 4.0])   # points
+    half = module.paired_ci95(score([0.5 + 0.01, 0.6 - 0.03, 0.7 + 0.02, 0.4 + 0.04]), reference, 'SR')
+    assert half == pytest.approx(3.182 * changes.std(ddof=1) / 2, rel=1e-6)
+    assert np.isnan(module.paired_ci95(score([0.5]), score([0.4]), 'SR'))
