@@ -19,7 +19,12 @@ Accuracy effect, per option:
   synthetic ground truth, scored as ``make demo`` scores (result files, ``ckd_ros.core.metrics.evaluate``
   protocol ``generic``), and their change against fp32 eager in points.  Closed-loop tracking on a
   few sequences is chaotic (a one-pixel change can lose or keep the target through a failure
-  segment), so small changes on three sequences are within noise; use ``--count``.  Meaningful only
+  segment), so small changes on three sequences are within noise; use ``--count``: each change is
+  printed with the half-width of its 95 % interval (paired over sequences);
+* open-loop success change: a second tracker per option starts every frame from the fp32 tracker's
+  state (box, LOST count) and its boxes are scored the same way, so only that frame's numbers differ:
+  the accuracy effect of the number format itself, without closed-loop luck (a narrow interval on the
+  same sequences where the closed-loop one spans several points).  Meaningful only
   with trained weights (the shipped ``ckd_ros/core/weights/<config>.pth.tar``); the official configs
   run on the untrained recipe weights (flat score maps), where only box agreement is reported.
 
@@ -188,6 +193,14 @@ T_975 = (math.nan, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.26
          2.045, 2.042, 1.960)
 
 
+def follow(follower: CKDTracker, reference: CKDTracker) -> None:
+    """Put ``follower`` in ``reference``'s tracking state (box, frame count, LOST count) before a frame: the
+    open-loop measurement; the templates are the follower's own (same first frame, same box)."""
+    follower._box = list(reference.box)
+    follower._frame_index = reference.frame_index
+    follower._lost_frames = reference._lost_frames
+
+
 def bench(config: str, options: list[Acceleration], sequences: list[BenchSequence],
           official_style: bool = False, before: bool = False) -> dict:
     cfg = load_config(config)
@@ -209,6 +222,11 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
         trackers[OFFICIAL_STYLE].runner = OfficialStyleRunner(official_style_network(network), torch.device('cpu'))
         setup_s[OFFICIAL_STYLE] = 0.0
     names = list(trackers)
+    # open loop: a second tracker per option that starts every frame from the fp32 tracker's state, so its
+    # boxes differ from fp32's only by this frame's numbers, never by an earlier frame's luck
+    followers = {name: CKDTracker(network, cfg, 'cpu', acceleration=acceleration)
+                 for name, acceleration in variants[1:]}
+    open_boxes = {name: {} for name in followers}
     times = {name: [] for name in names}
     boxes = {name: {} for name in names}   # sequence -> (frames + 1, 4), frame 0 = the initial box
     map_error = {}
@@ -219,6 +237,9 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
         for name in names:
             trackers[name].initialize(rgb0, tir0, tuple(truth[0]))
             boxes[name][sequence.name] = [truth[0]]
+        for name, follower in followers.items():
+            follower.initialize(rgb0, tir0, tuple(truth[0]))
+            open_boxes[name][sequence.name] = [truth[0]]
         if not map_error:
             # open loop: every runner on the same frame-1 search crops of the first sequence
             reference = trackers['fp32/eager']
@@ -234,6 +255,10 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
             rgb, tir = sequence.scene.frame(index)
             # rotate who goes first, so that no variant always runs right after frame rendering
             frame_count += 1
+            reference = trackers['fp32/eager']
+            for name, follower in followers.items():
+                follow(follower, reference)
+                open_boxes[name][sequence.name].append(follower.track(rgb, tir).box)
             shift = frame_count % len(names)
             for name in names[shift:] + names[:shift]:
                 start = time.perf_counter()
@@ -244,6 +269,8 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
     # the demo's scoring: the boxes as result files hold them (official layout, integers truncated like
     # the official astype(int)), generic protocol (the frames after frame 0)
     scores = {name: metrics.evaluate('generic', as_result_files(boxes[name]), ground_truth) for name in names}
+    open_scores = {name: metrics.evaluate('generic', as_result_files(open_boxes[name]), ground_truth)
+                   for name in followers}
     tracked = {name: np.concatenate([np.asarray(boxes[name][s.name])[1:] for s in sequences]) for name in names}
 
     def frame_ratio(name: str, reference: str) -> float:
@@ -265,6 +292,11 @@ def bench(config: str, options: list[Acceleration], sequences: list[BenchSequenc
             row['success_change_points'] = 100 * (row['success_auc'] - float(scores['fp32/eager'].metrics['SR']))
             row['precision_change_points'] = 100 * (row['precision_20px'] - float(scores['fp32/eager'].metrics['PR']))
             row['success_change_ci95_points'] = paired_ci95(scores[name], scores['fp32/eager'], 'SR')
+            # fp32's open loop is its closed loop (it is the trajectory every follower starts from)
+            opened = open_scores.get(name, scores['fp32/eager'])
+            row['open_loop_success_change_points'] = 100 * (float(opened.metrics['SR'])
+                                                            - float(scores['fp32/eager'].metrics['SR']))
+            row['open_loop_success_change_ci95_points'] = paired_ci95(opened, scores['fp32/eager'], 'SR')
         if before:
             row['ratio_vs_per_branch'] = frame_ratio(name, BEFORE)
         if official_style:
@@ -340,7 +372,9 @@ def main(argv=None) -> int:
                     f"IoU > 0.9 on {100 * row['frames_iou_gt_0.9']:.1f} % of frames")
             if 'success_auc' in row:
                 line += (f"; SR {100 * row['success_auc']:.1f} ({row['success_change_points']:+.1f} "
-                         f"+- {row['success_change_ci95_points']:.1f} at 95 %), "
+                         f"+- {row['success_change_ci95_points']:.1f} at 95 %; open loop "
+                         f"{row['open_loop_success_change_points']:+.2f} +- "
+                         f"{row['open_loop_success_change_ci95_points']:.2f}), "
                          f"PR {100 * row['precision_20px']:.1f} ({row['precision_change_points']:+.1f})")
             if 'ratio_vs_per_branch' in row:
                 line += f"; x{row['ratio_vs_per_branch']:.2f} of per-branch"
