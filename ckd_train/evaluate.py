@@ -29,6 +29,7 @@ from ckd_ros.core.metrics import evaluate, overlap
 from ckd_ros.core.results import atomic_write_text
 from ckd_ros.core.tracker import TrackerOptions
 from ckd_ros.core.synthetic import WORLDS, SyntheticScene, rgb_failure, thermal_failure
+from ckd_ros.core.synthetic_assets import MOTION_SPLITS
 
 from .settings import load_train_config
 
@@ -73,9 +74,11 @@ class SyntheticEvaluation:
 
 def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 512), device: str = 'cpu',
                        modes=MODES, threads: int | None = None, lost_threshold: float | None = None,
-                       world: str = 'classic') -> SyntheticEvaluation:
+                       world: str = 'classic', motion_split: str = 'test') -> SyntheticEvaluation:
     """Track every held-out sequence in every mode; ``lost_threshold`` switches on the tracker's
-    non-official LOST state (keep the previous box when the peak score is lower), default off."""
+    non-official LOST state (keep the previous box when the peak score is lower), default off;
+    ``motion_split``: the realistic world's pool of real tracks (held-out scores: 'test'; choosing between
+    trained weights: 'val', with the validation seeds, so that the choice never sees the held-out tracks)."""
     if threads:
         torch.set_num_threads(threads)
     if not isinstance(config, CKDConfig):
@@ -84,8 +87,7 @@ def evaluate_synthetic(config, checkpoint, seeds, length: int = 300, size=(640, 
     if lost_threshold is not None:
         options = dataclasses.replace(options, lost_threshold=lost_threshold)
     tracker = init_tracker(config, checkpoint=checkpoint, device=device, options=options)
-    # held-out: the realistic world's target motion comes from the 'test' pool of real tracks
-    scenes = [SyntheticScene(int(s), length, size, world=world, motion_split='test') for s in seeds]
+    scenes = [SyntheticScene(int(s), length, size, world=world, motion_split=motion_split) for s in seeds]
     gt = {s.name: GroundTruth(s.ground_truth) for s in scenes}
     tic = time.perf_counter()
     metrics = {}
@@ -130,13 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--threads', type=cli_args.integer(1))
     p.add_argument('--lost-threshold', type=float, help='tracker LOST state below this peak score (default off)')
     p.add_argument('--world', choices=WORLDS, default='rgbt', help='synthetic world of the held-out sequences')
+    p.add_argument('--motion-split', choices=MOTION_SPLITS, default='test',
+                   help="pool of real target tracks (realistic world): 'test' for held-out scores, 'val' (with the "
+                        "validation seeds) for choosing between weights")
     p.add_argument('--json', type=Path, help='write the scores here')
     args = p.parse_args(argv)
     if args.json is not None and (args.json.is_dir() or any(d.exists() and not d.is_dir() for d in args.json.parents)):
         p.error(f'--json {args.json} cannot be written (a folder, or under a file); name a file in a folder')
     try:
         result = evaluate_synthetic(args.config, args.checkpoint, args.seeds, args.length, args.size, args.device,
-                                    threads=args.threads, lost_threshold=args.lost_threshold, world=args.world)
+                                    threads=args.threads, lost_threshold=args.lost_threshold, world=args.world,
+                                    motion_split=args.motion_split)
     except (ValueError, OSError, RuntimeError) as exc:
         print(f'evaluate: error: {exc}', file=sys.stderr)
         return 2

@@ -63,7 +63,8 @@ def test_output_that_is_a_file_and_missing_cuda_are_reported(capsys, tmp_path):
 
 @pytest.mark.parametrize('args, message', [(['--size', '640'], 'must be WIDTHxHEIGHT'),
                                            (['--seeds', 'abc'], 'START:STOP'),
-                                           (['--threads', '0'], 'integer >= 1')])
+                                           (['--threads', '0'], 'integer >= 1'),
+                                           (['--motion-split', 'demo'], 'invalid choice')])
 def test_evaluate_argument_errors(capsys, args, message):
     from ckd_train.evaluate import main as evaluate_main
     with pytest.raises(SystemExit) as exc:
@@ -78,3 +79,20 @@ def test_evaluate_refuses_an_unwritable_json_before_tracking(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         evaluate_main(['--json', str(tmp_path / 'a_file' / 'scores.json'), '--checkpoint', str(tmp_path / 'none')])
     assert exc.value.code == 2 and 'cannot be written' in capsys.readouterr().err
+
+
+def test_evaluate_draws_target_motion_from_the_pool_it_is_told(monkeypatch):
+    """Choosing between weights uses the validation pool of real tracks, held-out scores the test pool."""
+    from ckd_train import evaluate as module
+    seen = []
+
+    class Scene:
+        def __init__(self, seed, length, size, world, motion_split):
+            seen.append(motion_split)
+            raise ValueError('stop here')
+    monkeypatch.setattr(module, 'SyntheticScene', Scene)
+    monkeypatch.setattr(module, 'init_tracker', lambda *a, **k: None)
+    for split in ('val', 'test'):
+        with pytest.raises(ValueError, match='stop here'):
+            module.evaluate_synthetic('ckd_tiny', None, [500000], world='rgbt', motion_split=split)
+    assert seen == ['val', 'test']
