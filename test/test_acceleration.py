@@ -121,11 +121,13 @@ def test_onnx_int8_quantises_every_weight_matmul(tiny):
 
 # max |map - fp32| measured on these crops (ORT 1.32, AVX2 without VNNI), score / size / offset:
 # recipe weights 7.5e-3 / 1.0e-2 / 8.1e-2 (flat maps, every token near the quantisation grid's middle),
-# shipped weights of stage 2 (realistic world, 2026-12-06; ORT 1.32, Zen 4 with VNNI) 3.3e-2 / 1.1e-1 /
-# 4.0e-1 (the stage-1 weights had 9.3e-4 / 1.0e-3 / 4.3e-3; why the retrained network quantises
-# coarser was not investigated); the bounds are 2-4x that (other CPUs' int8
-# kernels round differently) and still fail on an unquantised graph (0 difference) or a wrong scale
-ONNX_INT8_MAP_BOUNDS = {'recipe': (0.03, 0.04, 0.3), 'shipped': (0.07, 0.25, 0.8)}
+# shipped weights of stage 3 (realistic world + modality dropout, 2026-12-06; ORT 1.32, Zen 4 with VNNI)
+# 1.2e-1 / 8.1e-2 / 6.4e-1 (stage 2: 3.3e-2 / 1.1e-1 / 4.0e-1; stage 1: 9.3e-4 / 1.0e-3 / 4.3e-3): the
+# maximum over every cell, far from the peak included; what int8 does to the boxes and the success rate
+# is measured by benchmarks/bench_acceleration.py (open loop: -0.01 +- 0.06 SR points, README Performance).
+# The bounds are about 2x that (other CPUs' int8 kernels round differently) and still fail on an
+# unquantised graph (0 difference) or a wrong scale
+ONNX_INT8_MAP_BOUNDS = {'recipe': (0.03, 0.04, 0.3), 'shipped': (0.25, 0.2, 1.3)}
 
 
 @pytest.mark.parametrize('weights', ['recipe', 'shipped'])
