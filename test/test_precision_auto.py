@@ -127,15 +127,17 @@ def test_avx2_epyc_eager_stays_fp32_and_backend_auto_picks_onnxruntime():
 
 
 def test_zen4_takes_onnxruntime_int8_with_backend_auto():
-    """Zen 4 (AVX-512 BF16 + VNNI): ONNX Runtime int8 x0.53 of fp32 eager, per-frame effect -0.01 SR point."""
+    """Zen 4 (AVX-512 BF16 + VNNI): ONNX Runtime int8 x0.52 of fp32 eager, per-frame effect -0.02 SR point;
+    bf16 autocast is within bound too but x0.96 is no speed-up, so backend eager keeps fp32."""
     free = choose_precision('cpu', EPYC_ZEN4, backend=None)
     assert (free.precision, free.backend, free.hardware) == ('fp32', 'onnxruntime-int8', 'cpu:avx512_bf16')
-    assert 'x0.53' in free.reason and 'fp32/onnxruntime slower' in free.reason
+    assert 'x0.52' in free.reason and 'fp32/onnxruntime slower' in free.reason
     without_ort = choose_precision('cpu', EPYC_ZEN4, backend=None,
                                    unavailable_backends=('onnxruntime', 'onnxruntime-int8'))
     assert (without_ort.precision, without_ort.backend) == ('fp32', 'int8')
-    eager = choose_precision('cpu', EPYC_ZEN4)           # backend fixed to eager: bf16 autocast, x0.95
-    assert (eager.precision, eager.backend) == ('bf16', 'eager')
+    eager = choose_precision('cpu', EPYC_ZEN4)           # backend fixed to eager
+    assert (eager.precision, eager.backend) == ('fp32', 'eager')
+    assert 'bf16/eager x0.96, not faster' in eager.reason
 
 
 @pytest.mark.parametrize('flags', [ARM_NO_FLAGS, GRAVITON3])
