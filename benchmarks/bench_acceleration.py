@@ -353,6 +353,8 @@ def main(argv=None) -> int:
     else:
         sequences = synthetic_sequence(7 if args.seed is None else args.seed,
                                        30 if args.frames is None else args.frames)
+    if any(o.backend.startswith('onnxruntime') for o in options):
+        import onnxruntime  # noqa: F401  (loaded before the machine line, so that it names ORT's version)
     machine = machine_info()   # CPU class and the flags that matter (acceleration.MEASURED_OPTIONS is keyed by class)
     cpu = read_cpu_info()
     machine['cpu_flags_all'], machine['cpu_flags_source'] = sorted(cpu.flags), cpu.source   # the JSON keeps all

@@ -118,3 +118,14 @@ def test_paired_confidence_interval_of_a_success_change():
     half = module.paired_ci95(score([0.5 + 0.01, 0.6 - 0.03, 0.7 + 0.02, 0.4 + 0.04]), reference, 'SR')
     assert half == pytest.approx(3.182 * changes.std(ddof=1) / 2, rel=1e-6)
     assert np.isnan(module.paired_ci95(score([0.5]), score([0.4]), 'SR'))
+
+
+def test_acceleration_benchmark_names_the_onnxruntime_version(capsys):
+    """The issue: every benchmark prints the CPU, torch and ONNX Runtime versions, threads and load; the
+    machine line used to be printed before ONNX Runtime was loaded, so it never named it."""
+    pytest.importorskip('onnxruntime')
+    module = load('bench_acceleration')
+    assert module.main(['--configs', 'ckd_tiny', '--frames', '1', '--options', 'fp32/onnxruntime']) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith('machine: ') and 'onnxruntime 1.' in first and 'torch 2.' in first
+    assert 'load average' in first and 'threads' in first
