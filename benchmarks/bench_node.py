@@ -81,10 +81,9 @@ def main(argv=None) -> int:
         parser.error(f'--frames {args.frames} at --rate {args.rate:g} Hz stream for {stream_s:g} s, all of it left '
                      f'out by --skip-s {args.skip_s:g}: stream longer (more --frames) or skip less')
     try:
-        import torch
-
-        from ckd_ros.core.acceleration import Acceleration
-        Acceleration(precision=args.precision, backend=args.backend).check_device(torch.device('cpu'))
+        from ckd_ros.core.api import select_acceleration
+        # 'auto' is passed on to the node, which chooses the same way on this machine; named here for the report
+        args.acceleration_choice = select_acceleration(args.precision, args.backend, 'cpu')
     except ValueError as exc:
         parser.error(f'--precision {args.precision} --backend {args.backend}: {exc}')
     if args.dds_profile not in (None, 'none', 'both') and not Path(args.dds_profile).is_file():
@@ -195,6 +194,7 @@ def run_once(args, size_wh) -> dict:
         'rmw': os.environ.get('RMW_IMPLEMENTATION', ''),
         'fastdds_profile': os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', ''),
         'config': args.model_config, 'precision': args.precision, 'backend': args.backend,
+        'acceleration': f'{args.acceleration_choice.precision}/{args.acceleration_choice.backend}',
         'node_torch_threads': args.threads, 'size': size, 'camera_rate_hz': args.rate,
         'pairs_published': len(window), 'pairs_tracked': len(tracked),
         'throughput_pairs_per_s': len(tracked) / span_s,
@@ -211,7 +211,8 @@ def run_once(args, size_wh) -> dict:
                                                   'output_rate': float(last.output_rate)},
     }
     lat = result['latency_ms']
-    print(f"{machine_line(result['machine'])}; node: {args.model_config} {args.precision}/{args.backend}, "
+    chosen = f" (auto: {result['acceleration']})" if args.acceleration_choice.automatic else ''
+    print(f"{machine_line(result['machine'])}; node: {args.model_config} {args.precision}/{args.backend}{chosen}, "
           f"{args.threads} torch thread(s); {result['rmw'] or 'default rmw'}, Fast DDS profile "
           f"{result['fastdds_profile'] or 'none (built-in transports)'}")
     print(f"{size} pairs at {args.rate:g} Hz: {100 * delivered:.1f} % delivered to the node; "

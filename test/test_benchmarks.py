@@ -50,6 +50,7 @@ def test_help_runs_in_the_env_sh_shell(name):
     ('bench_node', ['--frames', '30'], 'all of it left out by --skip-s 1'),
     ('bench_node', ['--backend', 'bogus'], 'backend must be one of'),
     ('bench_node', ['--precision', 'fp16'], "'fp16' needs a CUDA device"),
+    ('bench_node', ['--precision', 'auto', '--backend', 'bogus'], 'backend must be one of'),
     ('bench_node', ['--dds-profile', '/nonexistent.xml'], 'is not a file'),
     ('bench_node', ['--rate', '0'], 'finite number > 0'),
     ('bench_dds_transport', ['--frames', '10', '--skip', '10'], 'leaves none of the 10 --frames'),
