@@ -13,8 +13,8 @@
 #      53 min on the same machine);
 # then stripped (no optimizer, no teachers) and scored on held-out seeds 900000..900005 of the realistic
 # world (motion from the 'test' pool of real tracks, never used in training or validation) as fused vs
-# RGB-only vs thermal-only tracking. After an interruption, run it again: stage 1 is not repeated and
-# stage 2 resumes from its newest checkpoint (delete the work folder for a fresh run).
+# RGB-only vs thermal-only tracking. After an interruption, run it again: finished stages are not
+# repeated and the interrupted one resumes from its newest checkpoint (delete the work folder for a fresh run).
 #
 # Environment: CKD_WEIGHTS_WORK (work folder, default output/make_weights), CKD_WEIGHTS_EPOCHS
 # (override stage 3's TRAIN.EPOCH), CKD_WEIGHTS_THREADS (torch threads, default 1: on a 2-core machine one
@@ -34,7 +34,8 @@ export OMP_NUM_THREADS="$threads"
 cd "$root"
 
 last_checkpoint() {  # the newest epoch checkpoint of a training run folder, or nothing
-  ls "$1/checkpoints/train/ckd/$2"/OSTrack_CKD_ep*.pth.tar 2>/dev/null | sort | tail -n 1
+  # (`|| true`: with pipefail, ls finding nothing would otherwise end the script under set -e)
+  ls "$1/checkpoints/train/ckd/$2"/OSTrack_CKD_ep*.pth.tar 2>/dev/null | sort | tail -n 1 || true
 }
 
 start=$(date +%s)
@@ -44,22 +45,20 @@ if [ ! -f "$stage1" ]; then
   "$python" -m ckd_train ckd_tiny_synthetic --output "$work/stage1" --overwrite --threads "$threads" --seed 42
   "$python" -m ckd_train.export "$(last_checkpoint "$work/stage1" ckd_tiny_synthetic)" "$stage1" --overwrite
 fi
-stage2="$(last_checkpoint "$work/stage2" ckd_tiny_rgbt)"
+train_stage() {  # NAME CONFIG INIT [ARGS...]: one stage into $work/NAME, resumed from its newest checkpoint
+  local name="$1" config="$2" init="$3"; shift 3
+  local resume=() previous
+  previous="$(last_checkpoint "$work/$name" "$config")"
+  if [ -n "$previous" ]; then resume=(--resume "$previous"); echo "[make_weights] $name resumes from $previous"; fi
+  echo "[make_weights] $name: $config into $work/$name (threads $threads)"
+  "$python" -m ckd_train "$config" --output "$work/$name" --threads "$threads" --seed 42 --init "$init" \
+    "${resume[@]}" "$@"
+}
 if [ ! -f "$work/stage2.done" ]; then
-  resume=()
-  if [ -n "$stage2" ]; then resume=(--resume "$stage2"); echo "[make_weights] stage 2 resumes from $stage2"; fi
-  echo "[make_weights] stage 2: ckd_tiny_rgbt (realistic world) into $work/stage2 (threads $threads)"
-  "$python" -m ckd_train ckd_tiny_rgbt --output "$work/stage2" --threads "$threads" --seed 42 --init "$stage1" \
-    "${resume[@]}"
-  stage2="$(last_checkpoint "$work/stage2" ckd_tiny_rgbt)"
+  train_stage stage2 ckd_tiny_rgbt "$stage1"   # the realistic world
   touch "$work/stage2.done"
 fi
-resume=()
-previous="$(last_checkpoint "$work/stage3" ckd_tiny_rgbt_dropout)"
-if [ -n "$previous" ]; then resume=(--resume "$previous"); echo "[make_weights] stage 3 resumes from $previous"; fi
-echo "[make_weights] stage 3: ckd_tiny_rgbt_dropout (modality dropout) into $work/stage3 (threads $threads)"
-"$python" -m ckd_train ckd_tiny_rgbt_dropout --output "$work/stage3" --threads "$threads" --seed 42 --init "$stage2" \
-  "${resume[@]}" "${epochs_arg[@]}"
+train_stage stage3 ckd_tiny_rgbt_dropout "$(last_checkpoint "$work/stage2" ckd_tiny_rgbt)" "${epochs_arg[@]}"
 ckpt="$(last_checkpoint "$work/stage3" ckd_tiny_rgbt_dropout)"
 echo "[make_weights] training took $(( $(date +%s) - start )) s; exporting $ckpt"
 mkdir -p "$(dirname "$dest")"

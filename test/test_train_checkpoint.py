@@ -368,3 +368,52 @@ def test_make_weights_replaces_the_shipped_weights_explicitly():
     script = (Path(__file__).resolve().parents[1] / 'scripts' / 'make_weights.sh').read_text()
     export_lines = [line for line in script.splitlines() if '-m ckd_train.export' in line]
     assert export_lines and all('--overwrite' in line for line in export_lines)
+
+
+STUB_PYTHON = r"""#!/bin/bash
+# stands in for python: logs each call; a training call leaves one epoch checkpoint, an export writes its file
+echo "$*" >> "$STUB_LOG"
+if [ "$2" = ckd_train ]; then
+  for ((i = 1; i <= $#; i++)); do [ "${!i}" = --output ] && { j=$((i + 1)); out="${!j}"; }; done
+  mkdir -p "$out/checkpoints/train/ckd/$3" && touch "$out/checkpoints/train/ckd/$3/OSTrack_CKD_ep0001.pth.tar"
+elif [ "$2" = ckd_train.export ]; then
+  echo stub > "$4"
+fi
+"""
+
+
+def test_make_weights_chains_its_stages_and_resumes(tmp_path):
+    """The recipe on a stub interpreter: stage 1 -> export -> stage 2 (--init the export) -> stage 3
+    (--init stage 2's last checkpoint) -> export -> held-out scores; a second run repeats no finished stage
+    and resumes stage 3. Before, a fresh run stopped at once: with pipefail, `ls` finding no checkpoint
+    ended the script under set -e."""
+    import os
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    stub, log, work = tmp_path / 'python', tmp_path / 'calls.log', tmp_path / 'work'
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    copy = tmp_path / 'repo'
+    (copy / 'scripts').mkdir(parents=True)
+    (copy / 'scripts' / 'make_weights.sh').write_text((root / 'scripts' / 'make_weights.sh').read_text())
+    env = {**os.environ, 'PYTHON': str(stub), 'STUB_LOG': str(log), 'CKD_WEIGHTS_WORK': str(work)}
+    run = subprocess.run(['bash', str(copy / 'scripts' / 'make_weights.sh')], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[1:3] for c in calls] == [
+        ['ckd_train', 'ckd_tiny_synthetic'], ['ckd_train.export', str(work / 'stage1/checkpoints/train/ckd/'
+                                                                    'ckd_tiny_synthetic/OSTrack_CKD_ep0001.pth.tar')],
+        ['ckd_train', 'ckd_tiny_rgbt'], ['ckd_train', 'ckd_tiny_rgbt_dropout'],
+        ['ckd_train.export', str(work / 'stage3/checkpoints/train/ckd/ckd_tiny_rgbt_dropout/'
+                                        'OSTrack_CKD_ep0001.pth.tar')], ['ckd_train.evaluate', '--config']]
+    assert f'--init {work}/stage1.pth.tar' in calls[2]
+    assert f'--init {work}/stage2/checkpoints/train/ckd/ckd_tiny_rgbt/OSTrack_CKD_ep0001.pth.tar' in calls[3]
+    assert (copy / 'ckd_ros/core/weights/ckd_tiny.pth.tar').read_text() == 'stub\n'   # the copy's, not ours
+    log.write_text('')
+    again = subprocess.run(['bash', str(copy / 'scripts' / 'make_weights.sh')], env=env, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[2] for c in calls if c.split()[1] == 'ckd_train'] == ['ckd_tiny_rgbt_dropout']
+    assert '--resume' in calls[0] and 'stage3' in calls[0]
