@@ -341,10 +341,15 @@ class MeasuredOption:
     open_loop_ci: float | None = None
 
     @property
+    def has_intervals(self) -> bool:
+        """Measured with intervals and open loop (``bench_acceleration.py`` since 2026-12-06)."""
+        return None not in (self.sr_change_ci, self.open_loop_sr_change, self.open_loop_ci)
+
+    @property
     def accuracy_within_bound(self) -> bool:
         if self.sr_change is None:
             return False
-        if self.open_loop_sr_change is None or self.open_loop_ci is None or self.sr_change_ci is None:
+        if not self.has_intervals:
             return self.sr_change > -SR_BOUND_POINTS
         return (self.open_loop_sr_change - self.open_loop_ci > -SR_BOUND_POINTS
                 and self.sr_change + self.sr_change_ci > -SR_BOUND_POINTS)
@@ -353,7 +358,7 @@ class MeasuredOption:
         """``-2.1 +- 6.5 SR points closed loop, -0.01 +- 0.06 open loop`` (or the closed-loop change alone)."""
         if self.sr_change is None:
             return 'accuracy effect not measured'
-        if self.open_loop_sr_change is None or self.open_loop_ci is None or self.sr_change_ci is None:
+        if not self.has_intervals:
             return f'{self.sr_change:+.1f} SR points'
         return (f'{self.sr_change:+.1f} +- {self.sr_change_ci:.1f} SR points closed loop, '
                 f'{self.open_loop_sr_change:+.2f} +- {self.open_loop_ci:.2f} open loop')
